@@ -1,0 +1,51 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+# The repo has a folder named operator/: never let the working directory shadow the stdlib.
+export PYTHONSAFEPATH := 1
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TOOLS_CACHE ?= $(HOME)/.cache/infergraph
+TYPECHECK_ROOT := $(VENV)/typecheck
+
+.PHONY: demo test lint typecheck contracts unit bench install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/infergraph demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy and import-linter cannot follow setuptools' package-dir mapping, so they read a tree of
+# links that has the installed shape (infergraph/router -> router, ...).
+$(TYPECHECK_ROOT)/infergraph:
+	@mkdir -p $(TYPECHECK_ROOT)/infergraph
+	@for pkg in router predictors operator; do ln -sfn $(CURDIR)/$$pkg $(TYPECHECK_ROOT)/infergraph/$$pkg; done
+
+typecheck: $(STAMP) $(TYPECHECK_ROOT)/infergraph
+	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+		-p infergraph.router -p infergraph.predictors -p infergraph.operator
+
+contracts: $(STAMP) $(TYPECHECK_ROOT)/infergraph
+	cd $(TYPECHECK_ROOT) && PYTHONPATH=$(CURDIR)/$(TYPECHECK_ROOT) $(CURDIR)/$(BIN)/lint-imports \
+		--no-cache $(CURDIR)/pyproject.toml
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck contracts unit
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.router_bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""infergraph's Kubernetes operator (InferenceGraph and Predictor resources); see issue 4."""

@@ -1,0 +1,167 @@
+"""Small local predictors: real HTTP servers for the demo, the tests and the benchmarks.
+
+One process serves:
+
+- KServe v1 REST (``POST /v1/models/<name>:predict``) and Open Inference Protocol v2 REST
+  (``POST /v2/models/<name>/infer``) for scikit-learn models trained at start-up on the iris data
+  set that scikit-learn ships (``--models``), with their readiness endpoints;
+- ``POST /echo``: the request body back, as fast as aiohttp can (the benchmark predictor);
+- ``POST /step/<name>``: a scriptable step for black-box tests. Query parameters set the status
+  (``status``), a delay in seconds (``delay``), a raw body to return (``body``) and its content
+  type (``ctype``); without ``body`` it answers ``{"step": name, "input": <request JSON>}``.
+  Every call is recorded; ``GET /_calls`` lists them and ``DELETE /_calls`` clears the list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvloop
+from aiohttp import web
+
+from infergraph.predictors import models as model_zoo
+
+JSON = "application/json"
+
+
+@dataclass
+class CallLog:
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: int = 0
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(value), content_type=JSON)
+
+
+async def echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.Response(body=body, content_type=JSON)
+
+
+async def step(request: web.Request) -> web.Response:
+    log: CallLog = request.app["calls"]
+    name = request.match_info["name"]
+    raw = await request.read()
+    query = request.query
+    log.calls.append(
+        {
+            "step": name,
+            "path": request.path_qs,
+            "method": request.method,
+            "headers": dict(request.headers),
+            "body": raw.decode("utf-8", "replace"),
+            "time": time.time(),
+        }
+    )
+    delay = float(query.get("delay", "0"))
+    if delay:
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            log.cancelled += 1
+            raise
+    status = int(query.get("status", "200"))
+    if "body" in query:
+        return web.Response(
+            status=status, body=query["body"].encode(), content_type=query.get("ctype", JSON)
+        )
+    try:
+        received: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        received = raw.decode("utf-8", "replace")
+    return _json({"step": name, "input": received}, status)
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    log: CallLog = request.app["calls"]
+    return _json({"calls": log.calls, "cancelled": log.cancelled})
+
+
+async def clear_calls(request: web.Request) -> web.Response:
+    log: CallLog = request.app["calls"]
+    log.calls.clear()
+    log.cancelled = 0
+    return _json({"cleared": True})
+
+
+async def v1_predict(request: web.Request) -> web.Response:
+    zoo: model_zoo.ModelZoo = request.app["zoo"]
+    name = request.match_info["name"]
+    try:
+        document = orjson.loads(await request.read())
+        predictions = zoo.predict_v1(name, document)
+    except model_zoo.ModelInputError as exc:
+        return _json({"error": str(exc)}, exc.status)
+    except orjson.JSONDecodeError as exc:
+        return _json({"error": f"request body is not JSON: {exc}"}, 400)
+    return _json({"predictions": predictions})
+
+
+async def v2_infer(request: web.Request) -> web.Response:
+    zoo: model_zoo.ModelZoo = request.app["zoo"]
+    name = request.match_info["name"]
+    try:
+        document = orjson.loads(await request.read())
+        return _json(zoo.infer_v2(name, document))
+    except model_zoo.ModelInputError as exc:
+        return _json({"error": str(exc)}, exc.status)
+    except orjson.JSONDecodeError as exc:
+        return _json({"error": f"request body is not JSON: {exc}"}, 400)
+
+
+async def ready(request: web.Request) -> web.Response:
+    return _json({"ready": True})
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    zoo: model_zoo.ModelZoo = request.app["zoo"]
+    name = request.match_info["name"]
+    if name not in zoo.models:
+        return _json({"error": f"model {name} not found"}, 404)
+    return _json({"name": name, "ready": True})
+
+
+def make_app(zoo: model_zoo.ModelZoo) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app["calls"] = CallLog()
+    app["zoo"] = zoo
+    app.router.add_post("/echo", echo)
+    app.router.add_route("*", "/step/{name}", step)
+    app.router.add_get("/_calls", list_calls)
+    app.router.add_delete("/_calls", clear_calls)
+    app.router.add_post("/v1/models/{name}:predict", v1_predict)
+    app.router.add_get("/v1/models/{name}", model_ready)
+    app.router.add_post("/v2/models/{name}/infer", v2_infer)
+    app.router.add_get("/v2/models/{name}/ready", model_ready)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2/health/live", ready)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument(
+        "--models", action="store_true", help="train and serve the iris models (needs scikit-learn)"
+    )
+    args = parser.parse_args(argv)
+    zoo = model_zoo.ModelZoo.train() if args.models else model_zoo.ModelZoo({})
+    web.run_app(
+        make_app(zoo),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Start and stop the project's own server processes (router, local predictors) on loopback.
+
+Used by the demo, the black-box tests and the benchmarks, so all three run the same commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+CLI = str(Path(sys.executable).with_name("infergraph"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: ours, never shadowing the stdlib with the repo's folders."""
+    env = dict(os.environ)
+    env["PYTHONSAFEPATH"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class ServerProcess:
+    """A child process serving HTTP on loopback, started and stopped synchronously."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        ready_url: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.ready_url = ready_url
+        self.env = child_env(env)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.argv[:3]} exited with {self.process.returncode} before it was ready"
+                    f"{f'; see {self.log_path}' if self.log_path else ''}"
+                )
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"{self.argv[:3]} not ready at {self.ready_url} after {timeout} s")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; returns the exit code."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return None if process is None else process.returncode
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def predictor(port: int, *, models: bool = False, log_path: Path | None = None) -> ServerProcess:
+    argv = [CLI, "predictor", "--port", str(port)] + (["--models"] if models else [])
+    return ServerProcess(argv, f"http://127.0.0.1:{port}/v2/health/ready", log_path=log_path)
+
+
+def router(
+    port: int,
+    *source: str,
+    env: Mapping[str, str] | None = None,
+    extra: Sequence[str] = (),
+    log_path: Path | None = None,
+) -> ServerProcess:
+    """``infergraph router`` on loopback; ``source`` is e.g. ``("--graph-json", text)``."""
+    argv = [CLI, "router", *source, "--host", "127.0.0.1", "--port", str(port), *extra]
+    return ServerProcess(argv, f"http://127.0.0.1:{port}/readyz", env=env, log_path=log_path)
+
+
+async def stop_all(processes: Sequence[ServerProcess]) -> None:
+    """Stop processes concurrently (each stop waits for its child)."""
+    with contextlib.suppress(Exception):
+        await asyncio.gather(*(asyncio.to_thread(p.stop) for p in processes))

@@ -1,0 +1,127 @@
+"""The ``infergraph`` command: ``router`` serves graphs, ``validate`` checks graph files,
+``demo`` runs the embedded demo. Settings are built here, from flags and the environment, and
+passed in; nothing else reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from infergraph.router.engine.errors import GraphSpecError
+from infergraph.router.service.registry import load_file
+from infergraph.router.settings import GraphSource, RouterSettings
+
+log = logging.getLogger("infergraph")
+
+
+def _router_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("router", help="serve InferenceGraphs over HTTP (a drop-in for KServe's)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--graph-json", help="the InferenceGraph spec as JSON (KServe's flag)")
+    source.add_argument("--graph", type=Path, help="a graph file (YAML/JSON), hot-reloaded")
+    source.add_argument("--graph-dir", type=Path, help="serve every graph file at /graphs/<name>")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=30.0,
+        help="after SIGTERM, keep serving this long with /readyz at 503 (default 30, as KServe)",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=32 * 1024 * 1024, help="413 above (default 32 MiB)"
+    )
+    p.add_argument("--reload-interval", type=float, default=1.0, help="graph file poll seconds")
+    p.add_argument("--max-connections", type=int, default=1024, help="downstream pool size")
+    p.add_argument(
+        "--client", choices=("fast", "aiohttp"), default="aiohttp", help="downstream HTTP client"
+    )
+    p.add_argument("--log-level", default="INFO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infergraph", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _router_parser(sub)
+    v = sub.add_parser("validate", help="check graph files; exit 1 if any is invalid")
+    v.add_argument("files", nargs="+", type=Path)
+    d = sub.add_parser("demo", help="run the embedded demo: local predictors, router, requests")
+    d.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
+    p = sub.add_parser("predictor", help="run a local predictor (demo, tests, benchmarks)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--models", action="store_true", help="serve the iris scikit-learn models")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> RouterSettings:
+    return RouterSettings(
+        source=GraphSource(
+            graph_json=args.graph_json, graph_file=args.graph, graph_dir=args.graph_dir
+        ),
+        host=args.host,
+        port=args.port,
+        propagate_headers=os.environ.get("PROPAGATE_HEADERS"),
+        drain_seconds=args.drain_seconds,
+        max_body_bytes=args.max_body_bytes,
+        reload_interval=args.reload_interval,
+        max_connections=args.max_connections,
+        client=args.client,
+    )
+
+
+def validate(files: list[Path]) -> int:
+    status = 0
+    for path in files:
+        try:
+            plan = load_file(path)
+        except GraphSpecError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+            continue
+        print(f"ok {path}: {plan.summary()}")
+        for warning in plan.warnings:
+            print(f"  warning: {warning}")
+    return status
+
+
+def run_router(settings: RouterSettings) -> int:
+    from infergraph.router.service.main import run
+
+    try:
+        return run(settings)
+    except GraphSpecError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "validate":
+        return validate(args.files)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "router":
+        return run_router(settings_from_args(args))
+    if args.command == "predictor":
+        from infergraph.predictors import local
+
+        argv = ["--host", args.host, "--port", str(args.port)] + (
+            ["--models"] if args.models else []
+        )
+        local.main(argv)
+        return 0
+    from infergraph.predictors.demo import run_demo
+
+    return asyncio.run(run_demo(router_port=args.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Ensemble: every step runs concurrently on the node input; the replies merge into one object.
+
+The result is ``{"<step name or index>": <step body>, ...}`` with status 200, soft failures
+included. Each body must be a JSON object (or ``null``). A Hard step with a non-2xx status
+decides the result (the first such step in step order) and the branches still running are
+cancelled; any branch error fails the ensemble at once and cancels the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import orjson
+import pygjson
+
+from infergraph.router.engine.errors import EnsembleMergeError
+from infergraph.router.engine.transport import Reply
+
+if TYPE_CHECKING:
+    from infergraph.router.engine.context import ExecutionContext
+    from infergraph.router.engine.payload import Payload
+    from infergraph.router.engine.plan import NodePlan, StepPlan
+    from infergraph.router.engine.steps import StepRunner
+
+JSON = "application/json"
+
+
+def object_body(step: StepPlan, reply: Reply) -> bytes:
+    """The body if it is a JSON object or ``null``, else ``EnsembleMergeError``."""
+    body = reply.body.strip()
+    if body == b"null" or (body[:1] == b"{" and pygjson.validate(body)):
+        return body
+    kind = "empty" if not body else "not a JSON object"
+    raise EnsembleMergeError(
+        f"ensemble step {step.key!r} returned a body that is {kind} (status {reply.status})"
+    )
+
+
+def merge(keyed: list[tuple[str, bytes]]) -> bytes:
+    """Concatenate already-validated JSON bodies into one object without re-encoding them."""
+    parts = [orjson.dumps(key) + b":" + body for key, body in keyed]
+    return b"{" + b",".join(parts) + b"}"
+
+
+async def run(
+    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner
+) -> Reply:
+    async def branch(step: StepPlan) -> tuple[Reply, bytes]:
+        reply = await run_step(step, payload, ctx)
+        return reply, object_body(step, reply)
+
+    tasks = [asyncio.ensure_future(branch(step)) for step in node.steps]
+    try:
+        merged: list[tuple[str, bytes]] = []
+        pending: set[asyncio.Future[tuple[Reply, bytes]]] = set(tasks)
+        while True:
+            # Results are taken in step order, so the first Hard failure in order decides.
+            while len(merged) < len(tasks) and tasks[len(merged)].done():
+                step = node.steps[len(merged)]
+                reply, body = tasks[len(merged)].result()
+                if step.hard and not reply.ok:
+                    return Reply(reply.status, body, JSON)
+                merged.append((step.key, body))
+            if len(merged) == len(tasks):
+                return Reply(200, merge(merged), JSON)
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                if finished.exception() is not None:
+                    finished.result()  # a failing branch fails the ensemble now
+    finally:
+        running = [task for task in tasks if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)

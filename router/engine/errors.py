@@ -1,0 +1,110 @@
+"""The exceptions a graph request can end in, each carrying the HTTP status it renders as.
+
+::
+
+    GraphRequestError (500)               rendered {"error": "...", "cause": ...}
+    ├── NoRouteMatched (404 at the root; 500 when raised inside a nested node)
+    ├── InvalidResponse (500)             a condition met a body that is not JSON
+    ├── EnsembleMergeError (500)          an ensemble branch returned something other than an object
+    ├── DeadlineExceeded (504)            the graph's own deadline passed before a step could start
+    ├── UpstreamError (500)               a step call failed below HTTP (raised by transports only)
+    │   ├── UpstreamConnectionError
+    │   ├── UpstreamTimeout
+    │   └── InvalidStepUrl
+    └── BadRequest (4xx)                  the client's request itself is wrong
+        ├── BodyTooLarge (413)
+        └── GraphNotFound (404)
+
+``GraphSpecError`` is separate: it is raised when a graph is loaded, never on the request path,
+and lists every problem found, each naming its node and step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class GraphRequestError(Exception):
+    """A request could not be served; ``status`` is the HTTP status of the error response."""
+
+    status = 500
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class NoRouteMatched(GraphRequestError):
+    status = 404
+
+    def __init__(self) -> None:
+        super().__init__("None of the routes matched with the switch condition")
+
+
+class InvalidResponse(GraphRequestError):
+    def __init__(self) -> None:
+        super().__init__("invalid response")
+
+
+class EnsembleMergeError(GraphRequestError):
+    pass
+
+
+class DeadlineExceeded(GraphRequestError):
+    status = 504
+
+
+class UpstreamError(GraphRequestError):
+    """Base of the failures a transport raises for a step call."""
+
+
+class UpstreamConnectionError(UpstreamError):
+    pass
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class InvalidStepUrl(UpstreamError):
+    pass
+
+
+class BadRequest(GraphRequestError):
+    status = 400
+
+
+class BodyTooLarge(BadRequest):
+    status = 413
+
+
+class GraphNotFound(BadRequest):
+    status = 404
+
+
+@dataclass(frozen=True, slots=True)
+class SpecProblem:
+    """One reason a graph is invalid, located at a node and (optionally) a step."""
+
+    message: str
+    node: str | None = None
+    step: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.node is not None:
+            where.append(f"node {self.node!r}")
+        if self.step is not None:
+            where.append(f"step {self.step}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+class GraphSpecError(ValueError):
+    """A graph failed to load; ``problems`` lists every reason, not only the first."""
+
+    def __init__(self, problems: Sequence[SpecProblem], source: str | None = None) -> None:
+        self.problems = tuple(problems)
+        self.source = source
+        head = f"invalid graph{f' {source}' if source else ''}"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))

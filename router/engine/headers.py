@@ -1,0 +1,81 @@
+"""Which incoming request headers are forwarded to every step (KServe's ``PROPAGATE_HEADERS``).
+
+Patterns are regular expressions matched anywhere (unanchored, case-sensitive) in the header's
+canonical name (``X-Request-Id`` form). ``None`` (the variable unset) forwards nothing; an empty
+setting forwards every header. A pattern that does not compile is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from infergraph.router.engine.transport import Headers
+
+# Headers that describe one connection or one message body, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "Te",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+        "Expect",
+    }
+)
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def canonical_name(name: str) -> str:
+    """Go's canonical MIME header form: ``x-request-id`` -> ``X-Request-Id``.
+
+    Like Go, a name with characters outside the HTTP token set is left unchanged.
+    """
+    if not _TOKEN.match(name):
+        return name
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPolicy:
+    """A compiled ``PROPAGATE_HEADERS`` setting."""
+
+    patterns: tuple[re.Pattern[str], ...] | None
+    rejected: tuple[str, ...] = ()
+
+    @classmethod
+    def from_setting(cls, setting: str | None) -> HeaderPolicy:
+        if setting is None:
+            return cls(patterns=None)
+        if setting.strip() == "":
+            return cls(patterns=())
+        compiled: list[re.Pattern[str]] = []
+        rejected: list[str] = []
+        for raw in setting.split(","):
+            try:
+                compiled.append(re.compile(raw))
+            except re.error as exc:
+                rejected.append(f"{raw!r}: {exc}")
+        return cls(patterns=tuple(compiled), rejected=tuple(rejected))
+
+    def forward(self, incoming: Iterable[tuple[str, str]]) -> Headers:
+        """The headers for each step: the propagated ones, plus a JSON content type if none."""
+        patterns = self.patterns
+        selected: list[tuple[str, str]] = []
+        if patterns is not None:
+            for name, value in incoming:
+                canonical = canonical_name(name)
+                if canonical in HOP_BY_HOP:
+                    continue
+                if not patterns or any(p.search(canonical) for p in patterns):
+                    selected.append((canonical, value))
+        if not any(name == "Content-Type" for name, _ in selected):
+            selected.append(("Content-Type", "application/json"))
+        return tuple(selected)

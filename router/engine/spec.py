@@ -1,0 +1,111 @@
+"""The InferenceGraph spec as pydantic models, with KServe's field names, and how to read it.
+
+A spec is read from the JSON KServe passes with ``--graph-json``, or from a YAML/JSON document
+holding either the bare ``spec`` or a whole custom resource. Fields KServe also passes for the
+router pod (resources, affinity, replicas, ...) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from infergraph.router.engine.errors import GraphSpecError, SpecProblem
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class InferenceStep(_Model):
+    """One step of a node: a target (another node or a service) and how to call it."""
+
+    name: str | None = None
+    node_name: str | None = Field(default=None, alias="nodeName")
+    service_name: str | None = Field(default=None, alias="serviceName")
+    service_url: str | None = Field(default=None, alias="serviceUrl")
+    data: str | None = None
+    condition: str | None = None
+    weight: int | None = None
+    dependency: str | None = None
+    map_predictions_to_instances: bool = Field(default=False, alias="mapPredictionsToInstances")
+
+
+class InferenceRouter(_Model):
+    """A node: how its steps are combined (``routerType``) and the steps themselves."""
+
+    router_type: str = Field(alias="routerType")
+    steps: list[InferenceStep] = Field(default_factory=list)
+
+
+class RouterTimeouts(_Model):
+    """KServe's ``routerTimeouts`` in seconds; 0 means no timeout."""
+
+    server_read: float | None = Field(default=None, alias="serverRead", ge=0)
+    server_write: float | None = Field(default=None, alias="serverWrite", ge=0)
+    server_idle: float | None = Field(default=None, alias="serverIdle", ge=0)
+    service_client: float | None = Field(default=None, alias="serviceClient", ge=0)
+
+
+class InferenceGraphSpec(_Model):
+    """The ``spec`` of an InferenceGraph: only ``nodes`` and ``routerTimeouts`` matter here."""
+
+    nodes: dict[str, InferenceRouter]
+    router_timeouts: RouterTimeouts | None = Field(default=None, alias="routerTimeouts")
+
+
+class NamedSpec(_Model):
+    """A spec together with the graph's name (from the resource's metadata, or the file)."""
+
+    name: str
+    spec: InferenceGraphSpec
+
+
+def _problem_from_pydantic(error: Any) -> SpecProblem:
+    loc = [str(part) for part in error["loc"]]
+    node = step = None
+    if len(loc) >= 2 and loc[0] == "nodes":
+        node = loc[1]
+        if len(loc) >= 4 and loc[2] == "steps":
+            step = loc[3]
+            loc = loc[4:]
+        else:
+            loc = loc[2:]
+    field = ".".join(loc)
+    message = error["msg"] if not field else f"{field}: {error['msg']}"
+    return SpecProblem(message, node=node, step=step)
+
+
+def parse_spec(document: Any, *, default_name: str, source: str | None = None) -> NamedSpec:
+    """Validate a decoded document (bare spec or whole custom resource) into a ``NamedSpec``."""
+    if not isinstance(document, dict):
+        raise GraphSpecError([SpecProblem("the graph must be a JSON/YAML object")], source)
+    name = default_name
+    body: Any = document
+    if "spec" in document and ("kind" in document or "apiVersion" in document):
+        metadata = document.get("metadata") or {}
+        if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):
+            name = metadata["name"]
+        body = document["spec"]
+    if not isinstance(body, dict) or not body.get("nodes"):
+        raise GraphSpecError([SpecProblem("the graph has no nodes")], source)
+    try:
+        spec = InferenceGraphSpec.model_validate(body)
+    except ValidationError as exc:
+        raise GraphSpecError([_problem_from_pydantic(e) for e in exc.errors()], source) from exc
+    return NamedSpec(name=name, spec=spec)
+
+
+def load_text(text: str | bytes, *, default_name: str, source: str | None = None) -> NamedSpec:
+    """Read a graph from JSON or YAML text."""
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise GraphSpecError([SpecProblem(f"not valid JSON or YAML: {exc}")], source) from exc
+    return parse_spec(document, default_name=default_name, source=source)

@@ -1,0 +1,101 @@
+"""The engine's one I/O seam: send a step's request to a service, get its reply.
+
+Production uses the HTTP transport in ``infergraph.router.http``; engine tests use a fake object
+that records calls. Transports raise only ``UpstreamError`` subclasses for failures below HTTP;
+an HTTP error status is a normal ``Reply``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from infergraph.router.engine.errors import InvalidStepUrl
+
+Headers = tuple[tuple[str, str], ...]
+
+_HOST = re.compile(
+    r"^(?:[A-Za-z0-9_~%!$&'()*+,;=-]+(?:\.[A-Za-z0-9_~%!$&'()*+,;=-]+)*\.?|\[[0-9A-Fa-f:.]+\])$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTarget:
+    """A step URL, parsed once at load time. ``error`` is set when the URL cannot be called."""
+
+    url: str
+    scheme: str = "http"
+    host: str = ""
+    port: int = 80
+    path: str = "/"
+    error: str | None = None
+
+    @property
+    def authority(self) -> str:
+        """The ``Host`` header value for this target."""
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+    def check(self) -> None:
+        """Raise ``InvalidStepUrl`` if this target cannot be called."""
+        if self.error is not None:
+            raise InvalidStepUrl(self.error)
+
+
+def parse_target(url: str) -> ServiceTarget:
+    """Parse a step URL; a malformed one yields a target whose calls fail with the reason."""
+
+    def bad(reason: str) -> ServiceTarget:
+        return ServiceTarget(url=url, error=f'parse "{url}": {reason}')
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return bad(str(exc))
+    if parts.scheme not in ("http", "https"):
+        return bad(f"unsupported protocol scheme {parts.scheme!r}")
+    host = parts.hostname or ""
+    netloc_host = parts.netloc.rpartition("@")[2]
+    if netloc_host.startswith("["):
+        netloc_host = netloc_host[: netloc_host.find("]") + 1]
+    else:
+        netloc_host = netloc_host.split(":")[0]
+    if not host or not _HOST.match(netloc_host):
+        return bad(f"invalid host {netloc_host!r}")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    default_port = 443 if parts.scheme == "https" else 80
+    return ServiceTarget(
+        url=url, scheme=parts.scheme, host=host, port=port or default_port, path=path
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StepCall:
+    """One downstream POST: where, what, with which headers, and how long it may take."""
+
+    target: ServiceTarget
+    body: bytes
+    headers: Headers
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A step's (or node's) outcome: status and raw body, passed on as bytes."""
+
+    status: int
+    body: bytes
+    content_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status <= 299
+
+
+class Transport(Protocol):
+    async def send(self, call: StepCall) -> Reply: ...

@@ -1,0 +1,1 @@
+"""HTTP transports: how the router's steps reach model servers."""

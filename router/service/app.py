@@ -1,0 +1,172 @@
+"""The router's HTTP front: one handler on aiohttp's low-level server, and the process lifecycle.
+
+``/readyz`` and ``/healthz`` answer probes; every other request runs a graph. Errors are
+rendered here, in one place, from the status their exception carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from contextlib import suppress
+
+import orjson
+import pygjson
+from aiohttp import web, web_server
+
+from infergraph.router.engine.context import ExecutionContext
+from infergraph.router.engine.errors import BodyTooLarge, GraphRequestError
+from infergraph.router.engine.headers import HeaderPolicy
+from infergraph.router.engine.steps import run_graph
+from infergraph.router.engine.transport import Reply, Transport
+from infergraph.router.service.registry import GraphRegistry
+from infergraph.router.settings import RouterSettings
+
+log = logging.getLogger("infergraph.router")
+
+JSON = "application/json"
+
+
+def error_response(error: GraphRequestError) -> web.Response:
+    body = orjson.dumps({"error": "Failed to process request", "cause": error.cause})
+    return web.Response(status=error.status, body=body, content_type=JSON)
+
+
+def _content_type(reply: Reply) -> str:
+    declared = reply.content_type
+    if declared is not None and declared.startswith(JSON):
+        return declared
+    if reply.body and pygjson.validate(reply.body):
+        return JSON
+    return declared or "application/octet-stream"
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The whole request body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"request body of {length} bytes is over the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    stream = request.content
+    while True:
+        chunk = await stream.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+class RouterService:
+    """Serves the registry's graphs through one transport."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        registry: GraphRegistry,
+        transport: Transport,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.transport = transport
+        self.headers = HeaderPolicy.from_setting(settings.propagate_headers)
+        self.rng = rng or random.Random()
+        self.draining = False
+        for rejected in self.headers.rejected:
+            log.error("PROPAGATE_HEADERS: skipping a pattern that does not compile: %s", rejected)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path == "/readyz":
+            if self.draining:
+                return web.Response(status=503, text="shutting down")
+            return web.Response(status=200)
+        if path == "/healthz":
+            return web.Response(status=200, text="ok")
+        try:
+            plan = self.registry.lookup(path)
+            timeouts = plan.timeouts
+            try:
+                async with asyncio.timeout(timeouts.server_read):
+                    body = await read_body(request, self.settings.max_body_bytes)
+            except TimeoutError:
+                _abort(request)
+                return web.Response(status=408)
+            ctx = ExecutionContext(
+                transport=self.transport,
+                headers=self.headers.forward(request.headers.items()),
+                service_timeout=timeouts.service_client,
+                rng=self.rng,
+            )
+            try:
+                async with asyncio.timeout(timeouts.server_write):
+                    reply = await run_graph(plan.root, body, ctx)
+            except TimeoutError:
+                # As Go's WriteTimeout: the client sees its connection closed.
+                log.warning("graph %s ran past serverWrite; closing the connection", plan.name)
+                _abort(request)
+                return web.Response(status=504)
+        except GraphRequestError as error:
+            if error.status >= 500 or error.status == 404:
+                log.error("request failed: %s", error.cause)
+            return error_response(error)
+        response = web.Response(status=reply.status, body=reply.body)
+        response.headers["Content-Type"] = _content_type(reply)
+        return response
+
+
+async def serve(service: RouterService, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain: readyz turns 503, requests finish, then exit."""
+    settings = service.settings
+    plans = service.registry.plans
+    idle = plans[0].timeouts.server_idle if len(plans) == 1 else 180.0
+    server = web_server.Server(
+        service.handle,
+        handler_cancellation=True,
+        keepalive_timeout=idle if idle is not None else 3600.0,
+        access_log=None,
+    )
+    runner = web.ServerRunner(server, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, settings.host, settings.port, shutdown_timeout=max(settings.drain_seconds, 1.0)
+    )
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.ensure_future(service.registry.watch(settings.reload_interval))
+    log.info(
+        "serving %s on %s:%d",
+        ", ".join(p.name for p in plans) or "no graphs yet",
+        settings.host,
+        settings.port,
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        service.draining = True
+        log.info("signal received: draining for %.1f s", settings.drain_seconds)
+        await asyncio.sleep(settings.drain_seconds)
+    finally:
+        watcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("stopped")

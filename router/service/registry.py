@@ -1,0 +1,172 @@
+"""The graphs a router serves, reloaded atomically when their files change.
+
+A single graph (``--graph-json`` or ``--graph``) runs on every path, as in KServe. With
+``--graph-dir`` each file serves at ``/graphs/<name>``. A changed file is compiled first and
+swapped in only if valid; requests already running keep the plan they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from infergraph.router.engine.errors import GraphNotFound, GraphSpecError
+from infergraph.router.engine.plan import GraphPlan, load_plan
+from infergraph.router.settings import GraphSource
+
+log = logging.getLogger("infergraph.router.registry")
+
+GRAPH_SUFFIXES = (".yaml", ".yml", ".json")
+GRAPHS_PREFIX = "/graphs/"
+
+Fingerprint = tuple[str, int, int, int, int]
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    """Identity of a file's current content, following symlinks (ConfigMap mounts swap them)."""
+    try:
+        stat = path.stat()
+        return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return None
+
+
+def load_file(path: Path) -> GraphPlan:
+    """Read and compile one graph file; its name is metadata.name or the file's stem."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise GraphSpecError([], source=f"{path} ({exc.strerror})") from exc
+    return load_plan(text, default_name=path.stem, source=str(path))
+
+
+@dataclass(slots=True)
+class _Loaded:
+    plan: GraphPlan
+    fingerprint: Fingerprint | None
+
+
+class GraphRegistry:
+    """Holds the current plans; ``lookup`` is what a request sees."""
+
+    def __init__(self, source: GraphSource) -> None:
+        self.source = source
+        self._single: _Loaded | None = None
+        self._files: dict[Path, _Loaded] = {}
+        self._by_name: dict[str, GraphPlan] = {}
+
+    def load(self) -> None:
+        """Load every graph now; raises ``GraphSpecError`` for an invalid single graph."""
+        source = self.source
+        if source.graph_json is not None:
+            plan = load_plan(source.graph_json, default_name="graph", source="--graph-json")
+            self._single = _Loaded(plan, None)
+        elif source.graph_file is not None:
+            print_ = fingerprint(source.graph_file)
+            self._single = _Loaded(load_file(source.graph_file), print_)
+        elif source.graph_dir is not None:
+            if not source.graph_dir.is_dir():
+                raise GraphSpecError([], source=f"{source.graph_dir} (not a directory)")
+            self.rescan_dir()
+
+    @property
+    def plans(self) -> list[GraphPlan]:
+        if self._single is not None:
+            return [self._single.plan]
+        return list(self._by_name.values())
+
+    def lookup(self, path: str) -> GraphPlan:
+        if self._single is not None:
+            return self._single.plan
+        if path.startswith(GRAPHS_PREFIX):
+            name = path[len(GRAPHS_PREFIX) :].split("/", 1)[0]
+            plan = self._by_name.get(name)
+            if plan is not None:
+                return plan
+            raise GraphNotFound(
+                f"no graph named {name!r} (serving: {', '.join(sorted(self._by_name))})"
+            )
+        raise GraphNotFound(
+            f"POST to {GRAPHS_PREFIX}<name>; graphs: {', '.join(sorted(self._by_name))}"
+        )
+
+    def reload_single(self) -> bool:
+        """Reload ``--graph FILE`` if it changed; True when a new plan was swapped in."""
+        path = self.source.graph_file
+        if path is None or self._single is None:
+            return False
+        current = fingerprint(path)
+        if current is None or current == self._single.fingerprint:
+            return False
+        try:
+            plan = load_file(path)
+        except GraphSpecError as exc:
+            log.error(
+                "graph file changed but is invalid, still serving the previous graph: %s", exc
+            )
+            self._single = _Loaded(self._single.plan, current)
+            return False
+        self._single = _Loaded(plan, current)
+        log.info("reloaded graph %s from %s", plan.name, path)
+        return True
+
+    def rescan_dir(self) -> bool:
+        """Pick up added, changed and removed files of ``--graph-dir``; True if anything changed."""
+        directory = self.source.graph_dir
+        if directory is None:
+            return False
+        present = sorted(
+            Path(entry.path)
+            for entry in os.scandir(directory)
+            if not entry.name.startswith(".") and entry.name.endswith(GRAPH_SUFFIXES)
+        )
+        changed = False
+        files: dict[Path, _Loaded] = {}
+        for path in present:
+            current = fingerprint(path)
+            previous = self._files.get(path)
+            if previous is not None and previous.fingerprint == current:
+                files[path] = previous
+                continue
+            try:
+                files[path] = _Loaded(load_file(path), current)
+                changed = True
+                log.info("loaded graph %s from %s", files[path].plan.name, path)
+            except GraphSpecError as exc:
+                if previous is not None:
+                    log.error(
+                        "%s changed but is invalid, keeping the previous graph: %s", path, exc
+                    )
+                    files[path] = _Loaded(previous.plan, current)
+                else:
+                    log.error("skipping invalid graph file: %s", exc)
+        changed |= set(files) != set(self._files)
+        by_name: dict[str, GraphPlan] = {}
+        for path, loaded in files.items():
+            name = loaded.plan.name
+            if name in by_name:
+                log.error(
+                    "%s: graph name %r is already served from another file; skipped", path, name
+                )
+                continue
+            by_name[name] = loaded.plan
+        self._files = files
+        self._by_name = by_name
+        return changed
+
+    async def watch(self, interval: float) -> None:
+        """Poll the graph file(s) until cancelled."""
+        if self.source.graph_file is None and self.source.graph_dir is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.source.graph_file is not None:
+                    self.reload_single()
+                else:
+                    self.rescan_dir()
+            except OSError as exc:
+                log.error("cannot check graph files for changes: %s", exc)

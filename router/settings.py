@@ -1,0 +1,29 @@
+"""The router's settings: one typed object, built at the edge (the CLI) and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSource:
+    """Where graphs come from: exactly one of inline JSON, one file, or a directory of files."""
+
+    graph_json: str | None = None
+    graph_file: Path | None = None
+    graph_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    source: GraphSource
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # KServe's PROPAGATE_HEADERS: None when unset, "" forwards everything.
+    propagate_headers: str | None = None
+    drain_seconds: float = 30.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    reload_interval: float = 1.0
+    max_connections: int = 1024
+    client: str = "aiohttp"

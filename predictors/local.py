@@ -54,7 +54,7 @@ async def step(request: web.Request) -> web.Response:
             "step": name,
             "path": request.path_qs,
             "method": request.method,
-            "headers": dict(request.headers),
+            "headers": {str(k): v for k, v in request.headers.items()},
             "body": raw.decode("utf-8", "replace"),
             "time": time.time(),
         }
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         access_log=None,
         print=None,
+        handler_cancellation=True,
         loop=uvloop.new_event_loop(),
     )
 

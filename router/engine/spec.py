@@ -101,6 +101,8 @@ def parse_spec(document: Any, *, default_name: str, source: str | None = None) -
 
 def load_text(text: str | bytes, *, default_name: str, source: str | None = None) -> NamedSpec:
     """Read a graph from JSON or YAML text."""
+    if not text.strip():
+        raise GraphSpecError([SpecProblem("the graph is empty")], source)
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -1,0 +1,59 @@
+"""Fixtures that start real processes on loopback: one predictor per module, routers per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Predictor
+
+from infergraph.predictors import processes
+
+RouterFactory = Callable[..., int]
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
+    port = processes.free_port()
+    log = tmp_path_factory.mktemp("predictor") / "predictor.log"
+    with processes.predictor(port, log_path=log):
+        yield Predictor(port)
+
+
+@pytest.fixture
+def clean_predictor(predictor: Predictor) -> Predictor:
+    predictor.clear()
+    return predictor
+
+
+@pytest.fixture
+def start_router(tmp_path: Path) -> Iterator[RouterFactory]:
+    """Start ``infergraph router`` with a graph; returns its port. Stopped after the test."""
+    started: list[processes.ServerProcess] = []
+
+    def start(
+        graph_json: str | None = None,
+        *,
+        source: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
+        **_: Any,
+    ) -> int:
+        port = processes.free_port()
+        args = ("--graph-json", graph_json) if graph_json is not None else source
+        server = processes.router(
+            port,
+            *args,
+            env=env,
+            extra=("--drain-seconds", "0", *extra),
+            log_path=tmp_path / f"router-{port}.log",
+        )
+        started.append(server)
+        server.start()
+        return port
+
+    yield start
+    for server in started:
+        server.stop()

@@ -21,6 +21,7 @@ from infergraph.predictors import processes
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [processes.CLI, *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -182,3 +183,17 @@ def test_graph_dir_serves_each_graph_by_name_and_picks_up_changes(
     _wait_for(lambda: request(port, {}, path="/graphs/c").status == 200)
     (tmp_path / "a.json").unlink()
     _wait_for(lambda: request(port, {}, path="/graphs/alpha").status == 404)
+
+
+def test_the_embedded_demo_runs_and_stops_everything_it_started() -> None:
+    result = run_cli("demo", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "-> 200" in result.stdout
+    assert '{"logistic":{"predictions":[1]},"forest":{"predictions":[1]}}' in result.stdout
+    assert '"name":"label","shape":[1],"datatype":"INT64","data":[2]' in result.stdout
+    assert "-> 404" in result.stdout
+    for port in (18081, 18082):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, (
+                f"port {port} still served after the demo"
+            )

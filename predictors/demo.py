@@ -56,6 +56,10 @@ async def _send_samples(url: str) -> int:
 
 async def run_demo(router_port: int = 0, graph: Path = DEMO_GRAPH) -> int:
     port = router_port or processes.free_port()
+    busy = [p for p in (V1_PORT, V2_PORT) if not processes.port_is_free(p)]
+    if busy:
+        print(f"the demo graph's predictor ports {busy} are in use: stop what holds them and retry")
+        return 1
     started: list[processes.ServerProcess] = []
     try:
         print("starting local predictors (scikit-learn models trained on iris) ...")

@@ -28,6 +28,11 @@ def free_port() -> int:
         return port
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child: ours, never shadowing the stdlib with the repo's folders."""
     env = dict(os.environ)

@@ -38,7 +38,10 @@ def _router_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--reload-interval", type=float, default=1.0, help="graph file poll seconds")
     p.add_argument("--max-connections", type=int, default=1024, help="downstream pool size")
     p.add_argument(
-        "--client", choices=("fast", "aiohttp"), default="aiohttp", help="downstream HTTP client"
+        "--client",
+        choices=("fast", "aiohttp"),
+        default="fast",
+        help="downstream HTTP client: the router's own (fast) or aiohttp's ClientSession",
     )
     p.add_argument("--log-level", default="INFO")
 

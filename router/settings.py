@@ -26,4 +26,4 @@ class RouterSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     reload_interval: float = 1.0
     max_connections: int = 1024
-    client: str = "aiohttp"
+    client: str = "fast"

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.http.aiohttp_client import AiohttpTransport
+from infergraph.router.http.fast_client import FastTransport
 from infergraph.router.settings import RouterSettings
 
 
@@ -16,4 +17,6 @@ class ManagedTransport(Protocol):
 
 
 def make_transport(settings: RouterSettings) -> ManagedTransport:
-    return AiohttpTransport(max_connections=settings.max_connections)
+    if settings.client == "aiohttp":
+        return AiohttpTransport(max_connections=settings.max_connections)
+    return FastTransport(max_connections=settings.max_connections)

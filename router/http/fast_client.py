@@ -1,0 +1,250 @@
+"""The router's own HTTP/1.1 client: keep-alive connection pools on asyncio protocols, with
+responses parsed by llhttp (through httptools).
+
+A step call is a POST with a known body and a whole response read into memory, so the client
+needs far less than a general one: no cookies, redirects, proxies or streaming uploads. Doing
+only that work is what makes it cheaper per request than aiohttp's ``ClientSession``.
+
+Failures map to the engine's ``UpstreamError`` tree here and nowhere else. A call that meets a
+pooled keep-alive connection the server had already closed (nothing received) is retried once
+on a new connection; any other failure is reported, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any
+
+import httptools
+
+from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
+from infergraph.router.engine.transport import Reply, ServiceTarget, StepCall
+
+PoolKey = tuple[str, str, int]
+
+
+class _StaleConnection(Exception):
+    """A reused connection closed before any byte of the response arrived."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; carries one request at a time."""
+
+    __slots__ = (
+        "_body",
+        "_content_type",
+        "_framed",
+        "_received",
+        "_waiter",
+        "closed",
+        "parser",
+        "reused",
+        "transport",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._body: list[bytes] = []
+        self._content_type: str | None = None
+        self._framed = False  # Content-Length or chunked: the message has a known end
+        self._received = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamConnectionError("unexpected protocol upgrade in response"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamConnectionError(f"malformed HTTP response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if not self._received and self.reused:
+            waiter.set_exception(_StaleConnection())
+        elif self._received and not self._framed and self.parser.get_status_code():
+            self._complete()  # a body delimited by the end of the connection
+        else:
+            reason = f": {exc}" if exc else ""
+            self._fail(
+                UpstreamConnectionError(f"connection closed before the response ended{reason}")
+            )
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            self._content_type = value.decode("latin-1")
+        elif lowered in (b"content-length", b"transfer-encoding"):
+            self._framed = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete()
+
+    # request side
+    def _complete(self) -> None:
+        waiter = self._waiter
+        status = self.parser.get_status_code()
+        body = self._body
+        reply = Reply(status, body[0] if len(body) == 1 else b"".join(body), self._content_type)
+        if not self.parser.should_keep_alive() or not self._framed:
+            self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+
+    def _fail(self, error: Exception) -> None:
+        self.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, head: bytes, body: bytes) -> asyncio.Future[Reply]:
+        assert self.transport is not None
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        self._body = []
+        self._content_type = None
+        self._framed = False
+        self._received = False
+        self.parser = httptools.HttpResponseParser(self)
+        if body:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+        return waiter
+
+
+def _request_head(
+    target: ServiceTarget, headers: tuple[tuple[str, str], ...], length: int
+) -> bytes:
+    lines = [
+        f"POST {target.path} HTTP/1.1\r\nHost: {target.authority}\r\nContent-Length: {length}\r\n"
+    ]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class FastTransport:
+    """Pooled keep-alive HTTP/1.1 connections per (scheme, host, port)."""
+
+    def __init__(self, max_connections: int = 1024, max_idle_per_host: int = 512) -> None:
+        self._limit = asyncio.Semaphore(max_connections) if max_connections > 0 else None
+        self._max_idle = max_idle_per_host
+        self._idle: dict[PoolKey, deque[_Connection]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._open: set[_Connection] = set()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for connection in list(self._open):
+            connection.close()
+        self._open.clear()
+        self._idle.clear()
+
+    async def _connect(self, target: ServiceTarget) -> _Connection:
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
+        if target.scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            kwargs = {"ssl": self._ssl, "server_hostname": target.host}
+        _, connection = await loop.create_connection(
+            _Connection, target.host, target.port, **kwargs
+        )
+        self._open.add(connection)
+        return connection
+
+    def _release(self, key: PoolKey, connection: _Connection) -> None:
+        if connection.closed:
+            self._open.discard(connection)
+            return
+        idle = self._idle.setdefault(key, deque())
+        if len(idle) >= self._max_idle:
+            connection.close()
+            self._open.discard(connection)
+            return
+        connection.reused = True
+        idle.append(connection)
+
+    async def _exchange(
+        self, key: PoolKey, target: ServiceTarget, head: bytes, body: bytes
+    ) -> Reply:
+        idle = self._idle.get(key)
+        connection = None
+        while idle:
+            candidate = idle.pop()
+            if not candidate.closed:
+                connection = candidate
+                break
+            self._open.discard(candidate)
+        if connection is None:
+            connection = await self._connect(target)
+        try:
+            reply = await connection.send(head, body)
+        except BaseException:
+            connection.abort()
+            self._open.discard(connection)
+            raise
+        self._release(key, connection)
+        return reply
+
+    async def _send(self, call: StepCall) -> Reply:
+        target = call.target
+        key = (target.scheme, target.host, target.port)
+        head = _request_head(target, call.headers, len(call.body))
+        try:
+            return await self._exchange(key, target, head, call.body)
+        except _StaleConnection:
+            return await self._exchange(key, target, head, call.body)
+
+    async def send(self, call: StepCall) -> Reply:
+        url = call.target.url
+        try:
+            async with asyncio.timeout(call.timeout):
+                if self._limit is None:
+                    return await self._send(call)
+                async with self._limit:
+                    return await self._send(call)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f'Post "{url}": context deadline exceeded (timeout {call.timeout} s)'
+            ) from exc
+        except UpstreamConnectionError as exc:
+            raise UpstreamConnectionError(f'Post "{url}": {exc.cause}') from exc
+        except _StaleConnection as exc:
+            raise UpstreamConnectionError(
+                f'Post "{url}": connection closed twice in a row'
+            ) from exc
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise UpstreamConnectionError(
+                f'Post "{url}": dial tcp {call.target.host}:{call.target.port}: {reason}'
+            ) from exc

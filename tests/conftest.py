@@ -1,4 +1,4 @@
-"""Suite-wide fixtures: every async test fails if it leaves tasks running."""
+"""Suite-wide checks: every async test fails if it leaves tasks running."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from typing import Any
 import pytest
 
 
+# Tasks a fixture owns (e.g. a test server's connection handlers) carry this name prefix; the
+# fixture's teardown ends them, after the test.
+FIXTURE_TASK = "fixture:"
+
+
 def _leak_checked(test: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
     @functools.wraps(test)
     async def run(*args: Any, **kwargs: Any) -> Any:
@@ -19,7 +24,11 @@ def _leak_checked(test: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[...
         for _ in range(3):  # let tasks that were cancelled on the way out finish
             await asyncio.sleep(0)
         me = asyncio.current_task()
-        leaked = [t for t in asyncio.all_tasks() - before if t is not me and not t.done()]
+        leaked = [
+            t
+            for t in asyncio.all_tasks() - before
+            if t is not me and not t.done() and not t.get_name().startswith(FIXTURE_TASK)
+        ]
         for task in leaked:
             task.cancel()
         assert not leaked, (

@@ -1,0 +1,239 @@
+"""Both downstream transports against real servers on loopback: a raw HTTP/1.1 server that
+answers in every framing (and misbehaves on request), and the aiohttp-based local predictor."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from infergraph.predictors import processes
+from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
+from infergraph.router.engine.transport import Reply, StepCall, parse_target
+from infergraph.router.http.aiohttp_client import AiohttpTransport
+from infergraph.router.http.fast_client import FastTransport
+
+JSON_HEADERS = (("Content-Type", "application/json"),)
+
+
+class RawServer:
+    """Answers by path: /length, /chunked, /close-delimited, /garbage, /hang, /drop-reused."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.eof_seen = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.set_name(f"fixture:raw-server-{self.connections}")
+        self.tasks.add(task)
+        self.connections += 1
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1]
+                headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+                body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+                self.requests.append((path, headers, body))
+                if path == "/drop-reused" and served > 0:
+                    writer.close()
+                    return
+                served += 1
+                if path in ("/length", "/drop-reused"):
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(body), body)
+                    )
+                elif path == "/chunked":
+                    chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
+                    writer.write(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    for chunk in chunks:
+                        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        await writer.drain()
+                    writer.write(b"0\r\n\r\n")
+                elif path == "/close-delimited":
+                    writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body)
+                    await writer.drain()
+                    writer.close()
+                    return
+                elif path == "/garbage":
+                    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+                elif path == "/hang":
+                    if await reader.read(1) == b"":
+                        self.eof_seen.set()
+                    return
+                elif path == "/status":
+                    writer.write(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
+                    )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[RawServer]:
+    server = RawServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+TRANSPORTS: dict[str, Callable[[], Any]] = {"fast": FastTransport, "aiohttp": AiohttpTransport}
+
+
+@pytest.fixture(params=sorted(TRANSPORTS))
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    instance = TRANSPORTS[request.param]()
+    await instance.start()
+    yield instance
+    await instance.close()
+
+
+def call(
+    url: str, body: bytes = b'{"x": 1}', timeout: float | None = 5.0, headers: Any = JSON_HEADERS
+) -> StepCall:
+    return StepCall(target=parse_target(url), body=body, headers=headers, timeout=timeout)
+
+
+async def test_keep_alive_reuses_one_connection(transport: Any, raw_server: RawServer) -> None:
+    for i in range(10):
+        reply = await transport.send(call(raw_server.url("/length"), b'{"i": %d}' % i))
+        assert reply == Reply(200, b'{"i": %d}' % i, "application/json")
+    assert raw_server.connections == 1
+    path, headers, _ = raw_server.requests[0]
+    assert path == "/length"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Host"] == f"127.0.0.1:{raw_server.port}"
+
+
+async def test_chunked_response_is_reassembled(transport: Any, raw_server: RawServer) -> None:
+    body = b'{"data": "' + b"x" * 100 + b'"}'
+    reply = await transport.send(call(raw_server.url("/chunked"), body))
+    assert (reply.status, reply.body) == (201, body)
+    again = await transport.send(call(raw_server.url("/chunked"), b"{}"))
+    assert again.body == b"{}"
+    assert raw_server.connections == 1
+
+
+async def test_body_delimited_by_connection_close(transport: Any, raw_server: RawServer) -> None:
+    for _ in range(2):
+        reply = await transport.send(call(raw_server.url("/close-delimited"), b"abc"))
+        assert (reply.status, reply.body) == (200, b"abc")
+    assert raw_server.connections == 2
+
+
+async def test_error_status_is_a_reply_not_an_exception(
+    transport: Any, raw_server: RawServer
+) -> None:
+    reply = await transport.send(call(raw_server.url("/status")))
+    assert (reply.status, reply.body) == (503, b"busy")
+
+
+async def test_malformed_response_is_a_connection_error(
+    transport: Any, raw_server: RawServer
+) -> None:
+    with pytest.raises(UpstreamConnectionError, match=raw_server.url("/garbage")):
+        await transport.send(call(raw_server.url("/garbage")))
+
+
+async def test_timeout_raises_and_closes_the_connection(
+    transport: Any, raw_server: RawServer
+) -> None:
+    with pytest.raises(UpstreamTimeout, match="deadline exceeded"):
+        await transport.send(call(raw_server.url("/hang"), timeout=0.2))
+    await asyncio.wait_for(raw_server.eof_seen.wait(), 2)
+
+
+async def test_cancellation_closes_the_connection(transport: Any, raw_server: RawServer) -> None:
+    task = asyncio.ensure_future(transport.send(call(raw_server.url("/hang"), timeout=None)))
+    while not raw_server.requests:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(raw_server.eof_seen.wait(), 2)
+
+
+async def test_connection_refused_names_the_url(transport: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UpstreamConnectionError, match=f'Post "http://127.0.0.1:{port}/x"'):
+        await transport.send(call(f"http://127.0.0.1:{port}/x"))
+
+
+async def test_fast_client_retries_once_on_a_reused_connection_the_server_dropped(
+    raw_server: RawServer,
+) -> None:
+    transport = FastTransport()
+    try:
+        first = await transport.send(call(raw_server.url("/drop-reused"), b"1"))
+        second = await transport.send(call(raw_server.url("/drop-reused"), b"2"))
+    finally:
+        await transport.close()
+    assert (first.body, second.body) == (b"1", b"2")
+    assert raw_server.connections == 2
+
+
+@pytest.fixture(scope="module")
+def echo_port() -> Any:
+    port = processes.free_port()
+    with processes.predictor(port):
+        yield port
+
+
+async def test_large_bodies_round_trip(transport: Any, echo_port: int) -> None:
+    body = b'{"blob": "' + random.Random(7).randbytes(5 * 1024 * 1024).hex().encode() + b'"}'
+    reply = await transport.send(call(f"http://127.0.0.1:{echo_port}/echo", body, timeout=30))
+    assert reply.status == 200
+    assert reply.body == body
+
+
+async def test_many_concurrent_calls_each_get_their_own_reply(
+    transport: Any, echo_port: int
+) -> None:
+    url = f"http://127.0.0.1:{echo_port}/echo"
+    replies = await asyncio.gather(
+        *(transport.send(call(url, b'{"n": %d}' % i)) for i in range(300))
+    )
+    assert [r.body for r in replies] == [b'{"n": %d}' % i for i in range(300)]
+
+
+async def test_propagated_headers_reach_the_server(transport: Any, raw_server: RawServer) -> None:
+    headers = (("X-Request-Id", "abc"), ("Content-Type", "text/plain"))
+    await transport.send(call(raw_server.url("/length"), b"hi", headers=headers))
+    _, received, body = raw_server.requests[0]
+    assert (received["X-Request-Id"], received["Content-Type"], body) == (
+        "abc",
+        "text/plain",
+        b"hi",
+    )

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-
 # Tasks a fixture owns (e.g. a test server's connection handlers) carry this name prefix; the
 # fixture's teardown ends them, after the test.
 FIXTURE_TASK = "fixture:"

@@ -27,6 +27,7 @@ class RawServer:
         self.connections = 0
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.eof_seen = asyncio.Event()
+        self.request_seen = asyncio.Event()
         self.server: asyncio.Server | None = None
         self.port = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -61,6 +62,7 @@ class RawServer:
                 headers = dict(line.split(": ", 1) for line in lines[1:] if line)
                 body = await reader.readexactly(int(headers.get("Content-Length", "0")))
                 self.requests.append((path, headers, body))
+                self.request_seen.set()
                 if path == "/drop-reused" and served > 0:
                     writer.close()
                     return
@@ -175,8 +177,7 @@ async def test_timeout_raises_and_closes_the_connection(
 
 async def test_cancellation_closes_the_connection(transport: Any, raw_server: RawServer) -> None:
     task = asyncio.ensure_future(transport.send(call(raw_server.url("/hang"), timeout=None)))
-    while not raw_server.requests:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(raw_server.request_seen.wait(), 2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -23,6 +23,7 @@ from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTim
 from infergraph.router.engine.transport import Reply, ServiceTarget, StepCall
 
 PoolKey = tuple[str, str, int]
+_COPY_LIMIT = 64 * 1024
 
 
 class _StaleConnection(Exception):
@@ -131,11 +132,10 @@ class _Connection(asyncio.Protocol):
         self._content_type = None
         self._framed = False
         self._received = False
-        self.parser = httptools.HttpResponseParser(self)
-        if body:
-            self.transport.writelines((head, body))
+        if len(body) <= _COPY_LIMIT:
+            self.transport.write(head + body)  # one small copy beats a vectored write
         else:
-            self.transport.write(head)
+            self.transport.writelines((head, body))
         return waiter
 
 
@@ -225,14 +225,19 @@ class FastTransport:
         except _StaleConnection:
             return await self._exchange(key, target, head, call.body)
 
+    async def _limited(self, call: StepCall) -> Reply:
+        if self._limit is None:
+            return await self._send(call)
+        async with self._limit:
+            return await self._send(call)
+
     async def send(self, call: StepCall) -> Reply:
         url = call.target.url
         try:
+            if call.timeout is None:
+                return await self._limited(call)
             async with asyncio.timeout(call.timeout):
-                if self._limit is None:
-                    return await self._send(call)
-                async with self._limit:
-                    return await self._send(call)
+                return await self._limited(call)
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f'Post "{url}": context deadline exceeded (timeout {call.timeout} s)'

@@ -43,11 +43,22 @@ def _content_type(reply: Reply) -> str:
     return declared or "application/octet-stream"
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole request body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes."""
+def _check_length(request: web.BaseRequest, limit: int) -> None:
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body of {length} bytes is over the limit of {limit}")
+
+
+def buffered_body(request: web.BaseRequest) -> bytes | None:
+    """The body if it has already arrived whole (the common case for small requests), else None."""
+    stream = request.content
+    if stream.is_eof():
+        return stream.read_nowait()
+    return None
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The whole request body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     stream = request.content
@@ -98,12 +109,18 @@ class RouterService:
         try:
             plan = self.registry.lookup(path)
             timeouts = plan.timeouts
-            try:
-                async with asyncio.timeout(timeouts.server_read):
-                    body = await read_body(request, self.settings.max_body_bytes)
-            except TimeoutError:
-                _abort(request)
-                return web.Response(status=408)
+            limit = self.settings.max_body_bytes
+            _check_length(request, limit)
+            body = buffered_body(request)
+            if body is not None and len(body) > limit:
+                raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+            if body is None:
+                try:
+                    async with asyncio.timeout(timeouts.server_read):
+                        body = await read_body(request, limit)
+                except TimeoutError:
+                    _abort(request)
+                    return web.Response(status=408)
             ctx = ExecutionContext(
                 transport=self.transport,
                 headers=self.headers.forward(request.headers.items()),

@@ -489,3 +489,20 @@ def test_body_over_the_limit_is_413(
     assert "limit" in response.json()["cause"]
     assert p.called() == []
     assert request(port, {"x": 1}).status == 200
+
+
+def test_chunked_body_over_the_limit_is_413(
+    clean_predictor: Predictor, start_router: RouterFactory
+) -> None:
+    p = clean_predictor
+    port = start_router(
+        graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}}),
+        extra=("--max-body-bytes", "1000"),
+    )
+    chunk = b'{"x": "' + b"a" * 3000 + b'"}'
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        client.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk))
+        reply = client.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert p.called() == []

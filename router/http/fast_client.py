@@ -20,7 +20,7 @@ from typing import Any
 import httptools
 
 from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
-from infergraph.router.engine.transport import Reply, ServiceTarget, StepCall
+from infergraph.router.engine.transport import Headers, Reply, ServiceTarget, StepCall
 
 PoolKey = tuple[str, str, int]
 _COPY_LIMIT = 64 * 1024
@@ -139,15 +139,28 @@ class _Connection(asyncio.Protocol):
         return waiter
 
 
-def _request_head(
-    target: ServiceTarget, headers: tuple[tuple[str, str], ...], length: int
-) -> bytes:
-    lines = [
-        f"POST {target.path} HTTP/1.1\r\nHost: {target.authority}\r\nContent-Length: {length}\r\n"
-    ]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+class _HeadCache:
+    """Encoded request lines per target and header blocks per header set, built once each."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._lines: dict[str, bytes] = {}
+        self._headers: dict[Headers, bytes] = {}
+
+    def head(self, target: ServiceTarget, headers: Headers, length: int) -> bytes:
+        line = self._lines.get(target.url)
+        if line is None:
+            line = f"POST {target.path} HTTP/1.1\r\nHost: {target.authority}\r\n".encode("latin-1")
+            if len(self._lines) >= self._size:
+                self._lines.clear()
+            self._lines[target.url] = line
+        block = self._headers.get(headers)
+        if block is None:
+            block = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+            if len(self._headers) >= self._size:
+                self._headers.clear()
+            self._headers[headers] = block
+        return b"%sContent-Length: %d\r\n%s\r\n" % (line, length, block)
 
 
 class FastTransport:
@@ -159,6 +172,7 @@ class FastTransport:
         self._idle: dict[PoolKey, deque[_Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._open: set[_Connection] = set()
+        self._heads = _HeadCache()
 
     async def start(self) -> None:
         return None
@@ -219,7 +233,7 @@ class FastTransport:
     async def _send(self, call: StepCall) -> Reply:
         target = call.target
         key = (target.scheme, target.host, target.port)
-        head = _request_head(target, call.headers, len(call.body))
+        head = self._heads.head(target, call.headers, len(call.body))
         try:
             return await self._exchange(key, target, head, call.body)
         except _StaleConnection:

@@ -21,6 +21,7 @@ from infergraph.router.engine.errors import BodyTooLarge, GraphRequestError
 from infergraph.router.engine.headers import HeaderPolicy
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, Transport
+from infergraph.router.service.deadlines import Deadlines
 from infergraph.router.service.registry import GraphRegistry
 from infergraph.router.settings import RouterSettings
 
@@ -95,6 +96,7 @@ class RouterService:
         self.headers = HeaderPolicy.from_setting(settings.propagate_headers)
         self.rng = rng or random.Random()
         self.draining = False
+        self.deadlines = Deadlines()
         for rejected in self.headers.rejected:
             log.error("PROPAGATE_HEADERS: skipping a pattern that does not compile: %s", rejected)
 
@@ -127,14 +129,23 @@ class RouterService:
                 service_timeout=timeouts.service_client,
                 rng=self.rng,
             )
-            try:
-                async with asyncio.timeout(timeouts.server_write):
+            if timeouts.server_write is None:
+                reply = await run_graph(plan.root, body, ctx)
+            else:
+                task = asyncio.current_task()
+                assert task is not None
+                self.deadlines.add(task, timeouts.server_write)
+                try:
                     reply = await run_graph(plan.root, body, ctx)
-            except TimeoutError:
-                # As Go's WriteTimeout: the client sees its connection closed.
-                log.warning("graph %s ran past serverWrite; closing the connection", plan.name)
-                _abort(request)
-                return web.Response(status=504)
+                except asyncio.CancelledError:
+                    if not self.deadlines.remove(task):
+                        raise
+                    task.uncancel()
+                    # As Go's WriteTimeout: the client sees its connection closed.
+                    log.warning("graph %s ran past serverWrite; closing the connection", plan.name)
+                    _abort(request)
+                    return web.Response(status=504)
+                self.deadlines.remove(task)
         except GraphRequestError as error:
             if error.status >= 500 or error.status == 404:
                 log.error("request failed: %s", error.cause)
@@ -166,6 +177,7 @@ async def serve(service: RouterService, *, ready: asyncio.Event | None = None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.ensure_future(service.registry.watch(settings.reload_interval))
+    service.deadlines.start()
     log.info(
         "serving %s on %s:%d",
         ", ".join(p.name for p in plans) or "no graphs yet",
@@ -183,6 +195,7 @@ async def serve(service: RouterService, *, ready: asyncio.Event | None = None) -
         watcher.cancel()
         with suppress(asyncio.CancelledError):
             await watcher
+        await service.deadlines.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.cleanup()

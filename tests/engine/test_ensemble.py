@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import orjson
 import pytest
 from fakes import FakeTransport, plan, reply, run, url
 
+from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import EnsembleMergeError, UpstreamTimeout
+from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, StepCall
 
 
@@ -142,3 +145,31 @@ async def test_outer_cancellation_cancels_every_branch(fake: FakeTransport) -> N
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sorted(fake.cancelled) == [url("a"), url("b")]
+
+
+async def test_upstream_wait_is_measured_on_the_injected_clock_without_double_counting() -> None:
+    """Two overlapping calls of 3 and 5 ticks, started together, are 5 ticks of waiting."""
+    now = [0.0]
+    gates = {url("a"): asyncio.Event(), url("b"): asyncio.Event()}
+
+    both_called = asyncio.Barrier(3)
+
+    async def gated(call: StepCall) -> Reply:
+        await both_called.wait()
+        await gates[call.target.url].wait()
+        return reply(body={})
+
+    fake = FakeTransport(script={url("a"): gated, url("b"): gated})
+    graph = plan(
+        ensemble({"name": "a", "serviceUrl": url("a")}, {"name": "b", "serviceUrl": url("b")})
+    )
+    ctx = ExecutionContext(transport=fake, rng=random.Random(0), clock=lambda: now[0])
+    task = asyncio.ensure_future(run_graph(graph.root, b"{}", ctx))
+    await asyncio.wait_for(both_called.wait(), 1)
+    now[0] = 3.0
+    gates[url("a")].set()
+    await asyncio.sleep(0.01)
+    now[0] = 5.0
+    gates[url("b")].set()
+    await task
+    assert (ctx.calls, ctx.upstream_seconds) == (2, 5.0)

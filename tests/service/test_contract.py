@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -506,3 +507,79 @@ def test_chunked_body_over_the_limit_is_413(
         reply = client.recv(65536)
     assert reply.startswith(b"HTTP/1.1 413")
     assert p.called() == []
+
+
+def test_slow_request_body_past_server_read_closes_the_connection(
+    clean_predictor: Predictor, start_router: RouterFactory
+) -> None:
+    p = clean_predictor
+    port = start_router(
+        graph(
+            {"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}},
+            routerTimeouts={"serverRead": 0.3},
+        )
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}")
+        started = time.monotonic()
+        assert client.recv(1024) == b""  # closed without an answer
+        assert time.monotonic() - started < 2
+    assert p.called() == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x00\x01\x02garbage\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        b"POST / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /" + b"%" * 20_000 + b" HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_malformed_http_gets_a_4xx_or_a_closed_connection_and_the_router_survives(
+    raw: bytes, clean_predictor: Predictor, start_router: RouterFactory
+) -> None:
+    p = clean_predictor
+    port = start_router(
+        graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}})
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        try:
+            client.sendall(raw)
+            answer = client.recv(1024)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b"" or re.match(rb"HTTP/1\.[01] 4\d\d ", answer), answer[:80]
+    assert p.called() == []
+    assert request(port, {"x": 1}).status == 200
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"\xff\xfe binary", b"[1, 2]", b'{"unterminated": ', b"null"]
+)
+def test_any_body_through_switch_and_ensemble_gets_a_clean_answer(
+    body: bytes, clean_predictor: Predictor, start_router: RouterFactory
+) -> None:
+    p = clean_predictor
+    port = start_router(
+        graph(
+            {
+                "root": {
+                    "routerType": "Sequence",
+                    "steps": [{"nodeName": "fan"}, {"nodeName": "pick", "data": "$response"}],
+                },
+                "fan": {
+                    "routerType": "Ensemble",
+                    "steps": [{"name": "raw", "serviceUrl": p.url("e", body="{}")}],
+                },
+                "pick": {
+                    "routerType": "Switch",
+                    "steps": [{"serviceUrl": p.url("s"), "condition": "raw"}],
+                },
+            }
+        )
+    )
+    response = request(port, body)
+    assert response.status == 200
+    assert response.json() == {"step": "s", "input": {"raw": {}}}

@@ -1,0 +1,54 @@
+"""Request deadlines (``serverWrite``) enforced by one periodic sweep instead of a timer each.
+
+A per-request ``asyncio.timeout`` costs a timer handle and its bookkeeping on every request;
+here a request only enters and leaves a dict, and one task wakes every ``resolution`` seconds to
+cancel the requests that are past their deadline. Deadlines are therefore honoured to within
+``resolution`` (50 ms by default), far finer than the whole seconds ``routerTimeouts`` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+
+
+class Deadlines:
+    def __init__(self, resolution: float = 0.05) -> None:
+        self.resolution = resolution
+        self._due: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    def add(self, task: asyncio.Task[object], seconds: float) -> None:
+        self._due[task] = asyncio.get_running_loop().time() + seconds
+
+    def remove(self, task: asyncio.Task[object]) -> bool:
+        """Stop watching ``task``; True if it was cancelled for running past its deadline."""
+        self._due.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.resolution)
+            if not self._due:
+                continue
+            now = loop.time()
+            overdue = [task for task, due in self._due.items() if due <= now]
+            for task in overdue:
+                del self._due[task]
+                self._expired.add(task)
+                task.cancel()

@@ -1,0 +1,38 @@
+"""The serverWrite sweeper: overdue requests are cancelled within one resolution, others are not."""
+
+from __future__ import annotations
+
+import asyncio
+
+from infergraph.router.service.deadlines import Deadlines
+
+
+async def test_overdue_task_is_cancelled_and_reported_expired() -> None:
+    deadlines = Deadlines(resolution=0.01)
+    deadlines.start()
+    try:
+        task = asyncio.ensure_future(asyncio.sleep(5))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadlines.add(task, 0.05)  # type: ignore[arg-type]
+        await asyncio.gather(task, return_exceptions=True)
+        elapsed = loop.time() - started
+        assert task.cancelled()
+        assert 0.05 <= elapsed < 0.05 + 0.1
+        assert deadlines.remove(task) is True  # type: ignore[arg-type]
+        assert deadlines.remove(task) is False  # type: ignore[arg-type]
+    finally:
+        await deadlines.close()
+
+
+async def test_task_that_finishes_in_time_is_left_alone() -> None:
+    deadlines = Deadlines(resolution=0.01)
+    deadlines.start()
+    try:
+        task = asyncio.ensure_future(asyncio.sleep(0.02, result="done"))
+        deadlines.add(task, 1.0)  # type: ignore[arg-type]
+        assert await task == "done"
+        assert deadlines.remove(task) is False  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+    finally:
+        await deadlines.close()

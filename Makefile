@@ -45,7 +45,8 @@ unit: $(STAMP)
 test: lint typecheck contracts unit
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.router_bench
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/router_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

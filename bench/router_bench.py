@@ -52,7 +52,10 @@ def _ms(value: str, unit: str) -> float:
 def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, float]:
     threads = 1 if connections == 1 else 2
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+        [
+            *("wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s"),
+            *("--latency", "-s", str(script), url),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -73,7 +76,9 @@ def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[s
     }
 
 
-def measure(url: str, pids: dict[str, int], connections: int, duration: float, script: Path) -> dict[str, float]:
+def measure(
+    url: str, pids: dict[str, int], connections: int, duration: float, script: Path
+) -> dict[str, float]:
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     result = run_wrk(url, connections, duration, script)
     for name, pid in pids.items():
@@ -86,92 +91,135 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def pinned(argv: list[str], core: int) -> list[str]:
-    return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else argv  # type: ignore[operator]
+    """Pin a process to one core (router on 0, predictor on 1) so they do not trade places."""
+    cores = os.cpu_count() or 1
+    return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") and cores > 1 else argv
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.script = workdir / "post.lua"
+        self.script.write_text(
+            f"wrk.method = 'POST'\nwrk.body = '{BODY}'\n"
+            "wrk.headers['Content-Type'] = 'application/json'\n"
+        )
+        self.rows: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+        self.step = 0
+        self.steps = len(args.graphs) * len(args.clients) + 1
+
+    def progress(self, label: str) -> None:
+        self.step += 1
+        elapsed = time.monotonic() - self.started
+        print(f"[{self.step}/{self.steps}] {label} (elapsed {elapsed:.0f} s)", flush=True)
+
+    def series(self, url: str, pids: dict[str, int], connections: int) -> dict[str, Any]:
+        runs = [
+            measure(url, pids, connections, self.args.duration, self.script)
+            for _ in range(self.args.repeats)
+        ]
+        return dict(median_of(runs), connections=connections)
+
+    def direct(self, predictor_pid: int) -> None:
+        self.progress("direct call to the predictor")
+        url = f"http://127.0.0.1:{PREDICTOR_PORT}/echo"
+        for connections in (1, 32):
+            row = self.series(url, {"predictor": predictor_pid}, connections)
+            row.update(system="direct", graph="echo")
+            row["predictor_us"] = row["predictor_cpu_s"] / row["requests"] * 1e6
+            self.rows.append(row)
+
+    def through_router(self, graph: str, client: str, predictor_pid: int) -> None:
+        self.progress(f"{graph} through the router, {client} client")
+        port = processes.free_port()
+        router = processes.router(
+            port,
+            "--graph",
+            str(ROOT / "graphs" / f"bench-{graph}.yaml"),
+            extra=("--client", client, "--drain-seconds", "0", "--log-level", "WARNING"),
+            log_path=self.workdir / f"router-{graph}-{client}.log",
+        )
+        router.argv = pinned(router.argv, 0)
+        with router:
+            pids = {"router": router.pid, "predictor": predictor_pid}
+            for connections in (1, 32):
+                row = self.series(f"http://127.0.0.1:{port}/", pids, connections)
+                calls = row["requests"] * CALLS_PER_REQUEST[graph]
+                row.update(system=f"infergraph/{client}", graph=graph)
+                row["router_us"] = row["router_cpu_s"] / row["requests"] * 1e6
+                row["predictor_us"] = row["predictor_cpu_s"] / calls * 1e6
+                row["ratio"] = row["router_us"] / row["predictor_us"]
+                self.rows.append(row)
+
+    def run(self) -> None:
+        predictor = processes.predictor(PREDICTOR_PORT, log_path=self.workdir / "predictor.log")
+        predictor.argv = pinned(predictor.argv, 1)
+        with predictor:
+            self.direct(predictor.pid)
+            for graph in self.args.graphs:
+                for client in self.args.clients:
+                    self.through_router(graph, client, predictor.pid)
+
+    def write(self) -> Path:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+        out: Path = self.args.out
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "date": stamp,
+            "duration_s": self.args.duration,
+            "repeats": self.args.repeats,
+            "cpus": os.cpu_count(),
+            "body": BODY,
+        }
+        (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": self.rows}, indent=2))
+        (out / f"{stamp}.md").write_text(f"# Router benchmark {stamp}\n\n{render(self.rows)}\n")
+        return out / stamp
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--graphs", nargs="*", default=GRAPHS, choices=GRAPHS)
-    parser.add_argument("--clients", nargs="*", default=["fast", "aiohttp"], choices=["fast", "aiohttp"])
+    clients = ["fast", "aiohttp"]
+    parser.add_argument("--clients", nargs="*", default=clients, choices=clients)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     if not shutil.which("wrk"):
-        print("wrk is missing: install it with `apt-get install wrk` (make bench does)", file=sys.stderr)
+        print("wrk is missing: `apt-get install wrk` (make bench installs it)", file=sys.stderr)
         return 2
     if not processes.port_is_free(PREDICTOR_PORT):
         print(f"port {PREDICTOR_PORT} (the bench graphs' predictor) is in use", file=sys.stderr)
         return 2
-
-    workdir = Path(tempfile.mkdtemp(prefix="infergraph-bench-"))
-    script = workdir / "post.lua"
-    script.write_text(
-        f"wrk.method = 'POST'\nwrk.body = '{BODY}'\nwrk.headers['Content-Type'] = 'application/json'\n"
-    )
-    rows: list[dict[str, Any]] = []
-    predictor = processes.predictor(PREDICTOR_PORT, log_path=workdir / "predictor.log")
-    predictor.argv = pinned(predictor.argv, 1)
-    total = len(args.graphs) * len(args.clients) + 1
-    done = 0
-    started = time.monotonic()
-
-    def progress(label: str) -> None:
-        print(f"[{done + 1}/{total}] {label} (elapsed {time.monotonic() - started:.0f} s)", flush=True)
-
-    with predictor:
-        ppid = predictor.pid
-        progress("direct call to the predictor")
-        for connections in (1, 32):
-            runs = [measure(f"http://127.0.0.1:{PREDICTOR_PORT}/echo", {"predictor": ppid}, connections, args.duration, script) for _ in range(args.repeats)]
-            row = median_of(runs)
-            row.update(system="direct", graph="echo", connections=connections)
-            row["predictor_us"] = row["predictor_cpu_s"] / row["requests"] * 1e6
-            rows.append(row)
-        done += 1
-        for graph in args.graphs:
-            for client in args.clients:
-                progress(f"{graph} through the router, {client} client")
-                port = processes.free_port()
-                router = processes.router(
-                    port, "--graph", str(ROOT / "graphs" / f"bench-{graph}.yaml"),
-                    extra=("--client", client, "--drain-seconds", "0", "--log-level", "WARNING"),
-                    log_path=workdir / f"router-{graph}-{client}.log",
-                )
-                router.argv = pinned(router.argv, 0)
-                with router:
-                    pids = {"router": router.pid, "predictor": ppid}
-                    for connections in (1, 32):
-                        runs = [measure(f"http://127.0.0.1:{port}/", pids, connections, args.duration, script) for _ in range(args.repeats)]
-                        row = median_of(runs)
-                        calls = row["requests"] * CALLS_PER_REQUEST[graph]
-                        row.update(system=f"infergraph/{client}", graph=graph, connections=connections)
-                        row["router_us"] = row["router_cpu_s"] / row["requests"] * 1e6
-                        row["predictor_us"] = row["predictor_cpu_s"] / calls * 1e6
-                        row["ratio"] = row["router_us"] / row["predictor_us"]
-                        rows.append(row)
-                done += 1
-
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"date": stamp, "duration_s": args.duration, "repeats": args.repeats, "cpus": os.cpu_count(), "body": BODY}
-    (args.out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    table = render(rows)
-    (args.out / f"{stamp}.md").write_text(f"# Router benchmark {stamp}\n\n{table}\n")
-    print(table)
-    print(f"\nwritten: {args.out / stamp}.json and .md")
+    bench = Bench(args, Path(tempfile.mkdtemp(prefix="infergraph-bench-")))
+    bench.run()
+    print(render(bench.rows))
+    print(f"\nwritten: {bench.write()}.json and .md")
     return 0
 
 
+COLUMNS = (
+    ("system", "system", "{}"),
+    ("graph", "graph", "{}"),
+    ("conc", "connections", "{}"),
+    ("req/s", "rps", "{:.0f}"),
+    ("p50 ms", "p50_ms", "{:.2f}"),
+    ("p99 ms", "p99_ms", "{:.2f}"),
+    ("router µs/req", "router_us", "{:.0f}"),
+    ("predictor µs/call", "predictor_us", "{:.0f}"),
+    ("ratio", "ratio", "{:.2f}"),
+)
+
+
 def render(rows: list[dict[str, Any]]) -> str:
-    head = "| system | graph | conc | req/s | p50 ms | p99 ms | router µs/req | predictor µs/call | ratio |"
-    lines = [head, "|" + "---|" * 9]
-    for r in rows:
-        lines.append(
-            f"| {r['system']} | {r['graph']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r.get('router_us', 0):.0f} | {r['predictor_us']:.0f} | "
-            f"{r.get('ratio', 0):.2f} |"
-        )
+    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [fmt.format(row[key]) if key in row else "" for _, key, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

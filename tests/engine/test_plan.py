@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -247,3 +248,17 @@ def test_malformed_url_loads_with_a_warning_and_fails_at_call_time() -> None:
         {"root": {"routerType": "Sequence", "steps": [{"serviceUrl": "http://x.{$domain}/p"}]}}
     )
     assert any("invalid host" in str(w) for w in graph.warnings)
+
+
+GRAPH_FILES = sorted((Path(__file__).resolve().parents[2] / "graphs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", GRAPH_FILES, ids=[p.name for p in GRAPH_FILES])
+def test_every_example_graph_loads_without_warnings(path: Path) -> None:
+    graph = load_plan(path.read_text(), default_name=path.stem)
+    assert graph.warnings == ()
+    assert graph.name == ("iris-demo" if path.stem == "demo" else path.stem)
+
+
+def test_there_are_example_graphs() -> None:
+    assert len(GRAPH_FILES) >= 6

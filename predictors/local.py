@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,29 +91,27 @@ async def clear_calls(request: web.Request) -> web.Response:
     return _json({"cleared": True})
 
 
-async def v1_predict(request: web.Request) -> web.Response:
-    zoo: model_zoo.ModelZoo = request.app["zoo"]
-    name = request.match_info["name"]
+async def _serve_model(request: web.Request, infer: Callable[[str, Any], Any]) -> web.Response:
+    """Decode the body, run ``infer(model name, document)``, answer its result or its error."""
     try:
         document = orjson.loads(await request.read())
-        predictions = zoo.predict_v1(name, document)
+        return _json(infer(request.match_info["name"], document))
     except model_zoo.ModelInputError as exc:
         return _json({"error": str(exc)}, exc.status)
     except orjson.JSONDecodeError as exc:
         return _json({"error": f"request body is not JSON: {exc}"}, 400)
-    return _json({"predictions": predictions})
+
+
+async def v1_predict(request: web.Request) -> web.Response:
+    zoo: model_zoo.ModelZoo = request.app["zoo"]
+    return await _serve_model(
+        request, lambda name, document: {"predictions": zoo.predict_v1(name, document)}
+    )
 
 
 async def v2_infer(request: web.Request) -> web.Response:
     zoo: model_zoo.ModelZoo = request.app["zoo"]
-    name = request.match_info["name"]
-    try:
-        document = orjson.loads(await request.read())
-        return _json(zoo.infer_v2(name, document))
-    except model_zoo.ModelInputError as exc:
-        return _json({"error": str(exc)}, exc.status)
-    except orjson.JSONDecodeError as exc:
-        return _json({"error": f"request body is not JSON: {exc}"}, 400)
+    return await _serve_model(request, zoo.infer_v2)
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from aiohttp import web, web_server
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import BodyTooLarge, GraphRequestError
 from infergraph.router.engine.headers import HeaderPolicy
+from infergraph.router.engine.plan import GraphPlan
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, Transport
 from infergraph.router.service.deadlines import Deadlines
@@ -110,49 +111,68 @@ class RouterService:
             return web.Response(status=200, text="ok")
         try:
             plan = self.registry.lookup(path)
-            timeouts = plan.timeouts
-            limit = self.settings.max_body_bytes
-            _check_length(request, limit)
-            body = buffered_body(request)
-            if body is not None and len(body) > limit:
-                raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+            body = await self._body(request, plan.timeouts.server_read)
             if body is None:
-                try:
-                    async with asyncio.timeout(timeouts.server_read):
-                        body = await read_body(request, limit)
-                except TimeoutError:
-                    _abort(request)
-                    return web.Response(status=408)
-            ctx = ExecutionContext(
-                transport=self.transport,
-                headers=self.headers.forward(request.headers.items()),
-                service_timeout=timeouts.service_client,
-                rng=self.rng,
-            )
-            if timeouts.server_write is None:
-                reply = await run_graph(plan.root, body, ctx)
-            else:
-                task = asyncio.current_task()
-                assert task is not None
-                self.deadlines.add(task, timeouts.server_write)
-                try:
-                    reply = await run_graph(plan.root, body, ctx)
-                except asyncio.CancelledError:
-                    if not self.deadlines.remove(task):
-                        raise
-                    task.uncancel()
-                    # As Go's WriteTimeout: the client sees its connection closed.
-                    log.warning("graph %s ran past serverWrite; closing the connection", plan.name)
-                    _abort(request)
-                    return web.Response(status=504)
-                self.deadlines.remove(task)
+                return web.Response(status=408)
+            reply = await self._run(request, plan, body)
+            if reply is None:
+                return web.Response(status=504)
         except GraphRequestError as error:
-            if error.status >= 500 or error.status == 404:
+            if error.status >= 500:
                 log.error("request failed: %s", error.cause)
             return error_response(error)
+        except Exception:
+            log.exception("unexpected error while serving a request")
+            return error_response(GraphRequestError("internal error in the router"))
         response = web.Response(status=reply.status, body=reply.body)
         response.headers["Content-Type"] = _content_type(reply)
         return response
+
+    async def _body(self, request: web.BaseRequest, read_timeout: float | None) -> bytes | None:
+        """The request body; None (connection closed) when it took longer than ``serverRead``."""
+        limit = self.settings.max_body_bytes
+        _check_length(request, limit)
+        body = buffered_body(request)
+        if body is not None:
+            if len(body) > limit:
+                raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+            return body
+        try:
+            async with asyncio.timeout(read_timeout):
+                return await read_body(request, limit)
+        except TimeoutError:
+            _abort(request)
+            return None
+
+    async def _run(self, request: web.BaseRequest, plan: GraphPlan, body: bytes) -> Reply | None:
+        """Run the graph; None (connection closed) when it ran past ``serverWrite``."""
+        timeouts = plan.timeouts
+        ctx = ExecutionContext(
+            transport=self.transport,
+            headers=self.headers.forward(request.headers.items()),
+            service_timeout=timeouts.service_client,
+            rng=self.rng,
+        )
+        if timeouts.server_write is None:
+            return await run_graph(plan.root, body, ctx)
+        task = asyncio.current_task()
+        assert task is not None
+        self.deadlines.add(task, timeouts.server_write)
+        expired = False
+        try:
+            return await run_graph(plan.root, body, ctx)
+        except asyncio.CancelledError:
+            expired = self.deadlines.remove(task)
+            if not expired:
+                raise
+            task.uncancel()
+            # As Go's WriteTimeout: the client sees its connection closed.
+            log.warning("graph %s ran past serverWrite; closing the connection", plan.name)
+            _abort(request)
+            return None
+        finally:
+            if not expired:
+                self.deadlines.remove(task)
 
 
 async def serve(service: RouterService, *, ready: asyncio.Event | None = None) -> None:

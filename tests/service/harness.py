@@ -72,3 +72,8 @@ class Predictor:
 
 def graph(nodes: dict[str, Any], **spec: Any) -> str:
     return json.dumps({"nodes": nodes, **spec})
+
+
+def root_graph(router_type: str, steps: list[dict[str, Any]], **spec: Any) -> str:
+    """A graph whose only node is ``root``."""
+    return graph({"root": {"routerType": router_type, "steps": steps}}, **spec)

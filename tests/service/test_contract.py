@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import RouterFactory
-from harness import Predictor, graph, request
+from harness import Predictor, graph, request, root_graph
 
 ERROR = "Failed to process request"
 
@@ -18,16 +18,12 @@ def test_case1_sequence_maps_predictions_and_chains_response(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Sequence",
-                    "steps": [
-                        {"serviceUrl": p.url("m1"), "mapPredictionsToInstances": True},
-                        {"serviceUrl": p.url("m2"), "data": "$response"},
-                    ],
-                }
-            }
+        root_graph(
+            "Sequence",
+            [
+                {"serviceUrl": p.url("m1"), "mapPredictionsToInstances": True},
+                {"serviceUrl": p.url("m2"), "data": "$response"},
+            ],
         )
     )
     response = request(port, {"predictions": ["a", "b"]})
@@ -42,16 +38,12 @@ def test_case1_sequence_maps_predictions_and_chains_response(
 def test_case2_ensemble(clean_predictor: Predictor, start_router: RouterFactory) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Ensemble",
-                    "steps": [
-                        {"name": "model1", "serviceUrl": p.url("m1")},
-                        {"name": "model2", "serviceUrl": p.url("m2")},
-                    ],
-                }
-            }
+        root_graph(
+            "Ensemble",
+            [
+                {"name": "model1", "serviceUrl": p.url("m1")},
+                {"name": "model2", "serviceUrl": p.url("m2")},
+            ],
         )
     )
     response = request(port, {"x": 1})
@@ -116,16 +108,12 @@ def test_case4_unmet_condition_returns_previous_body(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Sequence",
-                    "steps": [
-                        {"serviceUrl": p.url("m1")},
-                        {"serviceUrl": p.url("m2"), "condition": "predictions"},
-                    ],
-                }
-            }
+        root_graph(
+            "Sequence",
+            [
+                {"serviceUrl": p.url("m1")},
+                {"serviceUrl": p.url("m2"), "condition": "predictions"},
+            ],
         )
     )
     response = request(port, {"x": 1})
@@ -180,11 +168,7 @@ def test_case5_header_propagation(
 
 
 def test_case6_malformed_step_url_is_500_with_the_parse_error(start_router: RouterFactory) -> None:
-    port = start_router(
-        graph(
-            {"root": {"routerType": "Sequence", "steps": [{"serviceUrl": "http://x.{$domain}/p"}]}}
-        )
-    )
+    port = start_router(root_graph("Sequence", [{"serviceUrl": "http://x.{$domain}/p"}]))
     response = request(port, {"x": 1})
     assert response.status == 500
     body = response.json()
@@ -197,9 +181,8 @@ def test_case7_graph_slower_than_server_write_gets_its_connection_closed(
     clean_predictor: Predictor, start_router: RouterFactory
 ) -> None:
     p = clean_predictor
-    spec = graph(
-        {"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("slow", delay=0.5)}]}},
-        routerTimeouts={"serverWrite": 0.2},
+    spec = root_graph(
+        "Sequence", [{"serviceUrl": p.url("slow", delay=0.5)}], routerTimeouts={"serverWrite": 0.2}
     )
     port = start_router(spec)
     started = time.monotonic()
@@ -208,13 +191,9 @@ def test_case7_graph_slower_than_server_write_gets_its_connection_closed(
     assert time.monotonic() - started < 0.5
 
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Sequence",
-                    "steps": [{"serviceUrl": p.url("slow", delay=0.1)}],
-                }
-            },
+        root_graph(
+            "Sequence",
+            [{"serviceUrl": p.url("slow", delay=0.1)}],
             routerTimeouts={"serverWrite": 2},
         )
     )
@@ -226,8 +205,9 @@ def test_service_client_timeout_is_500(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("slow", delay=2)}]}},
+        root_graph(
+            "Sequence",
+            [{"serviceUrl": p.url("slow", delay=2)}],
             routerTimeouts={"serviceClient": 0.2},
         )
     )
@@ -241,17 +221,13 @@ def test_case8_splitter_always_picks_a_route(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Splitter",
-                    "steps": [
-                        {"serviceUrl": p.url("a"), "weight": 30},
-                        {"serviceUrl": p.url("b"), "weight": 0},
-                        {"serviceUrl": p.url("c"), "weight": 70},
-                    ],
-                }
-            }
+        root_graph(
+            "Splitter",
+            [
+                {"serviceUrl": p.url("a"), "weight": 30},
+                {"serviceUrl": p.url("b"), "weight": 0},
+                {"serviceUrl": p.url("c"), "weight": 70},
+            ],
         )
     )
     statuses = {request(port, {"i": i}).status for i in range(100)}
@@ -291,16 +267,12 @@ def test_case9_sequences_with_soft_and_hard_steps(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Sequence",
-                    "steps": [
-                        {"serviceUrl": p.url(step, status=code), "dependency": dep}
-                        for step, code, dep in steps
-                    ],
-                }
-            }
+        root_graph(
+            "Sequence",
+            [
+                {"serviceUrl": p.url(step, status=code), "dependency": dep}
+                for step, code, dep in steps
+            ],
         )
     )
     assert request(port, {"x": 1}).status == status
@@ -312,19 +284,15 @@ def test_case9_root_switch_routes_on_decision_picker(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Switch",
-                    "steps": [
-                        {
-                            "serviceUrl": p.url("err", status=404),
-                            "condition": "[@this].#(decision_picker==ERROR)",
-                        },
-                        {"serviceUrl": p.url("ok"), "condition": "[@this].#(decision_picker==OK)"},
-                    ],
-                }
-            }
+        root_graph(
+            "Switch",
+            [
+                {
+                    "serviceUrl": p.url("err", status=404),
+                    "condition": "[@this].#(decision_picker==ERROR)",
+                },
+                {"serviceUrl": p.url("ok"), "condition": "[@this].#(decision_picker==OK)"},
+            ],
         )
     )
     assert request(port, {"decision_picker": "OK"}).status == 200
@@ -395,20 +363,16 @@ def test_case9_ensemble_soft_and_hard_failures(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Ensemble",
-                    "steps": [
-                        {"name": "ok", "serviceUrl": p.url("ok")},
-                        {
-                            "name": "nf",
-                            "serviceUrl": p.url("nf", status=404),
-                            "dependency": dependency,
-                        },
-                    ],
-                }
-            }
+        root_graph(
+            "Ensemble",
+            [
+                {"name": "ok", "serviceUrl": p.url("ok")},
+                {
+                    "name": "nf",
+                    "serviceUrl": p.url("nf", status=404),
+                    "dependency": dependency,
+                },
+            ],
         )
     )
     response = request(port, {"x": 1})
@@ -424,16 +388,7 @@ def test_connection_refused_is_500_and_router_survives(start_router: RouterFacto
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Sequence",
-                    "steps": [{"serviceUrl": f"http://127.0.0.1:{dead}/x"}],
-                }
-            }
-        )
-    )
+    port = start_router(root_graph("Sequence", [{"serviceUrl": f"http://127.0.0.1:{dead}/x"}]))
     for _ in range(3):
         response = request(port, {"x": 1})
         assert response.status == 500
@@ -446,9 +401,7 @@ def test_readyz_healthz_and_any_path_or_method_runs_the_graph(
     clean_predictor: Predictor, start_router: RouterFactory
 ) -> None:
     p = clean_predictor
-    port = start_router(
-        graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}})
-    )
+    port = start_router(root_graph("Sequence", [{"serviceUrl": p.url("a")}]))
     ready = request(port, b"", path="/readyz", method="GET")
     assert (ready.status, ready.body) == (200, b"")
     assert request(port, b"", path="/healthz", method="GET").status == 200
@@ -463,14 +416,7 @@ def test_non_json_final_body_keeps_a_sensible_content_type(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {
-                "root": {
-                    "routerType": "Sequence",
-                    "steps": [{"serviceUrl": p.url("t", body="plain words", ctype="text/plain")}],
-                }
-            }
-        )
+        root_graph("Sequence", [{"serviceUrl": p.url("t", body="plain words", ctype="text/plain")}])
     )
     response = request(port, {"x": 1})
     assert response.body == b"plain words"
@@ -482,7 +428,7 @@ def test_body_over_the_limit_is_413(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}}),
+        root_graph("Sequence", [{"serviceUrl": p.url("a")}]),
         extra=("--max-body-bytes", "1000"),
     )
     response = request(port, b'{"x": "' + b"a" * 2000 + b'"}')
@@ -497,7 +443,7 @@ def test_chunked_body_over_the_limit_is_413(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}}),
+        root_graph("Sequence", [{"serviceUrl": p.url("a")}]),
         extra=("--max-body-bytes", "1000"),
     )
     chunk = b'{"x": "' + b"a" * 3000 + b'"}'
@@ -514,10 +460,7 @@ def test_slow_request_body_past_server_read_closes_the_connection(
 ) -> None:
     p = clean_predictor
     port = start_router(
-        graph(
-            {"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}},
-            routerTimeouts={"serverRead": 0.3},
-        )
+        root_graph("Sequence", [{"serviceUrl": p.url("a")}], routerTimeouts={"serverRead": 0.3})
     )
     with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
         client.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}")
@@ -541,9 +484,7 @@ def test_malformed_http_gets_a_4xx_or_a_closed_connection_and_the_router_survive
     raw: bytes, clean_predictor: Predictor, start_router: RouterFactory
 ) -> None:
     p = clean_predictor
-    port = start_router(
-        graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}})
-    )
+    port = start_router(root_graph("Sequence", [{"serviceUrl": p.url("a")}]))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
         try:
             client.sendall(raw)

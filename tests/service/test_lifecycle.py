@@ -152,8 +152,17 @@ def test_hot_reload_follows_configmap_symlink_swaps_and_ignores_invalid_graphs(
         tmp_link.symlink_to(version)
         os.replace(tmp_link, mount / "..data")
 
+    # A request in flight when the graph changes finishes on the plan it started with.
+    _write_graph(mount / "..v1" / "graph.yaml", p.url("first", delay=0.8))
+    _wait_for(lambda: request(port, {}).json()["step"] == "first")
+    in_flight: list[str] = []
+    thread = threading.Thread(target=lambda: in_flight.append(request(port, {}).json()["step"]))
+    thread.start()
+    time.sleep(0.2)
     swap("..v2", p.url("second"))
     _wait_for(lambda: request(port, {}).json()["step"] == "second")
+    thread.join(5)
+    assert in_flight == ["first"]
     swap(
         "..v3",
         None,

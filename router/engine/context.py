@@ -20,6 +20,8 @@ class ExecutionContext:
     service_timeout: float | None = None
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.perf_counter
+    # Set by run_graph: the request asks an OpenAI step for server-sent events.
+    stream_requested: bool = False
     # Filled in while the request runs: step calls made, and the wall-clock seconds during which
     # at least one call was outstanding (concurrent ensemble calls are not counted twice).
     calls: int = 0

@@ -15,6 +15,7 @@ import orjson
 import pygjson
 
 from infergraph.router.engine.errors import EnsembleMergeError
+from infergraph.router.engine.mapping import input_from_node
 from infergraph.router.engine.transport import Reply
 
 if TYPE_CHECKING:
@@ -44,10 +45,10 @@ def merge(keyed: list[tuple[str, bytes]]) -> bytes:
 
 
 async def run(
-    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner
+    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner, final: bool
 ) -> Reply:
     async def branch(step: StepPlan) -> tuple[Reply, bytes]:
-        reply = await run_step(step, payload, ctx)
+        reply = await run_step(step, input_from_node(step.input, payload), ctx, False)
         return reply, object_body(step, reply)
 
     tasks = [asyncio.ensure_future(branch(step)) for step in node.steps]

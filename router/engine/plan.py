@@ -10,14 +10,28 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any
 
+from infergraph.predictors.servers import (
+    OPENAI_CHAT,
+    OPENAI_COMPLETIONS,
+    Protocol,
+    inference_path,
+    parse_grpc_model_path,
+)
 from infergraph.router.engine.conditions import (
     Condition,
     ConditionSyntaxError,
     compile_condition,
 )
 from infergraph.router.engine.errors import GraphSpecError, SpecProblem
+from infergraph.router.engine.mapping import (
+    MappingSyntaxError,
+    StepInput,
+    compile_outputs_to_inputs,
+    compile_selection,
+    compile_template,
+)
 from infergraph.router.engine.spec import InferenceGraphSpec, InferenceStep, NamedSpec, load_text
 from infergraph.router.engine.transport import ServiceTarget, parse_target
 
@@ -33,17 +47,24 @@ class RouterType(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
-    """A compiled step. Exactly one of ``node`` and ``service`` is set."""
+    """A compiled step. Exactly one of ``node`` and ``service`` is set.
+
+    ``chat_service`` is the chat endpoint of an ``openai`` step given a base URL; the engine
+    picks it for requests that carry ``messages``.
+    """
 
     index: int
     key: str
     node: NodePlan | None
     service: ServiceTarget | None
-    data: Literal["$request", "$response"]
+    input: StepInput
     condition: Condition | None
     weight: int
     hard: bool
-    map_predictions_to_instances: bool
+    protocol: Protocol | None = None
+    model: str | None = None
+    model_version: str | None = None
+    chat_service: ServiceTarget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +91,8 @@ class GraphPlan:
     nodes: MappingProxyType[str, NodePlan]
     timeouts: Timeouts
     warnings: tuple[SpecProblem, ...] = field(default=())
+    # True when some step speaks the OpenAI protocol, so "stream": true in a request matters.
+    streams: bool = False
 
     def summary(self) -> str:
         kinds = ", ".join(f"{n.name}:{n.router_type.value}" for n in self.nodes.values())
@@ -151,8 +174,19 @@ class _Compiler:
             self.problem(f"nodeName {step.node_name!r} is not a node of this graph", node, label)
         if step.dependency not in (None, "", "Soft", "Hard"):
             self.problem(f"dependency {step.dependency!r} must be Soft or Hard", node, label)
-        if step.data not in (None, "", "$request", "$response"):
-            self.problem(f"data {step.data!r} must be $request or $response", node, label)
+        if step.protocol is not None and step.protocol not in Protocol._value2member_map_:
+            allowed = ", ".join(p.value for p in Protocol)
+            self.problem(f"unknown protocol {step.protocol!r} (one of {allowed})", node, label)
+        if step.node_name and (step.protocol or step.model):
+            self.problem("protocol and model belong on service steps, not nodeName", node, label)
+        if step.request is not None and step.data not in (None, "", "$request"):
+            self.problem("set either data or request, not both", node, label)
+        if step.outputs_to_inputs is not False and step.map_predictions_to_instances:
+            self.problem(
+                "outputsToInputs (v2) and mapPredictionsToInstances (v1) exclude each other",
+                node,
+                label,
+            )
         if router_type == RouterType.SPLITTER:
             if step.weight is None:
                 self.problem("a Splitter step needs a weight", node, label)
@@ -176,6 +210,81 @@ class _Compiler:
             self.problem(str(exc), node, label)
             return None
 
+    def compile_input(
+        self, node: str, router_type: str, label: str, step: InferenceStep, earlier: list[str]
+    ) -> StepInput:
+        try:
+            data = None
+            if step.data and step.data != "$request":
+                data = compile_selection(step.data)
+            template = compile_template(step.request) if step.request is not None else None
+            step_input = StepInput(
+                data=data,
+                template=template,
+                outputs_to_inputs=compile_outputs_to_inputs(step.outputs_to_inputs),
+                map_predictions_to_instances=step.map_predictions_to_instances,
+            )
+        except MappingSyntaxError as exc:
+            self.problem(str(exc), node, label)
+            return StepInput()
+        for selection in step_input.selections:
+            if selection.root != "request" and router_type != RouterType.SEQUENCE:
+                self.problem(
+                    f"{selection.source}: only Sequence steps have earlier responses", node, label
+                )
+            if selection.root == "steps" and selection.step not in earlier:
+                self.problem(
+                    f"{selection.source}: {selection.step!r} is not an earlier step of this node",
+                    node,
+                    label,
+                )
+        return step_input
+
+    def compile_target(self, node: str, label: str, step: InferenceStep) -> dict[str, Any]:
+        """``service``, ``chat_service``, ``protocol``, ``model`` and ``model_version``."""
+        if step.node_name or not step.service_url:
+            return {"service": None}
+        target = parse_target(step.service_url)
+        if step.protocol is None or step.protocol not in Protocol._value2member_map_:
+            if target.scheme.startswith("grpc"):
+                self.problem("a grpc:// URL needs protocol: v2-grpc", node, label)
+            return {"service": target}
+        protocol = Protocol(step.protocol)
+        model, version = step.model, step.model_version
+        chat = None
+        bare = target.path in ("", "/")
+        if protocol is Protocol.V2_GRPC:
+            if not target.scheme.startswith("grpc"):
+                self.problem("protocol v2-grpc needs a grpc://host:port URL", node, label)
+            path_model, path_version = parse_grpc_model_path(target.path)
+            model, version = model or path_model, version or path_version
+            if not model:
+                self.problem(
+                    "protocol v2-grpc needs a model (model: NAME or grpc://host:port/v2/models/NAME)",
+                    node,
+                    label,
+                )
+        elif target.scheme.startswith("grpc"):
+            self.problem(f"protocol {protocol} speaks HTTP: use an http(s):// URL", node, label)
+        elif protocol is Protocol.OPENAI and bare:
+            target, chat = target.with_path(OPENAI_COMPLETIONS), target.with_path(OPENAI_CHAT)
+        elif bare:
+            if not model:
+                self.problem(
+                    f"protocol {protocol} on a base URL needs a model (or give the full URL)",
+                    node,
+                    label,
+                )
+            else:
+                target = target.with_path(inference_path(protocol, model, version))
+        return {
+            "service": target,
+            "chat_service": chat,
+            "protocol": protocol,
+            "model": model,
+            "model_version": version,
+        }
+
     def build(self, name: str) -> NodePlan | None:
         """Build a node after the nodes it refers to; report a cycle once, where it closes."""
         if name in self.built:
@@ -192,25 +301,25 @@ class _Compiler:
         self.visiting.append(name)
         steps: list[StepPlan] = []
         broken = False
+        earlier: list[str] = []
         for index, step in enumerate(router.steps):
             label = _step_label(index, step)
             child = None
             if step.node_name:
                 child = self.build(step.node_name)
                 broken |= child is None
-            condition = self.compile_condition(name, label, step.condition)
-            service = parse_target(step.service_url) if step.service_url else None
+            step_input = self.compile_input(name, router.router_type, label, step, earlier)
+            earlier.append(step.name or str(index))
             steps.append(
                 StepPlan(
                     index=index,
                     key=step.name or str(index),
                     node=child,
-                    service=None if step.node_name else service,
-                    data="$response" if step.data == "$response" else "$request",
-                    condition=condition,
+                    input=step_input,
+                    condition=self.compile_condition(name, label, step.condition),
                     weight=step.weight or 0,
                     hard=step.dependency == "Hard",
-                    map_predictions_to_instances=step.map_predictions_to_instances,
+                    **self.compile_target(name, label, step),
                 )
             )
         self.visiting.pop()
@@ -244,12 +353,14 @@ def compile_plan(named: NamedSpec, *, source: str | None = None) -> GraphPlan:
     for name in spec.nodes:
         if name not in reachable:
             compiler.warnings.append(SpecProblem("not reachable from root", name))
+    nodes = MappingProxyType(dict(compiler.built))
     return GraphPlan(
         name=named.name,
         root=compiler.built[ROOT],
-        nodes=MappingProxyType(dict(compiler.built)),
+        nodes=nodes,
         timeouts=_timeouts(spec),
         warnings=tuple(compiler.warnings),
+        streams=any(s.protocol is Protocol.OPENAI for n in nodes.values() for s in n.steps),
     )
 
 

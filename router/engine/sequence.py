@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from infergraph.router.engine.errors import InvalidResponse
-from infergraph.router.engine.payload import NotJSON, Payload
+from infergraph.router.engine.mapping import Sources
+from infergraph.router.engine.payload import Payload
 from infergraph.router.engine.transport import Reply
 
 if TYPE_CHECKING:
@@ -14,41 +15,27 @@ if TYPE_CHECKING:
     from infergraph.router.engine.steps import StepRunner
 
 
-def predictions_to_instances(payload: Payload) -> Payload:
-    """``{"predictions": [...], ...}`` becomes ``{"instances": [...]}``; the rest is kept."""
-    if b'"predictions"' not in payload.raw:
-        return payload
-    try:
-        document = payload.json()
-    except NotJSON:
-        return payload
-    if isinstance(document, dict):
-        predictions = document.get("predictions")
-        if isinstance(predictions, list) and predictions:
-            return Payload.of_json({"instances": predictions})
-    return payload
-
-
 async def run(
-    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner
+    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner, final: bool
 ) -> Reply:
     previous: Reply | None = None
+    earlier: dict[str, Reply] = {}
+    last = len(node.steps) - 1
     for step in node.steps:
         if step.condition is not None:
-            last = Payload(previous.body if previous is not None else b"")
-            if not last.is_json():
+            body = Payload(previous.body if previous is not None else b"")
+            if not body.is_json():
                 raise InvalidResponse()
-            if not step.condition.matches(last):
+            if not step.condition.matches(body):
                 assert previous is not None
                 return Reply(200, previous.body, previous.content_type)
-        step_input = payload
-        if step.data == "$response" and previous is not None:
-            step_input = Payload(previous.body)
-        if step.map_predictions_to_instances:
-            step_input = predictions_to_instances(step_input)
-        reply = await run_step(step, step_input, ctx)
+        if step.input.passthrough:
+            step_input = payload
+        else:
+            step_input = step.input.build(Sources(payload, previous, earlier))
+        reply = await run_step(step, step_input, ctx, final and step.index == last)
         if step.hard and not reply.ok:
             return reply
-        previous = reply
+        previous = earlier[step.key] = reply
     assert previous is not None
     return previous

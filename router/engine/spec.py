@@ -32,6 +32,12 @@ class InferenceStep(_Model):
     weight: int | None = None
     dependency: str | None = None
     map_predictions_to_instances: bool = Field(default=False, alias="mapPredictionsToInstances")
+    # Beyond KServe: protocol-aware steps and data mapping (see engine/mapping.py).
+    protocol: str | None = None
+    model: str | None = None
+    model_version: str | None = Field(default=None, alias="modelVersion")
+    outputs_to_inputs: bool | dict[str, str] = Field(default=False, alias="outputsToInputs")
+    request: dict[str, Any] | list[Any] | None = None
 
 
 class InferenceRouter(_Model):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from infergraph.router.engine.mapping import input_from_node
+
 if TYPE_CHECKING:
     import random
 
@@ -27,6 +29,7 @@ def choose(node: NodePlan, rng: random.Random) -> StepPlan:
 
 
 async def run(
-    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner
+    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner, final: bool
 ) -> Reply:
-    return await run_step(choose(node, ctx.rng), payload, ctx)
+    step = choose(node, ctx.rng)
+    return await run_step(step, input_from_node(step.input, payload), ctx, final)

@@ -1,22 +1,24 @@
 """Running one step (a service call or a nested node) and dispatching a node to its router type.
 
-Every router-type module has the same signature, ``run(node, payload, ctx, run_step)``; this
-module owns the dispatch table and the only call into the transport.
+Every router-type module has the same signature, ``run(node, payload, ctx, run_step, final)``;
+``final`` says whether the node's reply is the graph's answer (only such a step may stream).
+This module owns the dispatch table and the only call into the transport.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from infergraph.predictors.servers import Protocol
 from infergraph.router.engine import ensemble, sequence, splitter, switch
 from infergraph.router.engine.context import ExecutionContext
-from infergraph.router.engine.errors import GraphRequestError, NoRouteMatched
-from infergraph.router.engine.payload import Payload
-from infergraph.router.engine.plan import NodePlan, RouterType, StepPlan
+from infergraph.router.engine.errors import BadRequest, GraphRequestError, NoRouteMatched
+from infergraph.router.engine.payload import NotJSON, Payload
+from infergraph.router.engine.plan import GraphPlan, NodePlan, RouterType, StepPlan
 from infergraph.router.engine.transport import Reply, StepCall
 
-StepRunner = Callable[[StepPlan, Payload, ExecutionContext], Awaitable[Reply]]
-NodeRunner = Callable[[NodePlan, Payload, ExecutionContext, StepRunner], Awaitable[Reply]]
+StepRunner = Callable[[StepPlan, Payload, ExecutionContext, bool], Awaitable[Reply]]
+NodeRunner = Callable[[NodePlan, Payload, ExecutionContext, StepRunner, bool], Awaitable[Reply]]
 
 ROUTERS: dict[RouterType, NodeRunner] = {
     RouterType.SEQUENCE: sequence.run,
@@ -26,22 +28,42 @@ ROUTERS: dict[RouterType, NodeRunner] = {
 }
 
 
-async def run_node(node: NodePlan, payload: Payload, ctx: ExecutionContext) -> Reply:
-    return await ROUTERS[node.router_type](node, payload, ctx, run_step)
+async def run_node(node: NodePlan, payload: Payload, ctx: ExecutionContext, final: bool) -> Reply:
+    return await ROUTERS[node.router_type](node, payload, ctx, run_step, final)
 
 
-async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext) -> Reply:
+async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, final: bool) -> Reply:
     """Run a step's target with ``payload`` as its input."""
     if step.node is not None:
         try:
-            return await run_node(step.node, payload, ctx)
+            return await run_node(step.node, payload, ctx, final)
         except NoRouteMatched as exc:
             # Only the root Switch answers 404; a nested one fails its parent with 500.
             raise GraphRequestError(exc.cause) from exc
-    assert step.service is not None
-    step.service.check()
+    service = step.service
+    assert service is not None
+    service.check()
+    stream = False
+    if step.protocol is Protocol.OPENAI:
+        if step.chat_service is not None and b'"messages"' in payload.raw:
+            service = step.chat_service
+        if ctx.stream_requested:
+            if not final:
+                raise BadRequest(
+                    f"the request asks for a stream, but step {step.key!r} does not produce the "
+                    "graph's answer (an Ensemble branch or an earlier Sequence step cannot "
+                    'stream); send "stream": false'
+                )
+            stream = True
     call = StepCall(
-        target=step.service, body=payload.raw, headers=ctx.headers, timeout=ctx.service_timeout
+        target=service,
+        body=payload.raw,
+        headers=ctx.headers,
+        timeout=ctx.service_timeout,
+        protocol=step.protocol,
+        model=step.model,
+        model_version=step.model_version,
+        stream=stream,
     )
     ctx.call_started()
     try:
@@ -50,6 +72,20 @@ async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext) -> R
         ctx.call_finished()
 
 
-async def run_graph(root: NodePlan, body: bytes, ctx: ExecutionContext) -> Reply:
+def wants_stream(payload: Payload) -> bool:
+    """Whether an OpenAI-style request asks for server-sent events."""
+    if b'"stream"' not in payload.raw:
+        return False
+    try:
+        document = payload.json()
+    except NotJSON:
+        return False
+    return isinstance(document, dict) and document.get("stream") is True
+
+
+async def run_graph(plan: GraphPlan, body: bytes, ctx: ExecutionContext) -> Reply:
     """Run a graph from its root node on a request body."""
-    return await run_node(root, Payload(body), ctx)
+    payload = Payload(body)
+    if plan.streams:
+        ctx.stream_requested = wants_stream(payload)
+    return await run_node(plan.root, payload, ctx, True)

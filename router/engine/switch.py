@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from infergraph.router.engine.errors import NoRouteMatched
+from infergraph.router.engine.mapping import input_from_node
 
 if TYPE_CHECKING:
     from infergraph.router.engine.context import ExecutionContext
@@ -24,6 +25,7 @@ def choose(node: NodePlan, payload: Payload) -> StepPlan:
 
 
 async def run(
-    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner
+    node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner, final: bool
 ) -> Reply:
-    return await run_step(choose(node, payload), payload, ctx)
+    step = choose(node, payload)
+    return await run_step(step, input_from_node(step.input, payload), ctx, final)

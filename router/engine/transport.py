@@ -8,6 +8,7 @@ an HTTP error status is a normal ``Reply``.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 from infergraph.router.engine.errors import InvalidStepUrl
 
 Headers = tuple[tuple[str, str], ...]
+# URL schemes a step may call, with their default ports (grpc: Open Inference Protocol gRPC).
+SCHEMES = {"http": 80, "https": 443, "grpc": 8001, "grpcs": 443}
 
 _HOST = re.compile(
     r"^(?:[A-Za-z0-9_~%!$&'()*+,;=-]+(?:\.[A-Za-z0-9_~%!$&'()*+,;=-]+)*\.?|\[[0-9A-Fa-f:.]+\])$"
@@ -35,8 +38,12 @@ class ServiceTarget:
     @property
     def authority(self) -> str:
         """The ``Host`` header value for this target."""
-        default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        return self.host if self.port == SCHEMES.get(self.scheme) else f"{self.host}:{self.port}"
+
+    def with_path(self, path: str) -> ServiceTarget:
+        """The same server, another path (a model's endpoint under a base URL)."""
+        url = f"{self.scheme}://{self.authority}{path}"
+        return ServiceTarget(url, self.scheme, self.host, self.port, path, self.error)
 
     def check(self) -> None:
         """Raise ``InvalidStepUrl`` if this target cannot be called."""
@@ -55,7 +62,7 @@ def parse_target(url: str) -> ServiceTarget:
         port = parts.port
     except ValueError as exc:
         return bad(str(exc))
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme not in SCHEMES:
         return bad(f"unsupported protocol scheme {parts.scheme!r}")
     host = parts.hostname or ""
     netloc_host = parts.netloc.rpartition("@")[2]
@@ -68,7 +75,7 @@ def parse_target(url: str) -> ServiceTarget:
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
-    default_port = 443 if parts.scheme == "https" else 80
+    default_port = SCHEMES[parts.scheme]
     return ServiceTarget(
         url=url, scheme=parts.scheme, host=host, port=port or default_port, path=path
     )
@@ -76,12 +83,20 @@ def parse_target(url: str) -> ServiceTarget:
 
 @dataclass(frozen=True, slots=True)
 class StepCall:
-    """One downstream POST: where, what, with which headers, and how long it may take."""
+    """One downstream call: where, what, with which headers, and how long it may take.
+
+    ``protocol`` is None for a plain POST (KServe's behaviour); ``v2-grpc`` calls ``model`` over
+    gRPC with the JSON v2 ``body``; ``stream`` asks for the reply body as it arrives.
+    """
 
     target: ServiceTarget
     body: bytes
     headers: Headers
     timeout: float | None
+    protocol: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +106,8 @@ class Reply:
     status: int
     body: bytes
     content_type: str | None = None
+    # Set instead of ``body`` when the call asked for a stream: the body's chunks as they arrive.
+    stream: AsyncIterator[bytes] | None = None
 
     @property
     def ok(self) -> bool:

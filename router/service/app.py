@@ -154,13 +154,13 @@ class RouterService:
             rng=self.rng,
         )
         if timeouts.server_write is None:
-            return await run_graph(plan.root, body, ctx)
+            return await run_graph(plan, body, ctx)
         task = asyncio.current_task()
         assert task is not None
         self.deadlines.add(task, timeouts.server_write)
         expired = False
         try:
-            return await run_graph(plan.root, body, ctx)
+            return await run_graph(plan, body, ctx)
         except asyncio.CancelledError:
             expired = self.deadlines.remove(task)
             if not expired:

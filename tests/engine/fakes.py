@@ -67,4 +67,4 @@ async def run(
     graph: GraphPlan, fake: FakeTransport, body: Any, *, seed: int = 0, raw: bytes | None = None
 ) -> Reply:
     ctx = ExecutionContext(transport=fake, rng=random.Random(seed))
-    return await run_graph(graph.root, raw if raw is not None else orjson.dumps(body), ctx)
+    return await run_graph(graph, raw if raw is not None else orjson.dumps(body), ctx)

@@ -164,7 +164,7 @@ async def test_upstream_wait_is_measured_on_the_injected_clock_without_double_co
         ensemble({"name": "a", "serviceUrl": url("a")}, {"name": "b", "serviceUrl": url("b")})
     )
     ctx = ExecutionContext(transport=fake, rng=random.Random(0), clock=lambda: now[0])
-    task = asyncio.ensure_future(run_graph(graph.root, b"{}", ctx))
+    task = asyncio.ensure_future(run_graph(graph, b"{}", ctx))
     await asyncio.wait_for(both_called.wait(), 1)
     now[0] = 3.0
     gates[url("a")].set()

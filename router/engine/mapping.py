@@ -1,0 +1,279 @@
+"""Building a step's input from the node input and earlier replies, compiled at load time.
+
+- ``data``: ``$request`` (the node input), ``$response`` (the previous step's reply in a
+  Sequence), or a JSONPath selection rooted at either, or at ``$steps.<name>`` (the reply of an
+  earlier step of the same Sequence): ``$response.outputs[0]``, ``$request.instances``. One
+  match gives its value; several give a list.
+- ``outputsToInputs``: an Open Inference Protocol v2 response becomes the next v2 request:
+  ``true`` keeps every output, a mapping ``{output: input}`` keeps and renames the listed ones.
+  Names, shapes, datatypes and data are kept.
+- ``request``: a template for the whole body. Any string in it that starts with ``$request``,
+  ``$response`` or ``$steps.`` is replaced by what it selects (``$$`` starts a literal ``$``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jsonpath_ng.ext.parser import parse as parse_jsonpath
+
+from infergraph.router.engine.errors import BadRequest, GraphRequestError
+from infergraph.router.engine.payload import NotJSON, Payload
+from infergraph.router.engine.transport import Reply
+
+ROOTS = ("$request", "$response", "$steps.")
+
+
+class MappingSyntaxError(ValueError):
+    """A selection, template or conversion that cannot be compiled."""
+
+
+@dataclass(slots=True)
+class Sources:
+    """What a step's input can be built from, at run time."""
+
+    request: Payload
+    previous: Reply | None = None
+    earlier: Mapping[str, Reply] | None = None
+
+
+def _document(payload: Payload, what: str, client_side: bool) -> Any:
+    try:
+        return payload.json()
+    except NotJSON as exc:
+        error = BadRequest if client_side else GraphRequestError
+        raise error(f"{what} is not JSON, so it cannot be mapped") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """A compiled ``$request...``, ``$response...`` or ``$steps.<name>...`` selection."""
+
+    source: str
+    root: str  # "request", "response" or "steps"
+    step: str | None
+    expr: Any  # compiled JSONPath for the part after the root; None selects the whole document
+
+    def payload(self, sources: Sources) -> Payload:
+        """The selected value as a payload (the whole document keeps its bytes untouched)."""
+        origin = self._origin(sources)
+        if self.expr is None:
+            return origin
+        return Payload.of_json(self.value(sources, origin))
+
+    def value(self, sources: Sources, origin: Payload | None = None) -> Any:
+        origin = origin or self._origin(sources)
+        client_side = self.root == "request"
+        document = _document(origin, f"the {self._describe()}", client_side)
+        if self.expr is None:
+            return document
+        matches = [match.value for match in self.expr.find(document)]
+        if not matches:
+            error = BadRequest if client_side else GraphRequestError
+            raise error(f"{self.source} selected nothing from the {self._describe()}")
+        return matches[0] if len(matches) == 1 else matches
+
+    def _describe(self) -> str:
+        if self.root == "request":
+            return "request"
+        if self.root == "response":
+            return "previous response"
+        return f"response of step {self.step!r}"
+
+    def _origin(self, sources: Sources) -> Payload:
+        if self.root == "request":
+            return sources.request
+        if self.root == "response":
+            if sources.previous is None:
+                return sources.request  # as KServe: $response on the first step is the input
+            return Payload(sources.previous.body)
+        reply = (sources.earlier or {}).get(self.step or "")
+        if reply is None:
+            raise GraphRequestError(f"{self.source}: step {self.step!r} has not run")
+        return Payload(reply.body)
+
+
+def compile_selection(text: str) -> Selection:
+    if text.startswith("$steps."):
+        rest = text[len("$steps.") :]
+        name, _, remainder = rest.partition(".")
+        if "[" in name:
+            name, _, tail = name.partition("[")
+            remainder = f"[{tail}" + (f".{remainder}" if remainder else "")
+        elif remainder:
+            remainder = f".{remainder}"
+        if not name:
+            raise MappingSyntaxError(f"{text!r} must name a step: $steps.<name>...")
+        root, step = "steps", name
+    elif text.startswith("$request"):
+        root, step, remainder = "request", None, text[len("$request") :]
+    elif text.startswith("$response"):
+        root, step, remainder = "response", None, text[len("$response") :]
+    else:
+        raise MappingSyntaxError(f"{text!r} must start with $request, $response or $steps.<name>")
+    if remainder and not remainder.startswith((".", "[")):
+        raise MappingSyntaxError(f"{text!r}: expected . or [ after the root")
+    expr = None
+    if remainder:
+        try:
+            expr = parse_jsonpath("$" + remainder)
+        except Exception as exc:  # jsonpath-ng raises JSONPathError and, rarely, others
+            raise MappingSyntaxError(f"{text!r} does not parse as JSONPath: {exc}") from exc
+    return Selection(source=text, root=root, step=step, expr=expr)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A request body built from literals and selections."""
+
+    tree: Any  # literals, Selection leaves, and dicts/lists of them
+
+    @property
+    def selections(self) -> list[Selection]:
+        found: list[Selection] = []
+
+        def walk(node: Any) -> None:
+            if isinstance(node, Selection):
+                found.append(node)
+            elif isinstance(node, dict):
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(self.tree)
+        return found
+
+    def build(self, sources: Sources) -> Any:
+        def fill(node: Any) -> Any:
+            if isinstance(node, Selection):
+                return node.value(sources)
+            if isinstance(node, dict):
+                return {key: fill(value) for key, value in node.items()}
+            if isinstance(node, list):
+                return [fill(value) for value in node]
+            return node
+
+        return fill(self.tree)
+
+
+def compile_template(tree: Any) -> Template:
+    def compile_node(node: Any) -> Any:
+        if isinstance(node, str):
+            if node.startswith("$$"):
+                return node[1:]
+            if node.startswith(ROOTS):
+                return compile_selection(node)
+            return node
+        if isinstance(node, dict):
+            return {str(key): compile_node(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [compile_node(value) for value in node]
+        return node
+
+    return Template(compile_node(tree))
+
+
+@dataclass(frozen=True, slots=True)
+class OutputsToInputs:
+    """A v2 response's ``outputs`` as the next v2 request's ``inputs``."""
+
+    renames: tuple[tuple[str, str], ...] | None  # None keeps every output under its own name
+
+    def apply(self, payload: Payload) -> Payload:
+        document = _document(payload, "the v2 response", client_side=False)
+        outputs = document.get("outputs") if isinstance(document, dict) else None
+        if not isinstance(outputs, list):
+            raise GraphRequestError("outputsToInputs: the response has no v2 outputs list")
+        by_name = {o.get("name"): o for o in outputs if isinstance(o, dict)}
+        if self.renames is None:
+            chosen = [(name, name) for name in by_name]
+        else:
+            missing = [old for old, _ in self.renames if old not in by_name]
+            if missing:
+                raise GraphRequestError(
+                    f"outputsToInputs: the response has no output named {', '.join(missing)}"
+                    f" (it has {', '.join(str(n) for n in by_name)})"
+                )
+            chosen = list(self.renames)
+        inputs = []
+        for old, new in chosen:
+            output = by_name[old]
+            tensor = {key: output[key] for key in ("shape", "datatype", "data") if key in output}
+            if "parameters" in output:
+                tensor["parameters"] = output["parameters"]
+            inputs.append({"name": new, **tensor})
+        request: dict[str, Any] = {"inputs": inputs}
+        if "id" in document:
+            request["id"] = document["id"]
+        return Payload.of_json(request)
+
+
+def compile_outputs_to_inputs(setting: bool | dict[str, str]) -> OutputsToInputs | None:
+    if setting is False:
+        return None
+    if setting is True:
+        return OutputsToInputs(renames=None)
+    if not setting:
+        raise MappingSyntaxError("outputsToInputs needs true or a mapping of output: input names")
+    return OutputsToInputs(renames=tuple((str(k), str(v)) for k, v in setting.items()))
+
+
+def predictions_to_instances(payload: Payload) -> Payload:
+    """``{"predictions": [...], ...}`` becomes ``{"instances": [...]}``; the rest is kept."""
+    if b'"predictions"' not in payload.raw:
+        return payload
+    try:
+        document = payload.json()
+    except NotJSON:
+        return payload
+    if isinstance(document, dict):
+        predictions = document.get("predictions")
+        if isinstance(predictions, list) and predictions:
+            return Payload.of_json({"instances": predictions})
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class StepInput:
+    """How one step's input is made; the default passes the node input through untouched."""
+
+    data: Selection | None = None  # None: the node input ($request)
+    template: Template | None = None
+    outputs_to_inputs: OutputsToInputs | None = None
+    map_predictions_to_instances: bool = False
+
+    @property
+    def passthrough(self) -> bool:
+        """True when the step simply receives the node input."""
+        return (
+            self.data is None
+            and self.template is None
+            and self.outputs_to_inputs is None
+            and not self.map_predictions_to_instances
+        )
+
+    @property
+    def selections(self) -> list[Selection]:
+        found = [self.data] if self.data is not None else []
+        return found + (self.template.selections if self.template is not None else [])
+
+    def build(self, sources: Sources) -> Payload:
+        if self.template is not None:
+            return Payload.of_json(self.template.build(sources))
+        payload = sources.request if self.data is None else self.data.payload(sources)
+        if self.map_predictions_to_instances:
+            payload = predictions_to_instances(payload)
+        if self.outputs_to_inputs is not None:
+            payload = self.outputs_to_inputs.apply(payload)
+        return payload
+
+
+def input_from_node(spec: StepInput, node_input: Payload) -> Payload:
+    """A step's input in a node without earlier replies (Switch, Splitter, Ensemble)."""
+    if spec.passthrough:
+        return node_input
+    return spec.build(Sources(node_input))

@@ -8,7 +8,7 @@ an HTTP error status is a normal ``Reply``.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -107,7 +107,7 @@ class Reply:
     body: bytes
     content_type: str | None = None
     # Set instead of ``body`` when the call asked for a stream: the body's chunks as they arrive.
-    stream: AsyncIterator[bytes] | None = None
+    stream: AsyncGenerator[bytes, None] | None = None
 
     @property
     def ok(self) -> bool:

@@ -4,11 +4,23 @@ client is tested and benchmarked against."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 
 import aiohttp
 
 from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
 from infergraph.router.engine.transport import Reply, StepCall
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+    """A streamed body as it arrives; leaving early closes the connection."""
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectionError(f"{response.url}: {exc}") from exc
+    finally:
+        response.close()
 
 
 class AiohttpTransport:
@@ -36,6 +48,12 @@ class AiohttpTransport:
         url = call.target.url
         timeout = aiohttp.ClientTimeout(total=call.timeout)
         try:
+            if call.stream:
+                response = await self._session.post(
+                    url, data=call.body, headers=list(call.headers), timeout=timeout
+                )
+                content_type = response.headers.get("Content-Type")
+                return Reply(response.status, b"", content_type, stream=_chunks(response))
             async with self._session.post(
                 url, data=call.body, headers=list(call.headers), timeout=timeout
             ) as response:

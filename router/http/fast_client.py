@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httptools
@@ -35,6 +36,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_chunks",
         "_content_type",
         "_framed",
         "_received",
@@ -55,6 +57,8 @@ class _Connection(asyncio.Protocol):
         self._content_type: str | None = None
         self._framed = False  # Content-Length or chunked: the message has a known end
         self._received = False
+        # Streaming replies: body chunks as they arrive, then None (end) or an exception.
+        self._chunks: asyncio.Queue[bytes | Exception | None] | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,6 +76,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         waiter = self._waiter
+        if self._chunks is not None and waiter is not None and waiter.done():
+            ended = self._received and not self._framed  # a stream delimited by the close
+            self._end_stream(
+                None if ended else UpstreamConnectionError("connection lost mid-stream")
+            )
         if waiter is None or waiter.done():
             return
         if not self._received and self.reused:
@@ -92,11 +101,49 @@ class _Connection(asyncio.Protocol):
         elif lowered in (b"content-length", b"transfer-encoding"):
             self._framed = True
 
+    def on_headers_complete(self) -> None:
+        if self._chunks is not None and self._waiter is not None and not self._waiter.done():
+            status = self.parser.get_status_code()
+            self._waiter.set_result(Reply(status, b"", self._content_type, stream=self._stream()))
+
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if self._chunks is not None:
+            self._chunks.put_nowait(body)
+        else:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._complete()
+        if self._chunks is not None:
+            self._end_stream(None)
+        else:
+            self._complete()
+
+    # streaming
+    def _end_stream(self, outcome: Exception | None) -> None:
+        chunks, self._chunks = self._chunks, None
+        if chunks is not None:
+            chunks.put_nowait(outcome)
+
+    async def _stream(self) -> AsyncGenerator[bytes, None]:
+        """The body as it arrives; closing the iterator early aborts the connection."""
+        chunks = self._chunks
+        assert chunks is not None
+        finished = False
+        try:
+            while True:
+                item = await chunks.get()
+                if item is None:
+                    finished = True
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            # A streamed connection is not reused: close it, or abort it if the reader left early.
+            if finished:
+                self.close()
+            else:
+                self.abort()
 
     # request side
     def _complete(self) -> None:
@@ -110,6 +157,7 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(reply)
 
     def _fail(self, error: Exception) -> None:
+        self._end_stream(error)
         self.close()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -125,9 +173,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def send(self, head: bytes, body: bytes) -> asyncio.Future[Reply]:
+    def send(self, head: bytes, body: bytes, stream: bool = False) -> asyncio.Future[Reply]:
         assert self.transport is not None
         self._waiter = waiter = asyncio.get_running_loop().create_future()
+        self._chunks = asyncio.Queue() if stream else None
         self._body = []
         self._content_type = None
         self._framed = False
@@ -209,7 +258,7 @@ class FastTransport:
         idle.append(connection)
 
     async def _exchange(
-        self, key: PoolKey, target: ServiceTarget, head: bytes, body: bytes
+        self, key: PoolKey, target: ServiceTarget, head: bytes, body: bytes, stream: bool
     ) -> Reply:
         idle = self._idle.get(key)
         connection = None
@@ -222,12 +271,15 @@ class FastTransport:
         if connection is None:
             connection = await self._connect(target)
         try:
-            reply = await connection.send(head, body)
+            reply = await connection.send(head, body, stream)
         except BaseException:
             connection.abort()
             self._open.discard(connection)
             raise
-        self._release(key, connection)
+        if stream:
+            self._open.discard(connection)  # the reply's stream owns and closes it
+        else:
+            self._release(key, connection)
         return reply
 
     async def _send(self, call: StepCall) -> Reply:
@@ -235,9 +287,9 @@ class FastTransport:
         key = (target.scheme, target.host, target.port)
         head = self._heads.head(target, call.headers, len(call.body))
         try:
-            return await self._exchange(key, target, head, call.body)
+            return await self._exchange(key, target, head, call.body, call.stream)
         except _StaleConnection:
-            return await self._exchange(key, target, head, call.body)
+            return await self._exchange(key, target, head, call.body, call.stream)
 
     async def _limited(self, call: StepCall) -> Reply:
         if self._limit is None:

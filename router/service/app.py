@@ -10,7 +10,8 @@ import asyncio
 import logging
 import random
 import signal
-from contextlib import suppress
+from collections.abc import AsyncGenerator
+from contextlib import aclosing, suppress
 
 import orjson
 import pygjson
@@ -75,6 +76,30 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def stream_reply(
+    request: web.BaseRequest, reply: Reply, chunks: AsyncGenerator[bytes, None]
+) -> web.StreamResponse:
+    """Relay a streamed step reply (server-sent events) chunk by chunk as it arrives.
+
+    If the client goes away the handler is cancelled, which closes ``chunks`` and so the
+    upstream connection: the model server stops generating.
+    """
+    response = web.StreamResponse(status=reply.status)
+    response.headers["Content-Type"] = reply.content_type or "text/event-stream"
+    response.headers["Cache-Control"] = "no-cache"
+    async with aclosing(chunks):
+        await response.prepare(request)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except GraphRequestError as error:
+            log.error("stream from the model server broke off: %s", error.cause)
+            _abort(request)
+            return response
+    await response.write_eof()
+    return response
+
+
 def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
@@ -124,6 +149,8 @@ class RouterService:
         except Exception:
             log.exception("unexpected error while serving a request")
             return error_response(GraphRequestError("internal error in the router"))
+        if reply.stream is not None:
+            return await stream_reply(request, reply, reply.stream)
         response = web.Response(status=reply.status, body=reply.body)
         response.headers["Content-Type"] = _content_type(reply)
         return response

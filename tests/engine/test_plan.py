@@ -121,7 +121,10 @@ REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
                 "steps": [{**OK_STEP, "dependency": "hard", "data": "$input"}],
             }
         },
-        ["dependency 'hard' must be Soft or Hard", "'$input' must start with $request, $response or $steps.<name>"],
+        [
+            "dependency 'hard' must be Soft or Hard",
+            "'$input' must start with $request, $response or $steps.<name>",
+        ],
     ),
     (
         "wrong field type names node and step",

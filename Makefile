@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TOOLS_CACHE ?= $(HOME)/.cache/infergraph
 TYPECHECK_ROOT := $(VENV)/typecheck
 
-.PHONY: demo test lint typecheck contracts unit bench install clean
+.PHONY: demo test lint typecheck contracts components unit bench install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,10 +39,14 @@ contracts: $(STAMP) $(TYPECHECK_ROOT)/infergraph
 	cd $(TYPECHECK_ROOT) && PYTHONPATH=$(CURDIR)/$(TYPECHECK_ROOT) $(CURDIR)/$(BIN)/lint-imports \
 		--no-cache $(CURDIR)/pyproject.toml
 
-unit: $(STAMP)
-	$(BIN)/python -m pytest
+# Real model servers for the protocol tests (Triton, KServe, vLLM), cached in $(TOOLS_CACHE).
+components:
+	PYTHON=$(PYTHON) tests/components/install.sh $(TOOLS_CACHE)
 
-test: lint typecheck contracts unit
+unit: $(STAMP)
+	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python -m pytest
+
+test: lint typecheck contracts components unit
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

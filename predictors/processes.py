@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -60,7 +61,18 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log)
+        # Its own process group, so stopping it also stops what it started (tritonserver, vLLM's
+        # engine processes).
+        # It runs outside the repository: Python run from its root would take the operator/
+        # folder for the standard library's operator module.
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=tempfile.gettempdir(),
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -88,19 +100,39 @@ class ServerProcess:
         self.process.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; returns the exit code."""
+        """SIGTERM to the process group, SIGKILL after ``timeout``; returns the exit code."""
         process = self.process
-        if process is None or process.poll() is not None:
-            return None if process is None else process.returncode
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
+        if process is None:
+            return None
+        code = process.poll()
+        self._signal_group(signal.SIGTERM)
+        if code is None:
+            try:
+                code = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                code = process.wait()
+        self._wait_group_gone(timeout)
+        return code
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    def _wait_group_gone(self, timeout: float) -> None:
+        """Children of the process may outlive it briefly: wait, then kill what is left."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)  # type: ignore[union-attr]
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)
+        self._signal_group(signal.SIGKILL)
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -1,12 +1,14 @@
-"""Pick the downstream HTTP transport named in the settings."""
+"""The router's transport: the HTTP client named in the settings, plus gRPC for v2-grpc steps."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from infergraph.predictors import servers
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.http.aiohttp_client import AiohttpTransport
 from infergraph.router.http.fast_client import FastTransport
+from infergraph.router.http.v2_grpc import GrpcV2Transport
 from infergraph.router.settings import RouterSettings
 
 
@@ -16,7 +18,31 @@ class ManagedTransport(Protocol):
     async def send(self, call: StepCall) -> Reply: ...
 
 
+class ProtocolTransport:
+    """Sends ``v2-grpc`` steps over gRPC and every other step over HTTP."""
+
+    def __init__(self, http: ManagedTransport, grpc: ManagedTransport) -> None:
+        self.http = http
+        self.grpc = grpc
+
+    async def start(self) -> None:
+        await self.http.start()
+        await self.grpc.start()
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.grpc.close()
+
+    async def send(self, call: StepCall) -> Reply:
+        if call.protocol == servers.Protocol.V2_GRPC:
+            return await self.grpc.send(call)
+        return await self.http.send(call)
+
+
 def make_transport(settings: RouterSettings) -> ManagedTransport:
+    http: ManagedTransport
     if settings.client == "aiohttp":
-        return AiohttpTransport(max_connections=settings.max_connections)
-    return FastTransport(max_connections=settings.max_connections)
+        http = AiohttpTransport(max_connections=settings.max_connections)
+    else:
+        http = FastTransport(max_connections=settings.max_connections)
+    return ProtocolTransport(http, GrpcV2Transport())

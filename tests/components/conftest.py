@@ -1,0 +1,61 @@
+"""Real model servers for the protocol tests, started once per test session on fixed loopback
+ports (the ports the example graphs in graphs/ call), from the environments that
+tests/components/install.sh (run by `make test`) keeps in ~/.cache/infergraph/venvs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infergraph.predictors import processes
+
+REPO = Path(__file__).resolve().parents[2]
+VENVS = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph")) / "venvs"
+TRITON_HTTP, TRITON_GRPC = 18200, 18201
+KSERVE_HTTP = 18300
+VLLM_HTTP = 18100
+
+
+def component_python(name: str) -> Path:
+    python = VENVS / name / "bin" / "python"
+    if not (VENVS / name / ".complete").exists():
+        pytest.fail(
+            f"the {name} environment is missing: run `make test` (it runs "
+            f"tests/components/install.sh) or that script by hand",
+            pytrace=False,
+        )
+    return python
+
+
+def free_or_fail(*ports: int) -> None:
+    busy = [p for p in ports if not processes.port_is_free(p)]
+    if busy:
+        pytest.fail(f"ports {busy} are in use; the component tests need them free", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real tritonserver (from nvidia-pytriton) with the models of predictors/triton_server.py."""
+    python = component_python("pytriton-0.7.0")
+    free_or_fail(TRITON_HTTP, TRITON_GRPC)
+    log = tmp_path_factory.mktemp("triton") / "triton.log"
+    env = {"LD_LIBRARY_PATH": str(sysconfig.get_config_var("LIBDIR") or "")}
+    server = processes.ServerProcess(
+        [
+            str(python),
+            str(REPO / "predictors" / "triton_server.py"),
+            *("--http-port", str(TRITON_HTTP), "--grpc-port", str(TRITON_GRPC)),
+        ],
+        # Models load after the server reports ready: wait for the last one bound.
+        f"http://127.0.0.1:{TRITON_HTTP}/v2/models/types/ready",
+        env=env,
+        log_path=log,
+    )
+    print(f"starting Triton (log: {log})", file=sys.stderr)
+    with server.start(timeout=180):
+        yield f"http://127.0.0.1:{TRITON_HTTP}"

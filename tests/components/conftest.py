@@ -59,3 +59,19 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     print(f"starting Triton (log: {log})", file=sys.stderr)
     with server.start(timeout=180):
         yield f"http://127.0.0.1:{TRITON_HTTP}"
+
+
+@pytest.fixture(scope="session")
+def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real KServe ModelServer with the models of predictors/kserve_server.py."""
+    python = component_python("kserve-0.21.0")
+    free_or_fail(KSERVE_HTTP)
+    log = tmp_path_factory.mktemp("kserve") / "kserve.log"
+    server = processes.ServerProcess(
+        [str(python), str(REPO / "predictors" / "kserve_server.py"), "--port", str(KSERVE_HTTP)],
+        f"http://127.0.0.1:{KSERVE_HTTP}/v2/models/iris-classifier/ready",
+        log_path=log,
+    )
+    print(f"starting KServe ModelServer (log: {log})", file=sys.stderr)
+    with server.start(timeout=120):
+        yield f"http://127.0.0.1:{KSERVE_HTTP}"

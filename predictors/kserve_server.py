@@ -22,13 +22,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 
-class LoopbackConfig(uvicorn.Config):  # type: ignore[misc]
+class LoopbackConfig(uvicorn.Config):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["host"] = "127.0.0.1"
         super().__init__(*args, **kwargs)
 
 
-class Scaler(Model):  # type: ignore[misc]
+class Scaler(Model):
     def __init__(self, name: str, scaler: StandardScaler) -> None:
         super().__init__(name)
         self.scaler = scaler
@@ -41,7 +41,7 @@ class Scaler(Model):  # type: ignore[misc]
         return {"predictions": np.round(self.scaler.transform(rows), 6).tolist()}
 
 
-class Classifier(Model):  # type: ignore[misc]
+class Classifier(Model):
     def __init__(self, name: str, model: LogisticRegression) -> None:
         super().__init__(name)
         self.model = model

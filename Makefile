@@ -48,7 +48,7 @@ unit: $(STAMP)
 
 test: lint typecheck contracts components unit
 
-bench: $(STAMP)
+bench: $(STAMP) components
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/router_bench.py
 

@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -35,14 +36,37 @@ from infergraph.predictors import processes
 ROOT = Path(__file__).resolve().parent.parent
 PREDICTOR_PORT = 18090  # the port the graphs/bench-*.yaml files call
 GRAPHS = ["sequence-1", "sequence-3", "switch", "ensemble-3", "splitter"]
-CALLS_PER_REQUEST = {"sequence-1": 1, "sequence-3": 3, "switch": 1, "ensemble-3": 3, "splitter": 1}
+CALLS_PER_REQUEST = {
+    "sequence-1": 1,
+    "sequence-3": 3,
+    "switch": 1,
+    "ensemble-3": 3,
+    "splitter": 1,
+    "triton-v2": 1,
+    "triton-grpc": 1,
+}
+TRITON_HTTP = 18200  # the port graphs/bench-triton-*.yaml call (gRPC on 18201)
+TRITON_BODY = (
+    '{"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",'
+    ' "data": [5.1, 3.5, 1.4, 0.2]}]}'
+)
+CACHE = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph"))
 BODY = '{"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}'
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+def cpu_seconds(group: int) -> float:
+    """CPU time (user + system) of every live process in a process group (a server and the
+    processes it started: tritonserver and its Python backends, say)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # pgrp
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
 
 
 def _ms(value: str, unit: str) -> float:
@@ -96,19 +120,23 @@ def pinned(argv: list[str], core: int) -> list[str]:
     return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") and cores > 1 else argv
 
 
+def post_script(path: Path, body: str) -> Path:
+    path.write_text(
+        f"wrk.method = 'POST'\nwrk.body = '{body}'\n"
+        "wrk.headers['Content-Type'] = 'application/json'\n"
+    )
+    return path
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
-        self.script = workdir / "post.lua"
-        self.script.write_text(
-            f"wrk.method = 'POST'\nwrk.body = '{BODY}'\n"
-            "wrk.headers['Content-Type'] = 'application/json'\n"
-        )
+        self.script = post_script(workdir / "post.lua", BODY)
         self.rows: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self.step = 0
-        self.steps = len(args.graphs) * len(args.clients) + 1
+        self.steps = len(args.graphs) * len(args.clients) + 1 + (3 if args.triton else 0)
 
     def progress(self, label: str) -> None:
         self.step += 1
@@ -122,12 +150,11 @@ class Bench:
         ]
         return dict(median_of(runs), connections=connections)
 
-    def direct(self, predictor_pid: int) -> None:
-        self.progress("direct call to the predictor")
-        url = f"http://127.0.0.1:{PREDICTOR_PORT}/echo"
+    def direct(self, predictor_pid: int, url: str, graph: str) -> None:
+        self.progress(f"direct call: {graph}")
         for connections in (1, 32):
             row = self.series(url, {"predictor": predictor_pid}, connections)
-            row.update(system="direct", graph="echo")
+            row.update(system="direct", graph=graph)
             row["predictor_us"] = row["predictor_cpu_s"] / row["requests"] * 1e6
             self.rows.append(row)
 
@@ -157,10 +184,33 @@ class Bench:
         predictor = processes.predictor(PREDICTOR_PORT, log_path=self.workdir / "predictor.log")
         predictor.argv = pinned(predictor.argv, 1)
         with predictor:
-            self.direct(predictor.pid)
+            self.direct(predictor.pid, f"http://127.0.0.1:{PREDICTOR_PORT}/echo", "echo")
             for graph in self.args.graphs:
                 for client in self.args.clients:
                     self.through_router(graph, client, predictor.pid)
+        if self.args.triton:
+            self.triton()
+
+    def triton(self) -> None:
+        """A v2 REST step and a v2 gRPC step to the same real Triton model, and the direct call."""
+        venv = CACHE / "venvs" / "pytriton-0.7.0"
+        argv = [
+            str(venv / "bin" / "python"),
+            str(ROOT / "predictors" / "triton_server.py"),
+            *("--http-port", str(TRITON_HTTP), "--grpc-port", str(TRITON_HTTP + 1)),
+        ]
+        server = processes.ServerProcess(
+            pinned(argv, 1),
+            f"http://127.0.0.1:{TRITON_HTTP}/v2/models/types/ready",
+            env={"LD_LIBRARY_PATH": str(sysconfig.get_config_var("LIBDIR") or "")},
+            log_path=self.workdir / "triton.log",
+        )
+        self.script = post_script(self.workdir / "triton.lua", TRITON_BODY)
+        with server.start(timeout=180):
+            url = f"http://127.0.0.1:{TRITON_HTTP}/v2/models/classify/infer"
+            self.direct(server.pid, url, "triton (v2 REST)")
+            for graph in ("triton-v2", "triton-grpc"):
+                self.through_router(graph, "fast", server.pid)
 
     def write(self) -> Path:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
@@ -188,6 +238,9 @@ def main() -> int:
     clients = ["fast", "aiohttp"]
     parser.add_argument("--clients", nargs="*", default=clients, choices=clients)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--no-triton", dest="triton", action="store_false", help="skip the Triton v2 REST/gRPC part"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is missing: `apt-get install wrk` (make bench installs it)", file=sys.stderr)

@@ -10,6 +10,9 @@ CACHE=${1:-$HOME/.cache/infergraph}
 VENVS=$CACHE/venvs
 PYTHON=${PYTHON:-python3}
 mkdir -p "$VENVS"
+# Work outside the repository: Python started from its root would take its operator/ folder for
+# the standard library module.
+cd "$VENVS"
 
 fresh_venv() {  # name -> path; a half-made environment from an interrupted run is started over
   local dir=$VENVS/$1

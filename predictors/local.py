@@ -26,6 +26,7 @@ import uvloop
 from aiohttp import web
 
 from infergraph.predictors import models as model_zoo
+from infergraph.predictors import servers
 
 JSON = "application/json"
 
@@ -134,12 +135,13 @@ def make_app(zoo: model_zoo.ModelZoo) -> web.Application:
     app.router.add_route("*", "/step/{name}", step)
     app.router.add_get("/_calls", list_calls)
     app.router.add_delete("/_calls", clear_calls)
-    app.router.add_post("/v1/models/{name}:predict", v1_predict)
-    app.router.add_get("/v1/models/{name}", model_ready)
-    app.router.add_post("/v2/models/{name}/infer", v2_infer)
-    app.router.add_get("/v2/models/{name}/ready", model_ready)
-    app.router.add_get("/v2/health/ready", ready)
-    app.router.add_get("/v2/health/live", ready)
+    v1, v2 = servers.Protocol.V1, servers.Protocol.V2
+    app.router.add_post(servers.inference_path(v1, "{name}"), v1_predict)
+    app.router.add_get(servers.model_ready_path(v1, "{name}"), model_ready)
+    app.router.add_post(servers.inference_path(v2, "{name}"), v2_infer)
+    app.router.add_get(servers.model_ready_path(v2, "{name}"), model_ready)
+    app.router.add_get(servers.V2_HEALTH_READY, ready)
+    app.router.add_get(servers.V2_HEALTH_LIVE, ready)
     return app
 
 

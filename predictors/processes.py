@@ -19,6 +19,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from infergraph.predictors import servers
+
 CLI = str(Path(sys.executable).with_name("infergraph"))
 
 
@@ -140,7 +142,8 @@ class ServerProcess:
 
 def predictor(port: int, *, models: bool = False, log_path: Path | None = None) -> ServerProcess:
     argv = [CLI, "predictor", "--port", str(port)] + (["--models"] if models else [])
-    return ServerProcess(argv, f"http://127.0.0.1:{port}/v2/health/ready", log_path=log_path)
+    ready = servers.V2_HEALTH_READY  # the local predictor answers v2 health like Triton and KServe
+    return ServerProcess(argv, f"http://127.0.0.1:{port}{ready}", log_path=log_path)
 
 
 def router(

@@ -16,6 +16,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+V2_HEALTH_READY = "/v2/health/ready"
+V2_HEALTH_LIVE = "/v2/health/live"
+
 
 class Protocol(enum.StrEnum):
     V1 = "v1"
@@ -43,8 +46,8 @@ TRITON = ModelServer(
     protocols=(Protocol.V2, Protocol.V2_GRPC),
     http_port=8000,
     grpc_port=8001,
-    ready_path="/v2/health/ready",
-    live_path="/v2/health/live",
+    ready_path=V2_HEALTH_READY,
+    live_path=V2_HEALTH_LIVE,
     metrics_port=8002,
 )
 VLLM = ModelServer(
@@ -61,8 +64,8 @@ KSERVE = ModelServer(
     protocols=(Protocol.V1, Protocol.V2, Protocol.V2_GRPC),
     http_port=8080,
     grpc_port=8081,
-    ready_path="/v2/health/ready",
-    live_path="/v2/health/live",
+    ready_path=V2_HEALTH_READY,
+    live_path=V2_HEALTH_LIVE,
     metrics_port=8080,
 )
 SERVERS = {server.name: server for server in (TRITON, VLLM, KSERVE)}

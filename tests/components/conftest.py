@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from infergraph.predictors import processes
+from infergraph.predictors import processes, servers
 
 REPO = Path(__file__).resolve().parents[2]
 VENVS = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph")) / "venvs"
@@ -53,7 +53,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             *("--http-port", str(TRITON_HTTP), "--grpc-port", str(TRITON_GRPC)),
         ],
         # Models load after the server reports ready: wait for the last one bound.
-        f"http://127.0.0.1:{TRITON_HTTP}/v2/models/types/ready",
+        f"http://127.0.0.1:{TRITON_HTTP}{servers.model_ready_path(servers.Protocol.V2, 'types')}",
         env=env,
         log_path=log,
     )
@@ -70,7 +70,8 @@ def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("kserve") / "kserve.log"
     server = processes.ServerProcess(
         [str(python), str(REPO / "predictors" / "kserve_server.py"), "--port", str(KSERVE_HTTP)],
-        f"http://127.0.0.1:{KSERVE_HTTP}/v2/models/iris-classifier/ready",
+        f"http://127.0.0.1:{KSERVE_HTTP}"
+        + servers.model_ready_path(servers.Protocol.V2, "iris-classifier"),
         log_path=log,
     )
     print(f"starting KServe ModelServer (log: {log})", file=sys.stderr)
@@ -107,7 +108,7 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ]
     log = work / "vllm.log"
     server = processes.ServerProcess(
-        argv, f"http://127.0.0.1:{VLLM_HTTP}/health", env=env, log_path=log
+        argv, f"http://127.0.0.1:{VLLM_HTTP}{servers.VLLM.ready_path}", env=env, log_path=log
     )
     print(f"starting vLLM, about 30-60 s (log: {log})", file=sys.stderr)
     with server.start(timeout=300):

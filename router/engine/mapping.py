@@ -224,16 +224,10 @@ def compile_outputs_to_inputs(setting: bool | dict[str, str]) -> OutputsToInputs
 
 def predictions_to_instances(payload: Payload) -> Payload:
     """``{"predictions": [...], ...}`` becomes ``{"instances": [...]}``; the rest is kept."""
-    if b'"predictions"' not in payload.raw:
-        return payload
-    try:
-        document = payload.json()
-    except NotJSON:
-        return payload
-    if isinstance(document, dict):
-        predictions = document.get("predictions")
-        if isinstance(predictions, list) and predictions:
-            return Payload.of_json({"instances": predictions})
+    document = payload.object_with("predictions")
+    predictions = document["predictions"] if document is not None else None
+    if isinstance(predictions, list) and predictions:
+        return Payload.of_json({"instances": predictions})
     return payload
 
 

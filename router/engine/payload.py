@@ -41,6 +41,17 @@ class Payload:
             self._valid = True
         return self._parsed
 
+    def object_with(self, key: str) -> dict[str, Any] | None:
+        """The decoded body if it is a JSON object that has ``key``; skips parsing when the raw
+        bytes do not even mention it."""
+        if f'"{key}"'.encode() not in self.raw:
+            return None
+        try:
+            document = self.json()
+        except NotJSON:
+            return None
+        return document if isinstance(document, dict) and key in document else None
+
     @classmethod
     def of_json(cls, value: Any) -> Payload:
         """A payload encoding ``value``, with the decoded value already cached."""

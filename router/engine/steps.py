@@ -13,7 +13,7 @@ from infergraph.predictors.servers import Protocol
 from infergraph.router.engine import ensemble, sequence, splitter, switch
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import BadRequest, GraphRequestError, NoRouteMatched
-from infergraph.router.engine.payload import NotJSON, Payload
+from infergraph.router.engine.payload import Payload
 from infergraph.router.engine.plan import GraphPlan, NodePlan, RouterType, StepPlan
 from infergraph.router.engine.transport import Reply, StepCall
 
@@ -74,13 +74,8 @@ async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, fina
 
 def wants_stream(payload: Payload) -> bool:
     """Whether an OpenAI-style request asks for server-sent events."""
-    if b'"stream"' not in payload.raw:
-        return False
-    try:
-        document = payload.json()
-    except NotJSON:
-        return False
-    return isinstance(document, dict) and document.get("stream") is True
+    document = payload.object_with("stream")
+    return document is not None and document["stream"] is True
 
 
 async def run_graph(plan: GraphPlan, body: bytes, ctx: ExecutionContext) -> Reply:

@@ -39,14 +39,26 @@ def free_or_fail(*ports: int) -> None:
         pytest.fail(f"ports {busy} are in use; the component tests need them free", pytrace=False)
 
 
+def component_server(
+    factory: pytest.TempPathFactory,
+    name: str,
+    argv: list[str],
+    ready_url: str,
+    env: dict[str, str] | None = None,
+) -> processes.ServerProcess:
+    log = factory.mktemp(name) / f"{name}.log"
+    print(f"starting {name} (log: {log})", file=sys.stderr)
+    return processes.ServerProcess(argv, ready_url, env=env, log_path=log)
+
+
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real tritonserver (from nvidia-pytriton) with the models of predictors/triton_server.py."""
     python = component_python("pytriton-0.7.0")
     free_or_fail(TRITON_HTTP, TRITON_GRPC)
-    log = tmp_path_factory.mktemp("triton") / "triton.log"
-    env = {"LD_LIBRARY_PATH": str(sysconfig.get_config_var("LIBDIR") or "")}
-    server = processes.ServerProcess(
+    server = component_server(
+        tmp_path_factory,
+        "triton",
         [
             str(python),
             str(REPO / "predictors" / "triton_server.py"),
@@ -54,10 +66,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
         # Models load after the server reports ready: wait for the last one bound.
         f"http://127.0.0.1:{TRITON_HTTP}{servers.model_ready_path(servers.Protocol.V2, 'types')}",
-        env=env,
-        log_path=log,
+        env={"LD_LIBRARY_PATH": str(sysconfig.get_config_var("LIBDIR") or "")},
     )
-    print(f"starting Triton (log: {log})", file=sys.stderr)
     with server.start(timeout=180):
         yield f"http://127.0.0.1:{TRITON_HTTP}"
 
@@ -67,14 +77,13 @@ def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real KServe ModelServer with the models of predictors/kserve_server.py."""
     python = component_python("kserve-0.21.0")
     free_or_fail(KSERVE_HTTP)
-    log = tmp_path_factory.mktemp("kserve") / "kserve.log"
-    server = processes.ServerProcess(
+    ready = servers.model_ready_path(servers.Protocol.V2, "iris-classifier")
+    server = component_server(
+        tmp_path_factory,
+        "kserve",
         [str(python), str(REPO / "predictors" / "kserve_server.py"), "--port", str(KSERVE_HTTP)],
-        f"http://127.0.0.1:{KSERVE_HTTP}"
-        + servers.model_ready_path(servers.Protocol.V2, "iris-classifier"),
-        log_path=log,
+        f"http://127.0.0.1:{KSERVE_HTTP}{ready}",
     )
-    print(f"starting KServe ModelServer (log: {log})", file=sys.stderr)
     with server.start(timeout=120):
         yield f"http://127.0.0.1:{KSERVE_HTTP}"
 
@@ -103,13 +112,10 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         str(python),
         *("-m", "vllm.entrypoints.openai.api_server", "--model", str(model)),
         *("--host", "127.0.0.1", "--port", str(VLLM_HTTP), "--served-model-name", "tiny"),
-        *("--max-model-len", "512", "--kv-cache-memory-bytes", "64M"),
+        *("--max-model-len", "2048", "--kv-cache-memory-bytes", "64M"),
         *("--enforce-eager", "--dtype", "float32"),
     ]
-    log = work / "vllm.log"
-    server = processes.ServerProcess(
-        argv, f"http://127.0.0.1:{VLLM_HTTP}{servers.VLLM.ready_path}", env=env, log_path=log
-    )
-    print(f"starting vLLM, about 30-60 s (log: {log})", file=sys.stderr)
+    ready = f"http://127.0.0.1:{VLLM_HTTP}{servers.VLLM.ready_path}"
+    server = component_server(tmp_path_factory, "vllm", argv, ready, env=env)
     with server.start(timeout=300):
         yield f"http://127.0.0.1:{VLLM_HTTP}"

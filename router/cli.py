@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("files", nargs="+", type=Path)
     d = sub.add_parser("demo", help="run the embedded demo: local predictors, router, requests")
     d.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
+    o = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    scope = o.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch the whole cluster")
+    o.add_argument("--router-image", default=None, help="image of the graph routers it deploys")
+    o.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint set on the routers")
+    c = sub.add_parser("crds", help="write the CustomResourceDefinitions from the models")
+    c.add_argument("--out", type=Path, default=Path("deploy/crds"))
     p = sub.add_parser("predictor", help="run a local predictor (demo, tests, benchmarks)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
@@ -106,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "validate":
         return validate(args.files)
+    if args.command == "crds":
+        from infergraph.operator.crds import write_crds
+
+        for path in write_crds(args.out):
+            print(f"wrote {path}")
+        return 0
     logging.basicConfig(
         level=getattr(args, "log_level", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -113,6 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "router":
         return run_router(settings_from_args(args))
+    if args.command == "operator":
+        from infergraph.operator.main import run_operator
+
+        return run_operator(
+            namespaces=args.namespace or [],
+            clusterwide=args.all_namespaces,
+            router_image=args.router_image,
+            otlp_endpoint=args.otlp_endpoint,
+        )
     if args.command == "predictor":
         from infergraph.predictors import local
 

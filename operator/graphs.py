@@ -1,0 +1,75 @@
+"""An InferenceGraph's steps resolved against the Predictors they name (no I/O).
+
+A step with ``serviceName`` refers to a Predictor in the same namespace; the operator fills in
+that Predictor's inference endpoint (URL, protocol, model) before the router sees the graph.
+Validation uses the router's own graph compiler, so the operator, the webhook and
+``infergraph validate`` agree on what a valid graph is.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from infergraph.operator.resources import Endpoint
+from infergraph.router.engine.errors import GraphSpecError
+from infergraph.router.engine.plan import compile_plan
+from infergraph.router.engine.spec import parse_spec
+
+PLACEHOLDER = "http://{name}.predictor.invalid/"
+
+
+def _service_steps(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    nodes = spec.get("nodes") or {}
+    return [
+        step
+        for node in nodes.values()
+        if isinstance(node, dict)
+        for step in node.get("steps") or []
+        if isinstance(step, dict) and step.get("serviceName") and not step.get("nodeName")
+    ]
+
+
+def referenced_predictors(spec: dict[str, Any]) -> set[str]:
+    """Predictor names the graph's steps refer to (steps without their own serviceUrl)."""
+    return {s["serviceName"] for s in _service_steps(spec) if not s.get("serviceUrl")}
+
+
+def resolve(spec: dict[str, Any], endpoints: dict[str, Endpoint]) -> dict[str, Any]:
+    """A copy of ``spec`` whose serviceName steps call the named Predictors' endpoints."""
+    resolved = copy.deepcopy(spec)
+    for step in _service_steps(resolved):
+        if step.get("serviceUrl"):
+            continue
+        endpoint = endpoints.get(step["serviceName"])
+        if endpoint is None:
+            continue
+        step["serviceUrl"] = endpoint.url
+        if endpoint.protocol is not None:
+            step.setdefault("protocol", endpoint.protocol.value)
+    return resolved
+
+
+def problems(spec: dict[str, Any], name: str) -> list[str]:
+    """Every reason the graph is invalid, worded as ``infergraph validate`` words them.
+
+    Unresolved Predictor references are not problems here (the Predictor may come later); they
+    are checked with placeholder URLs so everything else about the graph is still validated.
+    """
+    placeholders = {
+        p: Endpoint(url=PLACEHOLDER.format(name=p)) for p in referenced_predictors(spec)
+    }
+    try:
+        compile_plan(
+            parse_spec(
+                {
+                    "spec": resolve(spec, placeholders),
+                    "kind": "InferenceGraph",
+                    "metadata": {"name": name},
+                },
+                default_name=name,
+            )
+        )
+    except GraphSpecError as exc:
+        return [str(p) for p in exc.problems] or [str(exc)]
+    return []

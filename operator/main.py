@@ -1,0 +1,31 @@
+"""Run the operator: configure the handlers and hand control to kopf."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kopf
+
+from infergraph.operator import handlers
+from infergraph.operator.knative import ROUTER_IMAGE
+from infergraph.operator.reconcile import OperatorSettings
+
+
+def run_operator(
+    *,
+    namespaces: list[str],
+    clusterwide: bool,
+    router_image: str | None,
+    otlp_endpoint: str | None,
+) -> int:
+    handlers.configure(
+        OperatorSettings(router_image=router_image or ROUTER_IMAGE, otlp_endpoint=otlp_endpoint)
+    )
+    asyncio.run(
+        kopf.operator(
+            clusterwide=clusterwide or not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+        )
+    )
+    return 0

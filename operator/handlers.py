@@ -85,7 +85,6 @@ def refresh_graphs(namespace: str, predictor: str) -> None:
         reconciler().reconcile_graph(graph)
 
 
-@kopf.on.validate(GROUP, VERSION, "inferencegraphs")
 def validate_graph(spec: kopf.Spec, name: str | None, **_: Any) -> None:
     """The admission webhook: the same messages as ``infergraph validate``."""
     problems = graphs.problems(dict(spec), name or "graph")
@@ -93,3 +92,14 @@ def validate_graph(spec: kopf.Spec, name: str | None, **_: Any) -> None:
         raise kopf.AdmissionError(
             "invalid graph:\n" + "\n".join(f"  - {p}" for p in problems), code=422
         )
+
+
+def register_admission(server: kopf.WebhookServer) -> None:
+    """Serve ``validate_graph`` as a validating webhook (kopf manages its configuration)."""
+
+    @kopf.on.startup()
+    def admission(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.admission.server = server
+        settings.admission.managed = f"validate.{GROUP}"
+
+    kopf.on.validate(GROUP, VERSION, "inferencegraphs")(validate_graph)

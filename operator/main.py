@@ -17,10 +17,14 @@ def run_operator(
     clusterwide: bool,
     router_image: str | None,
     otlp_endpoint: str | None,
+    webhook_port: int | None = None,
+    webhook_host: str | None = None,
 ) -> int:
     handlers.configure(
         OperatorSettings(router_image=router_image or ROUTER_IMAGE, otlp_endpoint=otlp_endpoint)
     )
+    if webhook_port is not None:
+        handlers.register_admission(kopf.WebhookServer(port=webhook_port, host=webhook_host))
     asyncio.run(
         kopf.operator(
             clusterwide=clusterwide or not namespaces,

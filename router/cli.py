@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", action="store_true", help="watch the whole cluster")
     o.add_argument("--router-image", default=None, help="image of the graph routers it deploys")
     o.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint set on the routers")
+    o.add_argument("--webhook-port", type=int, default=None, help="serve the admission webhook")
+    o.add_argument("--webhook-host", default=None, help="host name the API server calls it at")
     c = sub.add_parser("crds", help="write the CustomResourceDefinitions from the models")
     c.add_argument("--out", type=Path, default=Path("deploy/crds"))
     p = sub.add_parser("predictor", help="run a local predictor (demo, tests, benchmarks)")
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=args.all_namespaces,
             router_image=args.router_image,
             otlp_endpoint=args.otlp_endpoint,
+            webhook_port=args.webhook_port,
+            webhook_host=args.webhook_host,
         )
     if args.command == "predictor":
         from infergraph.predictors import local

@@ -1,0 +1,313 @@
+"""The operator against a real API server: Predictors become Knative Services, graphs become a
+ConfigMap and a router Service, status follows the Knative Services, and the ConfigMap it
+writes runs on the real router."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import NAMESPACE, Cluster
+from harness_http import post_json
+from kubernetes import client
+
+from infergraph.operator import knative
+from infergraph.predictors import processes
+
+GROUP, VERSION = "infergraph.dev", "v1alpha1"
+pytestmark = pytest.mark.usefixtures("operator_process")
+
+
+def custom(cluster: Cluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api)
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except client.exceptions.ApiException as exc:
+            if exc.status != 404:
+                raise
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last}")
+
+
+def ports(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": p["name"], "containerPort": p["containerPort"]} for p in container["ports"]]
+
+
+def create(cluster: Cluster, plural: str, name: str, spec: dict[str, Any]) -> None:
+    kind = {"predictors": "Predictor", "inferencegraphs": "InferenceGraph"}[plural]
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, body)
+
+
+def get(cluster: Cluster, plural: str, name: str) -> Any:
+    if plural == "ksvc":
+        return custom(cluster).get_namespaced_custom_object(
+            "serving.knative.dev", "v1", NAMESPACE, "services", name
+        )
+    return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
+
+
+def ready_condition(body: dict[str, Any]) -> dict[str, Any] | None:
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond["type"] == "Ready":
+            return dict(cond)
+    return None
+
+
+def make_ksvc_ready(cluster: Cluster, name: str, url: str, revision: str = "rev-1") -> None:
+    """What Knative would do once the revision's pods are up."""
+    custom(cluster).patch_namespaced_custom_object_status(
+        "serving.knative.dev",
+        "v1",
+        NAMESPACE,
+        "services",
+        name,
+        {
+            "status": {
+                "url": url,
+                "latestReadyRevisionName": revision,
+                "latestCreatedRevisionName": revision,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }
+                ],
+            }
+        },
+    )
+
+
+def test_triton_predictor_becomes_a_knative_service_that_would_run(cluster: Cluster) -> None:
+    create(
+        cluster,
+        "predictors",
+        "resnet",
+        {
+            "runtime": "triton",
+            "model": {"name": "resnet50", "storageUri": "gs://models/triton"},
+            "gpus": 1,
+            "minReplicas": 0,
+            "maxReplicas": 4,
+            "scaleTarget": 8,
+            "scaleMetric": "concurrency",
+        },
+    )
+    service = wait_for(lambda: get(cluster, "ksvc", "resnet"), "the Triton Knative Service")
+    template = service["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert container["image"].startswith("nvcr.io/nvidia/tritonserver")
+    assert "--model-repository=gs://models/triton" in container["args"]
+    assert ports(container) == [{"name": "http1", "containerPort": 8000}]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/min-scale"] == "0"  # scale to zero
+    assert annotations["autoscaling.knative.dev/max-scale"] == "4"
+    assert annotations["autoscaling.knative.dev/target"] == "8"
+    assert service["metadata"]["ownerReferences"][0]["kind"] == "Predictor"
+    assert knative.knative_problems(service) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "port"),
+    [
+        (
+            "llm",
+            {"runtime": "vllm", "model": {"name": "tiny", "storageUri": "/models/tiny"}, "gpus": 1},
+            {"name": "http1", "containerPort": 8000},
+        ),
+        (
+            "grpc-model",
+            {"runtime": "triton", "protocol": "v2-grpc", "model": {"name": "m"}},
+            {"name": "h2c", "containerPort": 8001},
+        ),
+        (
+            "custom-model",
+            {
+                "runtime": "custom",
+                "image": "example/model:1",
+                "port": 9000,
+                "protocol": "v1",
+                "model": {"name": "m"},
+            },
+            {"name": "http1", "containerPort": 9000},
+        ),
+    ],
+)
+def test_each_runtime_gets_one_valid_knative_port(
+    cluster: Cluster, name: str, spec: dict[str, Any], port: dict[str, Any]
+) -> None:
+    create(cluster, "predictors", name, spec)
+    service = wait_for(lambda: get(cluster, "ksvc", name), f"the {name} Knative Service")
+    assert ports(service["spec"]["template"]["spec"]["containers"][0]) == [port]
+    errors, _ = knative.knative_problems(service)
+    assert errors == []
+
+
+def test_reserved_port_is_refused_in_status(cluster: Cluster) -> None:
+    create(
+        cluster,
+        "predictors",
+        "bad-port",
+        {
+            "runtime": "custom",
+            "image": "x/y:1",
+            "port": 8012,
+            "protocol": "v1",
+            "model": {"name": "m"},
+        },
+    )
+    status = wait_for(lambda: ready_condition(get(cluster, "predictors", "bad-port")), "a status")
+    assert status["status"] == "False"
+    assert "8012 is reserved" in status["message"]
+
+
+def graph_spec() -> dict[str, Any]:
+    return {
+        "nodes": {
+            "root": {
+                "routerType": "Sequence",
+                "steps": [
+                    {"name": "scale", "serviceName": "scaler"},
+                    {
+                        "name": "classify",
+                        "serviceName": "classifier",
+                        "data": "$response",
+                        "mapPredictionsToInstances": True,
+                    },
+                ],
+            }
+        },
+        "minReplicas": 1,
+    }
+
+
+def test_graph_resolves_predictors_runs_on_the_real_router(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    port = processes.free_port()
+    local = f"http://127.0.0.1:{port}"
+    for name, model in (("scaler", "scaler"), ("classifier", "logistic")):
+        create(
+            cluster,
+            "predictors",
+            name,
+            {
+                "runtime": "custom",
+                "image": "infergraph/predictor:test",
+                "port": 8080,
+                "protocol": "v1",
+                "model": {"name": model},
+            },
+        )
+    create(cluster, "inferencegraphs", "iris", graph_spec())
+    status = wait_for(
+        lambda: ready_condition(get(cluster, "inferencegraphs", "iris")), "a graph status"
+    )
+    assert status["status"] == "False"
+    for name in ("scaler", "classifier"):
+        wait_for(lambda n=name: get(cluster, "ksvc", n), f"{name}'s Knative Service")
+        make_ksvc_ready(cluster, name, local)
+    config_map = wait_for(
+        lambda: client.CoreV1Api(cluster.api).read_namespaced_config_map("iris-graph", NAMESPACE),
+        "the graph ConfigMap",
+    )
+    document = json.loads(config_map.data["graph.json"])
+    steps = document["spec"]["nodes"]["root"]["steps"]
+    assert steps[0]["serviceUrl"] == f"{local}/v1/models/scaler:predict"
+    assert steps[1]["serviceUrl"] == f"{local}/v1/models/logistic:predict"
+    router = wait_for(lambda: get(cluster, "ksvc", "iris"), "the router's Knative Service")
+    pod = router["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][:3] == ["router", "--graph", "/etc/infergraph/graph.json"]
+    assert pod["volumes"] == [{"name": "graph", "configMap": {"name": "iris-graph"}}]
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert knative.knative_problems(router) == ([], [])
+    make_ksvc_ready(cluster, "iris", "http://iris.models.example.com")
+    ready = wait_for(
+        lambda: (
+            (c := ready_condition(get(cluster, "inferencegraphs", "iris")))
+            and c["status"] == "True"
+            and c
+        ),
+        "the graph to be Ready",
+    )
+    assert ready["status"] == "True"
+    assert (
+        get(cluster, "inferencegraphs", "iris")["status"]["url"] == "http://iris.models.example.com"
+    )
+    # The ConfigMap the operator wrote, on the real router, with real predictors behind it.
+    graph_file = tmp_path / "graph.json"
+    graph_file.write_text(config_map.data["graph.json"])
+    with processes.predictor(port, models=True, log_path=tmp_path / "p.log").start(60):
+        router_port = processes.free_port()
+        with processes.router(
+            router_port,
+            "--graph",
+            str(graph_file),
+            extra=("--drain-seconds", "0"),
+            log_path=tmp_path / "r.log",
+        ):
+            status_code, answer = post_json(
+                router_port, {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+            )
+    assert (status_code, answer) == (200, {"predictions": [0, 2]})
+
+
+def test_invalid_graph_reports_every_problem_in_status(cluster: Cluster) -> None:
+    create(
+        cluster,
+        "inferencegraphs",
+        "broken",
+        {
+            "nodes": {
+                "main": {
+                    "routerType": "Sequence",
+                    "steps": [{"serviceName": "x", "condition": "$.a["}],
+                }
+            }
+        },
+    )
+    status = wait_for(
+        lambda: ready_condition(get(cluster, "inferencegraphs", "broken")), "a status"
+    )
+    assert status["status"] == "False"
+    assert status["reason"] == "InvalidGraph"
+    assert "no node named 'root'" in status["message"]
+    assert "node 'main', step 0: JSONPath '$.a[' does not parse" in status["message"]
+    with pytest.raises(client.exceptions.ApiException) as caught:
+        get(cluster, "ksvc", "broken")
+    assert caught.value.status == 404  # nothing deployed
+
+
+def test_missing_predictor_is_named(cluster: Cluster) -> None:
+    create(
+        cluster,
+        "inferencegraphs",
+        "orphan",
+        {"nodes": {"root": {"routerType": "Sequence", "steps": [{"serviceName": "ghost"}]}}},
+    )
+    status = wait_for(
+        lambda: ready_condition(get(cluster, "inferencegraphs", "orphan")), "a status"
+    )
+    assert status["status"] == "False"
+    assert "Predictors not found: ghost" in status["message"]

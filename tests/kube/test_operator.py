@@ -311,3 +311,92 @@ def test_missing_predictor_is_named(cluster: Cluster) -> None:
     )
     assert status["status"] == "False"
     assert "Predictors not found: ghost" in status["message"]
+
+
+def v1_predictor(model: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "runtime": "custom",
+        "image": "infergraph/predictor:test",
+        "port": 8080,
+        "protocol": "v1",
+        "model": {"name": model},
+        **extra,
+    }
+
+
+def patch_spec(cluster: Cluster, plural: str, name: str, spec: dict[str, Any]) -> None:
+    custom(cluster).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, plural, name, {"spec": spec}
+    )
+
+
+def test_editing_a_predictor_re_resolves_the_graphs_that_use_it(cluster: Cluster) -> None:
+    create(cluster, "predictors", "editable", v1_predictor("first"))
+    wait_for(lambda: get(cluster, "ksvc", "editable"), "the Knative Service")
+    make_ksvc_ready(cluster, "editable", "http://editable.models.example.com")
+    create(
+        cluster,
+        "inferencegraphs",
+        "uses-editable",
+        {"nodes": {"root": {"routerType": "Sequence", "steps": [{"serviceName": "editable"}]}}},
+    )
+    core = client.CoreV1Api(cluster.api)
+
+    def step_url() -> str:
+        data = core.read_namespaced_config_map("uses-editable-graph", NAMESPACE).data["graph.json"]
+        url: str = json.loads(data)["spec"]["nodes"]["root"]["steps"][0]["serviceUrl"]
+        return url
+
+    assert wait_for(step_url, "the ConfigMap").endswith("/v1/models/first:predict")
+    patch_spec(cluster, "predictors", "editable", {"model": {"name": "second"}})
+    wait_for(
+        lambda: step_url().endswith("/v1/models/second:predict"), "the ConfigMap to follow the edit"
+    )
+
+
+def test_canary_splits_traffic_with_the_last_ready_revision(cluster: Cluster) -> None:
+    create(cluster, "predictors", "canary", v1_predictor("m"))
+    wait_for(lambda: get(cluster, "ksvc", "canary"), "the Knative Service")
+    make_ksvc_ready(cluster, "canary", "http://canary.models.example.com", revision="canary-00001")
+    patch_spec(
+        cluster, "predictors", "canary", {"canaryTrafficPercent": 20, "args": ["--new-flag"]}
+    )
+    traffic = wait_for(
+        lambda: get(cluster, "ksvc", "canary")["spec"].get("traffic"), "a traffic split"
+    )
+    assert traffic == [
+        {"latestRevision": True, "percent": 20, "tag": "canary"},
+        {"revisionName": "canary-00001", "percent": 80, "tag": "stable"},
+    ]
+
+
+def test_deleting_a_graph_finishes_and_owns_what_it_made(cluster: Cluster) -> None:
+    create(cluster, "predictors", "owned", v1_predictor("m"))
+    wait_for(lambda: get(cluster, "ksvc", "owned"), "the Knative Service")
+    make_ksvc_ready(cluster, "owned", "http://owned.models.example.com")
+    create(
+        cluster,
+        "inferencegraphs",
+        "short-lived",
+        {"nodes": {"root": {"routerType": "Sequence", "steps": [{"serviceName": "owned"}]}}},
+    )
+    router = wait_for(lambda: get(cluster, "ksvc", "short-lived"), "the router")
+    uid = get(cluster, "inferencegraphs", "short-lived")["metadata"]["uid"]
+    config_map = client.CoreV1Api(cluster.api).read_namespaced_config_map(
+        "short-lived-graph", NAMESPACE
+    )
+    # Kubernetes' garbage collector deletes these with their owner (this API server has none).
+    assert router["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert config_map.metadata.owner_references[0].uid == uid
+    custom(cluster).delete_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencegraphs", "short-lived"
+    )
+
+    def gone() -> bool:
+        try:
+            get(cluster, "inferencegraphs", "short-lived")
+        except client.exceptions.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(gone, "the graph to be deleted (its finalizer released)")

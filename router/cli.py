@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint set on the routers")
     o.add_argument("--webhook-port", type=int, default=None, help="serve the admission webhook")
     o.add_argument("--webhook-host", default=None, help="host name the API server calls it at")
+    o.add_argument("--webhook-addr", default=None, help="address the webhook server binds")
+    o.add_argument("--webhook-cert", default=None, help="webhook TLS certificate (PEM)")
+    o.add_argument("--webhook-key", default=None, help="webhook TLS private key (PEM)")
     c = sub.add_parser("crds", help="write the CustomResourceDefinitions from the models")
     c.add_argument("--out", type=Path, default=Path("deploy/crds"))
     p = sub.add_parser("predictor", help="run a local predictor (demo, tests, benchmarks)")
@@ -139,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             otlp_endpoint=args.otlp_endpoint,
             webhook_port=args.webhook_port,
             webhook_host=args.webhook_host,
+            webhook_addr=args.webhook_addr,
+            webhook_cert=args.webhook_cert,
+            webhook_key=args.webhook_key,
         )
     if args.command == "predictor":
         from infergraph.predictors import local

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from infergraph.router.engine.errors import GraphSpecError
@@ -44,6 +45,19 @@ def _router_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="downstream HTTP client: the router's own (fast) or aiohttp's ClientSession",
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=("json", "text"), default="json")
+    p.add_argument(
+        "--access-log", action="store_true", help="log one line per request (errors always)"
+    )
+    p.add_argument(
+        "--no-metrics", dest="metrics", action="store_false", help="do not serve /metrics"
+    )
+    p.add_argument(
+        "--tracing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="OpenTelemetry tracing; auto: on when an OTEL_EXPORTER_OTLP_*ENDPOINT is set",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +101,27 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         reload_interval=args.reload_interval,
         max_connections=args.max_connections,
         client=args.client,
+        tracing=tracing_wanted(args.tracing, os.environ),
+        otlp_protocol=os.environ.get(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ),
+        service_name=os.environ.get("OTEL_SERVICE_NAME"),
+        metrics=args.metrics,
+        access_log=args.access_log,
+    )
+
+
+def tracing_wanted(choice: str, env: Mapping[str, str]) -> bool:
+    if choice != "auto":
+        return choice == "on"
+    if (
+        env.get("OTEL_SDK_DISABLED", "").lower() == "true"
+        or env.get("OTEL_TRACES_EXPORTER") == "none"
+    ):
+        return False
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
 
 
@@ -125,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_crds(args.out):
             print(f"wrote {path}")
         return 0
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    from infergraph.router.observability import logs
+
+    logs.configure(
+        getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text") == "json"
     )
     if args.command == "router":
         return run_router(settings_from_args(args))

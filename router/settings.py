@@ -27,3 +27,9 @@ class RouterSettings:
     reload_interval: float = 1.0
     max_connections: int = 1024
     client: str = "fast"
+    # Telemetry. Tracing exports over OTLP as the standard OTEL_* variables say.
+    tracing: bool = False
+    otlp_protocol: str = "http/protobuf"
+    service_name: str | None = None
+    metrics: bool = True
+    access_log: bool = False

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from infergraph.router.engine.observe import Observer
 from infergraph.router.engine.transport import Headers, Transport
 
 
@@ -22,6 +23,8 @@ class ExecutionContext:
     clock: Callable[[], float] = time.perf_counter
     # Set by run_graph: the request asks an OpenAI step for server-sent events.
     stream_requested: bool = False
+    graph: str = ""
+    observer: Observer | None = None
     # Filled in while the request runs: step calls made, and the wall-clock seconds during which
     # at least one call was outstanding (concurrent ensemble calls are not counted twice).
     calls: int = 0

@@ -75,3 +75,6 @@ async def run(
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+            if ctx.observer is not None:
+                cancelled = [s for s, t in zip(node.steps, tasks, strict=True) if t in running]
+                ctx.observer.branches_cancelled(node, cancelled)

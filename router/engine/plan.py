@@ -65,6 +65,7 @@ class StepPlan:
     model: str | None = None
     model_version: str | None = None
     chat_service: ServiceTarget | None = None
+    owner: str = ""  # the name of the node this step belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +320,7 @@ class _Compiler:
                     condition=self.compile_condition(name, label, step.condition),
                     weight=step.weight or 0,
                     hard=step.dependency == "Hard",
+                    owner=name,
                     **self.compile_target(name, label, step),
                 )
             )

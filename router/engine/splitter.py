@@ -32,4 +32,6 @@ async def run(
     node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner, final: bool
 ) -> Reply:
     step = choose(node, ctx.rng)
+    if ctx.observer is not None:
+        ctx.observer.step_chosen(node, step, f"weight {step.weight}")
     return await run_step(step, input_from_node(step.input, payload), ctx, final)

@@ -29,7 +29,17 @@ ROUTERS: dict[RouterType, NodeRunner] = {
 
 
 async def run_node(node: NodePlan, payload: Payload, ctx: ExecutionContext, final: bool) -> Reply:
-    return await ROUTERS[node.router_type](node, payload, ctx, run_step, final)
+    observer = ctx.observer
+    if observer is None:
+        return await ROUTERS[node.router_type](node, payload, ctx, run_step, final)
+    token = observer.node_started(node)
+    try:
+        reply = await ROUTERS[node.router_type](node, payload, ctx, run_step, final)
+    except BaseException as error:
+        observer.node_finished(token, node, None, error)
+        raise
+    observer.node_finished(token, node, reply, None)
+    return reply
 
 
 async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, final: bool) -> Reply:
@@ -64,6 +74,9 @@ async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, fina
         model=step.model,
         model_version=step.model_version,
         stream=stream,
+        graph=ctx.graph,
+        node=step.owner,
+        step=step.key,
     )
     ctx.call_started()
     try:

@@ -28,4 +28,6 @@ async def run(
     node: NodePlan, payload: Payload, ctx: ExecutionContext, run_step: StepRunner, final: bool
 ) -> Reply:
     step = choose(node, payload)
+    if ctx.observer is not None and step.condition is not None:
+        ctx.observer.step_chosen(node, step, f"condition {step.condition.source} matched")
     return await run_step(step, input_from_node(step.input, payload), ctx, final)

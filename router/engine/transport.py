@@ -97,6 +97,10 @@ class StepCall:
     model: str | None = None
     model_version: str | None = None
     stream: bool = False
+    # Where the call comes from, for telemetry labels.
+    graph: str = ""
+    node: str = ""
+    step: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,15 @@ import asyncio
 import logging
 import random
 import signal
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing, suppress
 
 import orjson
 import pygjson
 from aiohttp import web, web_server
+from opentelemetry.trace import StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import BodyTooLarge, GraphRequestError
@@ -23,6 +26,7 @@ from infergraph.router.engine.headers import HeaderPolicy
 from infergraph.router.engine.plan import GraphPlan
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, Transport
+from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.deadlines import Deadlines
 from infergraph.router.service.registry import GraphRegistry
 from infergraph.router.settings import RouterSettings
@@ -115,10 +119,12 @@ class RouterService:
         registry: GraphRegistry,
         transport: Transport,
         rng: random.Random | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.transport = transport
+        self.telemetry = telemetry or Telemetry()
+        self.transport = self.telemetry.wrap(transport)
         self.headers = HeaderPolicy.from_setting(settings.propagate_headers)
         self.rng = rng or random.Random()
         self.draining = False
@@ -134,20 +140,77 @@ class RouterService:
             return web.Response(status=200)
         if path == "/healthz":
             return web.Response(status=200, text="ok")
+        if path == "/metrics" and self.telemetry.metrics is not None:
+            return web.Response(
+                body=generate_latest(self.telemetry.metrics.registry),
+                headers={"Content-Type": CONTENT_TYPE_LATEST},
+            )
         try:
             plan = self.registry.lookup(path)
+        except GraphRequestError as error:
+            return error_response(error)
+        return await self._graph_request(request, plan, path)
+
+    async def _graph_request(
+        self, request: web.BaseRequest, plan: GraphPlan, path: str
+    ) -> web.StreamResponse:
+        telemetry = self.telemetry
+        metrics = telemetry.metrics
+        started = time.perf_counter()
+        if metrics is not None:
+            metrics.in_flight.labels(plan.name).inc()
+        ctx = ExecutionContext(
+            transport=self.transport,
+            headers=self.headers.forward(request.headers.items()),
+            service_timeout=plan.timeouts.service_client,
+            rng=self.rng,
+            graph=plan.name,
+            observer=telemetry.observer(plan.name),
+        )
+        status = 500
+        try:
+            with telemetry.request_span(request.headers, plan.name, path) as span:
+                response = await self._respond(request, plan, ctx)
+                status = response.status
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(StatusCode.ERROR)
+                if telemetry.access_log:
+                    elapsed = round((time.perf_counter() - started) * 1000, 3)
+                    log.info(
+                        "request",
+                        extra={"graph": plan.name, "status": status, "duration_ms": elapsed},
+                    )
+            return response
+        finally:
+            if metrics is not None:
+                elapsed = time.perf_counter() - started
+                metrics.in_flight.labels(plan.name).dec()
+                metrics.requests.labels(plan.name, str(status)).inc()
+                metrics.request_seconds.labels(plan.name).observe(elapsed)
+                metrics.overhead_seconds.labels(plan.name).observe(
+                    max(0.0, elapsed - ctx.upstream_seconds)
+                )
+
+    async def _respond(
+        self, request: web.BaseRequest, plan: GraphPlan, ctx: ExecutionContext
+    ) -> web.StreamResponse:
+        try:
             body = await self._body(request, plan.timeouts.server_read)
             if body is None:
                 return web.Response(status=408)
-            reply = await self._run(request, plan, body)
+            reply = await self._run(request, plan, body, ctx)
             if reply is None:
                 return web.Response(status=504)
         except GraphRequestError as error:
             if error.status >= 500:
-                log.error("request failed: %s", error.cause)
+                log.error("request failed: %s", error.cause, extra={"graph": plan.name})
+            if self.telemetry.metrics is not None:
+                self.telemetry.metrics.request_failed(plan.name, error)
             return error_response(error)
         except Exception:
-            log.exception("unexpected error while serving a request")
+            log.exception("unexpected error while serving a request", extra={"graph": plan.name})
             return error_response(GraphRequestError("internal error in the router"))
         if reply.stream is not None:
             return await stream_reply(request, reply, reply.stream)
@@ -171,15 +234,11 @@ class RouterService:
             _abort(request)
             return None
 
-    async def _run(self, request: web.BaseRequest, plan: GraphPlan, body: bytes) -> Reply | None:
+    async def _run(
+        self, request: web.BaseRequest, plan: GraphPlan, body: bytes, ctx: ExecutionContext
+    ) -> Reply | None:
         """Run the graph; None (connection closed) when it ran past ``serverWrite``."""
         timeouts = plan.timeouts
-        ctx = ExecutionContext(
-            transport=self.transport,
-            headers=self.headers.forward(request.headers.items()),
-            service_timeout=timeouts.service_client,
-            rng=self.rng,
-        )
         if timeouts.server_write is None:
             return await run_graph(plan, body, ctx)
         task = asyncio.current_task()

@@ -1,0 +1,52 @@
+"""Hooks through which tracing and metrics watch a request run, without the engine knowing them.
+
+The engine calls an ``Observer`` (if the context has one) when a node starts and ends, when a
+Switch or Splitter picks a step, and when an Ensemble cancels branches. Implementations live
+outside the engine (``infergraph.router.observability``), so the engine imports no telemetry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from infergraph.router.engine.plan import NodePlan, StepPlan
+    from infergraph.router.engine.transport import Reply
+
+
+class Observer(Protocol):
+    def node_started(self, node: NodePlan) -> object: ...
+
+    def node_finished(
+        self, token: object, node: NodePlan, reply: Reply | None, error: BaseException | None
+    ) -> None: ...
+
+    def step_chosen(self, node: NodePlan, step: StepPlan, reason: str) -> None: ...
+
+    def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None: ...
+
+
+class Observers:
+    """Several observers as one."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = tuple(observers)
+
+    def node_started(self, node: NodePlan) -> object:
+        return [o.node_started(node) for o in self.observers]
+
+    def node_finished(
+        self, token: object, node: NodePlan, reply: Reply | None, error: BaseException | None
+    ) -> None:
+        assert isinstance(token, list)
+        for observer, own in zip(reversed(self.observers), reversed(token), strict=True):
+            observer.node_finished(own, node, reply, error)
+
+    def step_chosen(self, node: NodePlan, step: StepPlan, reason: str) -> None:
+        for observer in self.observers:
+            observer.step_chosen(node, step, reason)
+
+    def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None:
+        for observer in self.observers:
+            observer.branches_cancelled(node, steps)

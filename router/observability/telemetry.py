@@ -1,0 +1,66 @@
+"""What the service needs from telemetry, built once at start-up: the tracer (or none), the
+metrics (or none), per-graph engine observers and the transport wrappers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+
+from infergraph.router.engine.observe import Observer, Observers
+from infergraph.router.engine.transport import Transport
+from infergraph.router.observability.metrics import MetricsTransport, RouterMetrics
+from infergraph.router.observability.tracing import (
+    TracingObserver,
+    TracingTransport,
+    server_span,
+)
+
+
+@dataclass
+class Telemetry:
+    tracer: trace.Tracer | None = None
+    metrics: RouterMetrics | None = None
+    access_log: bool = False
+    shutdown: Callable[[], None] | None = None  # flushes the span exporter
+    _observers: dict[str, Observer | None] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.shutdown is not None:
+            self.shutdown()
+
+    def observer(self, graph: str) -> Observer | None:
+        """The engine observer for requests to ``graph`` (None when nothing observes)."""
+        if graph not in self._observers:
+            observers: list[Observer] = []
+            if self.tracer is not None:
+                observers.append(TracingObserver(self.tracer))
+            if self.metrics is not None:
+                observers.append(self.metrics.observer(graph))
+            self._observers[graph] = (
+                None
+                if not observers
+                else observers[0]
+                if len(observers) == 1
+                else Observers(observers)
+            )
+        return self._observers[graph]
+
+    def wrap(self, transport: Transport) -> Transport:
+        if self.metrics is not None:
+            transport = MetricsTransport(transport, self.metrics)
+        if self.tracer is not None:
+            transport = TracingTransport(transport, self.tracer)
+        return transport
+
+    @contextmanager
+    def request_span(
+        self, headers: Mapping[str, str], graph: str, path: str
+    ) -> Iterator[trace.Span | None]:
+        if self.tracer is None:
+            yield None
+            return
+        with server_span(self.tracer, headers, graph, path) as span:
+            yield span

@@ -1,0 +1,156 @@
+"""OpenTelemetry tracing: a server span per graph request (continuing an incoming W3C
+``traceparent``), a span per node, and a client span per step call whose context travels to the
+model server in ``traceparent``/``tracestate`` whatever ``PROPAGATE_HEADERS`` says.
+
+Exported over OTLP, configured by the standard ``OTEL_*`` variables (endpoint, protocol,
+sampler, service name). With tracing off none of this is installed, so it costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GRPCSpanExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HTTPSpanExporter,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from infergraph.router.engine.errors import GraphRequestError
+from infergraph.router.engine.plan import NodePlan, RouterType, StepPlan
+from infergraph.router.engine.transport import Reply, StepCall, Transport
+
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+
+
+def make_exporter(protocol: str) -> SpanExporter:
+    """The OTLP exporter for ``grpc`` or ``http/protobuf``; endpoints come from ``OTEL_*``."""
+    if protocol == "grpc":
+        return GRPCSpanExporter()
+    return HTTPSpanExporter()
+
+
+def make_provider(service_name: str, exporter: SpanExporter) -> TracerProvider:
+    """A tracer provider (sampler from ``OTEL_TRACES_SAMPLER``) exporting in batches."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+class TracingObserver:
+    """Node spans, as children of the current span (the request's, or the parent node's)."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+
+    def node_started(self, node: NodePlan) -> object:
+        attributes: dict[str, Any] = {
+            "infergraph.node": node.name,
+            "infergraph.router_type": node.router_type.value,
+        }
+        if node.router_type is RouterType.ENSEMBLE:
+            attributes["infergraph.branches"] = [s.key for s in node.steps]
+        span = self.tracer.start_span(f"node {node.name}", attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return span, token
+
+    def node_finished(
+        self, token: object, node: NodePlan, reply: Reply | None, error: BaseException | None
+    ) -> None:
+        assert isinstance(token, tuple)
+        span: Span = token[0]
+        context_token: object = token[1]
+        if reply is not None:
+            span.set_attribute("infergraph.status", reply.status)
+        if error is not None:
+            _record(span, error)
+        otel_context.detach(context_token)  # type: ignore[arg-type]
+        span.end()
+
+    def step_chosen(self, node: NodePlan, step: StepPlan, reason: str) -> None:
+        span = trace.get_current_span()
+        span.set_attribute("infergraph.chosen_step", step.key)
+        span.set_attribute("infergraph.chosen_because", reason)
+        if node.router_type is RouterType.SPLITTER:
+            span.set_attribute("infergraph.chosen_weight", step.weight)
+
+    def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None:
+        trace.get_current_span().set_attribute("infergraph.cancelled", [s.key for s in steps])
+
+
+def _record(span: Span, error: BaseException) -> None:
+    if isinstance(error, GraphRequestError):  # an expected outcome: status, no stack trace
+        span.set_attribute("infergraph.error.status", error.status)
+        span.set_status(Status(StatusCode.ERROR, error.cause))
+    elif isinstance(error, asyncio.CancelledError):
+        span.set_attribute("infergraph.was_cancelled", True)
+    else:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+
+class TracingTransport:
+    """A client span around every step call, and its trace context in the request headers."""
+
+    def __init__(self, inner: Transport, tracer: trace.Tracer) -> None:
+        self.inner = inner
+        self.tracer = tracer
+
+    async def send(self, call: StepCall) -> Reply:
+        attributes: dict[str, Any] = {
+            "url.full": call.target.url,
+            "server.address": call.target.host,
+            "server.port": call.target.port,
+            "infergraph.node": call.node,
+            "infergraph.step": call.step,
+            "infergraph.protocol": str(call.protocol or "http"),
+            "infergraph.attempt": 1,
+            "http.request.method": "POST",
+            "http.request.body.size": len(call.body),
+        }
+        with self.tracer.start_as_current_span(
+            f"step {call.step}", kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            headers = tuple(h for h in call.headers if h[0].lower() not in TRACE_HEADERS)
+            call = dataclasses.replace(call, headers=headers + tuple(carrier.items()))
+            try:
+                reply = await self.inner.send(call)
+            except GraphRequestError as error:
+                _record(span, error)
+                raise
+            span.set_attribute("http.response.status_code", reply.status)
+            if reply.stream is None:
+                span.set_attribute("http.response.body.size", len(reply.body))
+            if reply.status >= 400:
+                span.set_status(Status(StatusCode.ERROR, f"status {reply.status}"))
+            return reply
+
+
+@contextmanager
+def server_span(
+    tracer: trace.Tracer, headers: Mapping[str, str], graph: str, path: str
+) -> Iterator[Span]:
+    """The request's span, continuing the caller's trace when it sent ``traceparent``."""
+    parent = propagate.extract(headers)
+    with tracer.start_as_current_span(
+        f"graph {graph}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"infergraph.graph": graph, "http.request.method": "POST", "url.path": path},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span

@@ -120,7 +120,11 @@ class TracingTransport:
             "http.request.body.size": len(call.body),
         }
         with self.tracer.start_as_current_span(
-            f"step {call.step}", kind=SpanKind.CLIENT, attributes=attributes
+            f"step {call.step}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
@@ -128,7 +132,7 @@ class TracingTransport:
             call = dataclasses.replace(call, headers=headers + tuple(carrier.items()))
             try:
                 reply = await self.inner.send(call)
-            except GraphRequestError as error:
+            except (GraphRequestError, asyncio.CancelledError) as error:
                 _record(span, error)
                 raise
             span.set_attribute("http.response.status_code", reply.status)

@@ -1,0 +1,141 @@
+"""Spans of one graph request, recorded in memory: server span continuing the caller's trace,
+node spans with what each router type decided, client spans whose context reaches the step."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+from fakes import FakeTransport, plan, reply, url
+
+from infergraph.router.engine.context import ExecutionContext
+from infergraph.router.engine.steps import run_graph
+from infergraph.router.engine.transport import Reply, StepCall
+from infergraph.router.observability.tracing import TracingObserver, TracingTransport, server_span
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER = {"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"}
+
+
+@pytest.fixture
+def spans() -> Any:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider.get_tracer("test"), exporter
+
+
+async def traced(
+    spans: Any, nodes: dict[str, Any], fake: FakeTransport, body: Any, seed: int = 0
+) -> list[ReadableSpan]:
+    tracer, exporter = spans
+    graph = plan(nodes)
+    ctx = ExecutionContext(
+        transport=TracingTransport(fake, tracer),
+        rng=random.Random(seed),
+        graph="g",
+        observer=TracingObserver(tracer),
+    )
+    with server_span(tracer, CALLER, "g", "/"):
+        await run_graph(graph, orjson.dumps(body), ctx)
+    finished: list[ReadableSpan] = list(exporter.get_finished_spans())
+    return finished
+
+
+def by_name(spans: list[ReadableSpan]) -> dict[str, ReadableSpan]:
+    return {s.name: s for s in spans}
+
+
+async def test_one_trace_server_node_and_client_spans(spans: Any) -> None:
+    fake = FakeTransport()
+    nodes = {
+        "root": {
+            "routerType": "Sequence",
+            "steps": [
+                {"name": "pick", "nodeName": "pick"},
+                {"name": "last", "serviceUrl": url("last")},
+            ],
+        },
+        "pick": {
+            "routerType": "Switch",
+            "steps": [{"name": "dog", "serviceUrl": url("dog"), "condition": "$.animal"}],
+        },
+    }
+    recorded = await traced(spans, nodes, fake, {"animal": "dog"})
+    named = by_name(recorded)
+    assert set(named) == {"graph g", "node root", "node pick", "step dog", "step last"}
+    assert {f"{s.context.trace_id:032x}" for s in recorded} == {
+        CALLER_TRACE
+    }  # the caller's trace continues
+    server, root, pick = named["graph g"], named["node root"], named["node pick"]
+    assert server.kind is SpanKind.SERVER
+    assert server.parent is not None
+    assert server.parent.span_id == 0x00F067AA0BA902B7
+    assert root.parent.span_id == server.context.span_id  # type: ignore[union-attr]
+    assert pick.parent.span_id == root.context.span_id  # type: ignore[union-attr]
+    assert named["step dog"].parent.span_id == pick.context.span_id  # type: ignore[union-attr]
+    assert named["step last"].parent.span_id == root.context.span_id  # type: ignore[union-attr]
+    assert pick.attributes["infergraph.chosen_step"] == "dog"
+    assert pick.attributes["infergraph.chosen_because"] == "condition $.animal matched"
+    client = named["step dog"]
+    assert client.kind is SpanKind.CLIENT
+    assert client.attributes["url.full"] == url("dog")
+    assert client.attributes["http.response.status_code"] == 200
+    assert client.attributes["http.request.body.size"] == len(b'{"animal":"dog"}')
+    # Each call carries its own client span as the parent of what the model server does.
+    sent = {call.step: dict(call.headers) for call in fake.calls}
+    for step in ("dog", "last"):
+        span = named[f"step {step}"]
+        assert sent[step]["traceparent"] == f"00-{CALLER_TRACE}-{span.context.span_id:016x}-01"
+
+
+async def test_splitter_weight_and_failed_step_status(spans: Any) -> None:
+    fake = FakeTransport(script={url("b"): reply(503, {"error": "busy"})})
+    nodes = {
+        "root": {
+            "routerType": "Splitter",
+            "steps": [
+                {"name": "a", "serviceUrl": url("a"), "weight": 0},
+                {"name": "b", "serviceUrl": url("b"), "weight": 100},
+            ],
+        }
+    }
+    named = by_name(await traced(spans, nodes, fake, {}))
+    assert named["node root"].attributes["infergraph.chosen_step"] == "b"
+    assert named["node root"].attributes["infergraph.chosen_weight"] == 100
+    assert named["step b"].status.status_code is StatusCode.ERROR
+    assert named["step b"].attributes["http.response.status_code"] == 503
+
+
+async def test_ensemble_records_branches_and_the_cancelled_ones(spans: Any) -> None:
+    async def never(call: StepCall) -> Reply:
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    fake = FakeTransport(script={url("slow"): never, url("bad"): reply(500, {"e": 1})})
+    nodes = {
+        "root": {
+            "routerType": "Ensemble",
+            "steps": [
+                {"name": "bad", "serviceUrl": url("bad"), "dependency": "Hard"},
+                {"name": "slow", "serviceUrl": url("slow")},
+            ],
+        }
+    }
+    named = by_name(await traced(spans, nodes, fake, {}))
+    root = named["node root"]
+    assert list(root.attributes["infergraph.branches"]) == ["bad", "slow"]
+    assert list(root.attributes["infergraph.cancelled"]) == ["slow"]
+    assert named["step slow"].attributes["infergraph.was_cancelled"] is True
+    assert "infergraph.was_cancelled" not in named["step bad"].attributes

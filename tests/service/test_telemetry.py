@@ -1,0 +1,119 @@
+"""Prometheus metrics after known traffic, and the JSON request log, on a real router process."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from conftest import RouterFactory
+from harness import Predictor, graph, request
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = request(port, b"", path="/metrics", method="GET")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_metrics_count_requests_nodes_steps_errors_and_overhead(
+    clean_predictor: Predictor, start_router: RouterFactory, tmp_path: Path
+) -> None:
+    p = clean_predictor
+    spec = graph(
+        {
+            "root": {
+                "routerType": "Switch",
+                "steps": [
+                    {"name": "ok", "condition": "good", "nodeName": "pipeline"},
+                    {
+                        "name": "down",
+                        "condition": "down",
+                        "serviceUrl": f"http://127.0.0.1:{dead_port()}/x",
+                    },
+                    {"name": "nf", "condition": "missing", "serviceUrl": p.url("nf", status=404)},
+                ],
+            },
+            "pipeline": {
+                "routerType": "Sequence",
+                "steps": [
+                    {"name": "first", "serviceUrl": p.url("first")},
+                    {"name": "second", "serviceUrl": p.url("second")},
+                ],
+            },
+        }
+    )
+    port = start_router(spec)
+    for _ in range(3):
+        assert request(port, {"good": 1}).status == 200
+    assert request(port, {"down": 1}).status == 500
+    assert request(port, {"missing": 1}).status == 404
+    assert request(port, {"nothing": 1}).status == 404  # no route
+    m = scrape(port)
+    g = ("graph", "graph")
+    assert m[("infergraph_requests_total", (("code", "200"), g))] == 3
+    assert m[("infergraph_requests_total", (("code", "500"), g))] == 1
+    assert m[("infergraph_requests_total", (("code", "404"), g))] == 2
+    assert m[("infergraph_request_seconds_count", (g,))] == 6
+    assert m[("infergraph_overhead_seconds_count", (g,))] == 6
+    assert (
+        0
+        < m[("infergraph_overhead_seconds_sum", (g,))]
+        < m[("infergraph_request_seconds_sum", (g,))]
+    )
+    assert m[("infergraph_requests_in_flight", (g,))] == 0
+    assert (
+        m[("infergraph_node_seconds_count", (g, ("node", "pipeline"), ("router_type", "Sequence")))]
+        == 3
+    )
+    assert (
+        m[("infergraph_node_seconds_count", (g, ("node", "root"), ("router_type", "Switch")))] == 6
+    )
+    step = (g, ("node", "pipeline"), ("step", "second"))
+    assert m[("infergraph_step_seconds_count", step)] == 3
+    assert m[("infergraph_step_calls_total", (("code", "200"), *step))] == 3
+    assert (
+        m[("infergraph_step_calls_total", (("code", "404"), g, ("node", "root"), ("step", "nf")))]
+        == 1
+    )
+    assert (
+        m[("infergraph_errors_total", (("cause", "connection"), g))] == 2
+    )  # the step, then the request
+    assert m[("infergraph_errors_total", (("cause", "no_route"), g))] == 1
+    assert m[("infergraph_errors_total", (("cause", "upstream_status"), g))] == 1
+
+
+def test_access_log_is_one_json_line_per_request(
+    clean_predictor: Predictor, start_router: RouterFactory, tmp_path: Path
+) -> None:
+    p = clean_predictor
+    port = start_router(
+        graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}}),
+        extra=("--access-log",),
+    )
+    for _ in range(2):
+        request(port, {"x": 1})
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / f"router-{port}.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    requests = [line for line in lines if line["message"] == "request"]
+    assert len(requests) == 2
+    assert requests[0]["graph"] == "graph"
+    assert requests[0]["status"] == 200
+    assert requests[0]["duration_ms"] > 0
+    assert requests[0]["level"] == "info"

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TOOLS_CACHE ?= $(HOME)/.cache/infergraph
 TYPECHECK_ROOT := $(VENV)/typecheck
 
-.PHONY: demo test lint typecheck contracts components kube unit bench install clean
+.PHONY: demo test lint typecheck contracts components kube jaeger unit bench install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ contracts: $(STAMP) $(TYPECHECK_ROOT)/infergraph
 components:
 	PYTHON=$(PYTHON) tests/components/install.sh $(TOOLS_CACHE)
 
+# Jaeger v2 for the trace tests, built from the Go module proxy into $(TOOLS_CACHE).
+jaeger:
+	tests/observability/build_jaeger.sh $(TOOLS_CACHE)
+
 # kube-apiserver, etcd and the Knative Service CRD for the operator tests, cached in $(TOOLS_CACHE).
 kube:
 	tests/kube/build.sh $(TOOLS_CACHE)
@@ -50,7 +54,7 @@ kube:
 unit: $(STAMP)
 	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python -m pytest
 
-test: lint typecheck contracts components kube unit
+test: lint typecheck contracts components kube jaeger unit
 
 bench: $(STAMP) components
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

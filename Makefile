@@ -56,7 +56,7 @@ unit: $(STAMP)
 
 test: lint typecheck contracts components kube jaeger unit
 
-bench: $(STAMP) components
+bench: $(STAMP) components jaeger
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/router_bench.py
 

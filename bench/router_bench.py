@@ -33,6 +33,9 @@ from typing import Any
 
 from infergraph.predictors import processes
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from jaeger_harness import JAEGER_CONFIG  # one Jaeger config for the tests and the bench
+
 ROOT = Path(__file__).resolve().parent.parent
 PREDICTOR_PORT = 18090  # the port the graphs/bench-*.yaml files call
 GRAPHS = ["sequence-1", "sequence-3", "switch", "ensemble-3", "splitter"]
@@ -136,7 +139,12 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self.step = 0
-        self.steps = len(args.graphs) * len(args.clients) + 1 + (3 if args.triton else 0)
+        self.steps = (
+            len(args.graphs) * len(args.clients)
+            + 1
+            + (3 if args.triton else 0)
+            + (2 if args.telemetry else 0)
+        )
 
     def progress(self, label: str) -> None:
         self.step += 1
@@ -158,15 +166,26 @@ class Bench:
             row["predictor_us"] = row["predictor_cpu_s"] / row["requests"] * 1e6
             self.rows.append(row)
 
-    def through_router(self, graph: str, client: str, predictor_pid: int) -> None:
-        self.progress(f"{graph} through the router, {client} client")
+    def through_router(
+        self,
+        graph: str,
+        client: str,
+        predictor_pid: int,
+        *,
+        variant: str = "",
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        label = f"{client}{variant}"
+        self.progress(f"{graph} through the router, {label}")
         port = processes.free_port()
         router = processes.router(
             port,
             "--graph",
             str(ROOT / "graphs" / f"bench-{graph}.yaml"),
-            extra=("--client", client, "--drain-seconds", "0", "--log-level", "WARNING"),
-            log_path=self.workdir / f"router-{graph}-{client}.log",
+            extra=("--client", client, "--drain-seconds", "0", "--log-level", "WARNING", *extra),
+            env=env,
+            log_path=self.workdir / f"router-{graph}-{label}.log",
         )
         router.argv = pinned(router.argv, 0)
         with router:
@@ -174,7 +193,7 @@ class Bench:
             for connections in (1, 32):
                 row = self.series(f"http://127.0.0.1:{port}/", pids, connections)
                 calls = row["requests"] * CALLS_PER_REQUEST[graph]
-                row.update(system=f"infergraph/{client}", graph=graph)
+                row.update(system=f"infergraph/{label}", graph=graph)
                 row["router_us"] = row["router_cpu_s"] / row["requests"] * 1e6
                 row["predictor_us"] = row["predictor_cpu_s"] / calls * 1e6
                 row["ratio"] = row["router_us"] / row["predictor_us"]
@@ -188,8 +207,31 @@ class Bench:
             for graph in self.args.graphs:
                 for client in self.args.clients:
                     self.through_router(graph, client, predictor.pid)
+            if self.args.telemetry:
+                self.telemetry_costs(predictor.pid)
         if self.args.triton:
             self.triton()
+
+    def telemetry_costs(self, predictor_pid: int) -> None:
+        """The 1-step graph with metrics off, and with tracing on into a local Jaeger (every
+        request sampled and exported), beside the default run (metrics on, tracing off)."""
+        self.through_router(
+            "sequence-1", "fast", predictor_pid, variant=" metrics off", extra=("--no-metrics",)
+        )
+        jaeger_bin = CACHE / "bin" / "jaeger-v1.76.0"
+        ports = {
+            k: processes.free_port() for k in ("query", "query_grpc", "otlp_grpc", "otlp_http")
+        }
+        config = self.workdir / "jaeger.yaml"
+        config.write_text(JAEGER_CONFIG % ports)
+        jaeger = processes.ServerProcess(
+            [str(jaeger_bin), "--config", str(config)],
+            f"http://127.0.0.1:{ports['query']}/api/services",
+            log_path=self.workdir / "jaeger.log",
+        )
+        with jaeger.start(timeout=60):
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['otlp_http']}"}
+            self.through_router("sequence-1", "fast", predictor_pid, variant=" tracing on", env=env)
 
     def triton(self) -> None:
         """A v2 REST step and a v2 gRPC step to the same real Triton model, and the direct call."""
@@ -240,6 +282,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
         "--no-triton", dest="triton", action="store_false", help="skip the Triton v2 REST/gRPC part"
+    )
+    parser.add_argument(
+        "--no-telemetry",
+        dest="telemetry",
+        action="store_false",
+        help="skip the metrics-off and tracing-on runs",
     )
     args = parser.parse_args()
     if not shutil.which("wrk"):

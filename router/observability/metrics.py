@@ -8,9 +8,18 @@ time during which at least one downstream call was outstanding.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from infergraph.router.engine import errors
 from infergraph.router.engine.plan import NodePlan, StepPlan
@@ -37,59 +46,167 @@ def cause(error: BaseException) -> str:
     return "internal"
 
 
+class _Value:
+    """A counter or gauge for one label set. The router updates metrics only on its event loop
+    thread, so plain numbers do (no lock per update, unlike prometheus_client's own metrics)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class _Histogram:
+    """A histogram for one label set: one bisect and two additions per observation."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class _Family:
+    """A metric with labels; children are made on first use and reported at scrape time."""
+
+    def __init__(
+        self, kind: str, name: str, doc: str, labels: list[str], buckets: tuple[float, ...] = ()
+    ) -> None:
+        self.kind, self.name, self.doc, self.labelnames = kind, name, doc, labels
+        self.buckets = buckets
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = _Histogram(self.buckets) if self.kind == "histogram" else _Value()
+            self.children[values] = child
+        return child
+
+    def family(self) -> Metric:
+        if self.kind == "counter":
+            counter = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+            for values, child in self.children.items():
+                counter.add_metric(list(values), child.value)
+            return counter
+        if self.kind == "gauge":
+            gauge = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
+            for values, child in self.children.items():
+                gauge.add_metric(list(values), child.value)
+            return gauge
+        histogram = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for values, child in self.children.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip([*self.buckets, float("inf")], child.counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+            histogram.add_metric(list(values), buckets, child.total)
+        return histogram
+
+
 class RouterMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "infergraph_requests", "Graph requests", ["graph", "code"], registry=r
+    """The router's metrics, exposed in Prometheus' format through prometheus_client."""
+
+    def __init__(self) -> None:
+        self.requests = _Family(
+            "counter", "infergraph_requests", "Graph requests", ["graph", "code"]
         )
-        self.request_seconds = Histogram(
-            "infergraph_request_seconds",
-            "Graph request latency",
-            ["graph"],
-            buckets=FAST,
-            registry=r,
+        self.request_seconds = _Family(
+            "histogram", "infergraph_request_seconds", "Graph request latency", ["graph"], FAST
         )
-        self.in_flight = Gauge(
-            "infergraph_requests_in_flight", "Graph requests being served", ["graph"], registry=r
+        self.in_flight = _Family(
+            "gauge", "infergraph_requests_in_flight", "Graph requests being served", ["graph"]
         )
-        self.overhead_seconds = Histogram(
+        self.overhead_seconds = _Family(
+            "histogram",
             "infergraph_overhead_seconds",
             "Router time per request outside downstream calls",
             ["graph"],
-            buckets=OVERHEAD,
-            registry=r,
+            OVERHEAD,
         )
-        self.node_seconds = Histogram(
+        self.node_seconds = _Family(
+            "histogram",
             "infergraph_node_seconds",
             "Node latency",
             ["graph", "node", "router_type"],
-            buckets=FAST,
-            registry=r,
+            FAST,
         )
-        self.step_seconds = Histogram(
+        self.step_seconds = _Family(
+            "histogram",
             "infergraph_step_seconds",
             "Step call latency",
             ["graph", "node", "step"],
-            buckets=FAST,
-            registry=r,
+            FAST,
         )
-        self.step_calls = Counter(
+        self.step_calls = _Family(
+            "counter",
             "infergraph_step_calls",
             "Step calls by status",
             ["graph", "node", "step", "code"],
-            registry=r,
         )
-        self.errors = Counter(
-            "infergraph_errors", "Failures by cause", ["graph", "cause"], registry=r
+        self.errors = _Family(
+            "counter", "infergraph_errors", "Failures by cause", ["graph", "cause"]
         )
+        self._graphs: dict[str, GraphMetrics] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in (
+            self.requests,
+            self.request_seconds,
+            self.in_flight,
+            self.overhead_seconds,
+            self.node_seconds,
+            self.step_seconds,
+            self.step_calls,
+            self.errors,
+        ):
+            yield family.family()
 
     def observer(self, graph: str) -> MetricsObserver:
         return MetricsObserver(self, graph)
 
+    def for_graph(self, graph: str) -> GraphMetrics:
+        found = self._graphs.get(graph)
+        if found is None:
+            found = self._graphs[graph] = GraphMetrics(self, graph)
+        return found
+
     def request_failed(self, graph: str, error: BaseException) -> None:
         self.errors.labels(graph, cause(error)).inc()
+
+
+class GraphMetrics:
+    """One graph's request metrics with their label children bound once (``labels()`` is the
+    expensive part of an observation)."""
+
+    def __init__(self, metrics: RouterMetrics, graph: str) -> None:
+        self.metrics = metrics
+        self.graph = graph
+        self.in_flight = metrics.in_flight.labels(graph)
+        self.seconds = metrics.request_seconds.labels(graph)
+        self.overhead = metrics.overhead_seconds.labels(graph)
+        self._codes: dict[int, Any] = {}
+
+    def finished(self, status: int, elapsed: float, upstream: float) -> None:
+        counter = self._codes.get(status)
+        if counter is None:
+            counter = self._codes[status] = self.metrics.requests.labels(self.graph, str(status))
+        counter.inc()
+        self.seconds.observe(elapsed)
+        self.overhead.observe(max(0.0, elapsed - upstream))
 
 
 class MetricsObserver:
@@ -98,6 +215,7 @@ class MetricsObserver:
     def __init__(self, metrics: RouterMetrics, graph: str) -> None:
         self.metrics = metrics
         self.graph = graph
+        self._nodes: dict[str, Any] = {}
 
     def node_started(self, node: NodePlan) -> object:
         return time.perf_counter()
@@ -106,9 +224,12 @@ class MetricsObserver:
         self, token: object, node: NodePlan, reply: Reply | None, error: BaseException | None
     ) -> None:
         assert isinstance(token, float)
-        self.metrics.node_seconds.labels(self.graph, node.name, node.router_type.value).observe(
-            time.perf_counter() - token
-        )
+        child = self._nodes.get(node.name)
+        if child is None:
+            child = self._nodes[node.name] = self.metrics.node_seconds.labels(
+                self.graph, node.name, node.router_type.value
+            )
+        child.observe(time.perf_counter() - token)
 
     def step_chosen(self, node: NodePlan, step: StepPlan, reason: str) -> None:
         return None
@@ -123,19 +244,30 @@ class MetricsTransport:
     def __init__(self, inner: Transport, metrics: RouterMetrics) -> None:
         self.inner = inner
         self.metrics = metrics
+        self._seconds: dict[tuple[str, str, str], Any] = {}
+        self._calls: dict[tuple[str, str, str, str], Any] = {}
+
+    def _count(self, call: StepCall, code: str) -> None:
+        key = (call.graph, call.node, call.step, code)
+        counter = self._calls.get(key)
+        if counter is None:
+            counter = self._calls[key] = self.metrics.step_calls.labels(*key)
+        counter.inc()
 
     async def send(self, call: StepCall) -> Reply:
         started = time.perf_counter()
         try:
             reply = await self.inner.send(call)
         except errors.GraphRequestError as error:
-            self.metrics.step_calls.labels(call.graph, call.node, call.step, "error").inc()
+            self._count(call, "error")
             self.metrics.errors.labels(call.graph, cause(error)).inc()
             raise
-        self.metrics.step_seconds.labels(call.graph, call.node, call.step).observe(
-            time.perf_counter() - started
-        )
-        self.metrics.step_calls.labels(call.graph, call.node, call.step, str(reply.status)).inc()
+        key = (call.graph, call.node, call.step)
+        seconds = self._seconds.get(key)
+        if seconds is None:
+            seconds = self._seconds[key] = self.metrics.step_seconds.labels(*key)
+        seconds.observe(time.perf_counter() - started)
+        self._count(call, str(reply.status))
         if reply.status >= 400:
             self.metrics.errors.labels(call.graph, "upstream_status").inc()
         return reply

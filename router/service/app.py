@@ -155,10 +155,10 @@ class RouterService:
         self, request: web.BaseRequest, plan: GraphPlan, path: str
     ) -> web.StreamResponse:
         telemetry = self.telemetry
-        metrics = telemetry.metrics
+        metrics = telemetry.metrics.for_graph(plan.name) if telemetry.metrics else None
         started = time.perf_counter()
         if metrics is not None:
-            metrics.in_flight.labels(plan.name).inc()
+            metrics.in_flight.inc()
         ctx = ExecutionContext(
             transport=self.transport,
             headers=self.headers.forward(request.headers.items()),
@@ -185,13 +185,8 @@ class RouterService:
             return response
         finally:
             if metrics is not None:
-                elapsed = time.perf_counter() - started
-                metrics.in_flight.labels(plan.name).dec()
-                metrics.requests.labels(plan.name, str(status)).inc()
-                metrics.request_seconds.labels(plan.name).observe(elapsed)
-                metrics.overhead_seconds.labels(plan.name).observe(
-                    max(0.0, elapsed - ctx.upstream_seconds)
-                )
+                metrics.in_flight.dec()
+                metrics.finished(status, time.perf_counter() - started, ctx.upstream_seconds)
 
     async def _respond(
         self, request: web.BaseRequest, plan: GraphPlan, ctx: ExecutionContext

@@ -31,6 +31,7 @@ CACHE = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "inferg
 KUBE_VERSION, ETCD_VERSION, KNATIVE_VERSION = "v1.36.3", "v3.6.16", "v0.50.0"
 OPERATOR_USER = "system:serviceaccount:infergraph-system:infergraph-operator"
 NAMESPACE = "models"
+OTLP_ENDPOINT = "http://jaeger.infergraph-system:4318"
 
 
 @dataclass
@@ -211,6 +212,8 @@ def operator_process(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory)
             NAMESPACE,
             "--router-image",
             "infergraph/router:test",
+            "--otlp-endpoint",
+            OTLP_ENDPOINT,
         ],
         env=env,
         stdout=open(log, "wb"),  # noqa: SIM115

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NAMESPACE, Cluster
+from conftest import NAMESPACE, OTLP_ENDPOINT, Cluster
 from harness_http import post_json
 from kubernetes import client
 
@@ -241,6 +241,10 @@ def test_graph_resolves_predictors_runs_on_the_real_router(
     assert pod["containers"][0]["args"][:3] == ["router", "--graph", "/etc/infergraph/graph.json"]
     assert pod["volumes"] == [{"name": "graph", "configMap": {"name": "iris-graph"}}]
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    # The operator's --otlp-endpoint setting reaches the routers it deploys.
+    assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": OTLP_ENDPOINT} in pod["containers"][0][
+        "env"
+    ]
     assert knative.knative_problems(router) == ([], [])
     make_ksvc_ready(cluster, "iris", "http://iris.models.example.com")
     ready = wait_for(

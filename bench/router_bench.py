@@ -143,7 +143,7 @@ class Bench:
             len(args.graphs) * len(args.clients)
             + 1
             + (3 if args.triton else 0)
-            + (2 if args.telemetry else 0)
+            + (3 if args.telemetry else 0)
         )
 
     def progress(self, label: str) -> None:
@@ -214,7 +214,8 @@ class Bench:
 
     def telemetry_costs(self, predictor_pid: int) -> None:
         """The 1-step graph with metrics off, and with tracing on into a local Jaeger (every
-        request sampled and exported), beside the default run (metrics on, tracing off)."""
+        request sampled and exported, then one in ten), beside the default run (metrics on,
+        tracing off)."""
         self.through_router(
             "sequence-1", "fast", predictor_pid, variant=" metrics off", extra=("--no-metrics",)
         )
@@ -232,6 +233,14 @@ class Bench:
         with jaeger.start(timeout=60):
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['otlp_http']}"}
             self.through_router("sequence-1", "fast", predictor_pid, variant=" tracing on", env=env)
+            sampled = {
+                **env,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            }
+            self.through_router(
+                "sequence-1", "fast", predictor_pid, variant=" tracing 10%", env=sampled
+            )
 
     def triton(self) -> None:
         """A v2 REST step and a v2 gRPC step to the same real Triton model, and the direct call."""

@@ -55,6 +55,8 @@ class TracingObserver:
         self.tracer = tracer
 
     def node_started(self, node: NodePlan) -> object:
+        if not trace.get_current_span().is_recording():
+            return None  # an unsampled request: no spans below it either
         attributes: dict[str, Any] = {
             "infergraph.node": node.name,
             "infergraph.router_type": node.router_type.value,
@@ -68,6 +70,8 @@ class TracingObserver:
     def node_finished(
         self, token: object, node: NodePlan, reply: Reply | None, error: BaseException | None
     ) -> None:
+        if token is None:
+            return
         assert isinstance(token, tuple)
         span: Span = token[0]
         context_token: object = token[1]
@@ -80,6 +84,8 @@ class TracingObserver:
 
     def step_chosen(self, node: NodePlan, step: StepPlan, reason: str) -> None:
         span = trace.get_current_span()
+        if not span.is_recording():
+            return
         span.set_attribute("infergraph.chosen_step", step.key)
         span.set_attribute("infergraph.chosen_because", reason)
         if node.router_type is RouterType.SPLITTER:
@@ -108,15 +114,15 @@ class TracingTransport:
         self.tracer = tracer
 
     async def send(self, call: StepCall) -> Reply:
+        if not trace.get_current_span().is_recording():
+            # An unsampled request: no client span, but the model server still learns the
+            # trace (and that it is not sampled) from the caller's context.
+            return await self.inner.send(_with_trace_headers(call))
         attributes: dict[str, Any] = {
             "url.full": call.target.url,
-            "server.address": call.target.host,
-            "server.port": call.target.port,
-            "infergraph.node": call.node,
             "infergraph.step": call.step,
             "infergraph.protocol": str(call.protocol or "http"),
             "infergraph.attempt": 1,
-            "http.request.method": "POST",
             "http.request.body.size": len(call.body),
         }
         with self.tracer.start_as_current_span(
@@ -126,12 +132,8 @@ class TracingTransport:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            headers = tuple(h for h in call.headers if h[0].lower() not in TRACE_HEADERS)
-            call = dataclasses.replace(call, headers=headers + tuple(carrier.items()))
             try:
-                reply = await self.inner.send(call)
+                reply = await self.inner.send(_with_trace_headers(call))
             except (GraphRequestError, asyncio.CancelledError) as error:
                 _record(span, error)
                 raise
@@ -141,6 +143,15 @@ class TracingTransport:
             if reply.status >= 400:
                 span.set_status(Status(StatusCode.ERROR, f"status {reply.status}"))
             return reply
+
+
+def _with_trace_headers(call: StepCall) -> StepCall:
+    """The call with ``traceparent``/``tracestate`` for the current span (replacing any the
+    client sent, which named the caller's span, not ours)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    headers = tuple(h for h in call.headers if h[0].lower() not in TRACE_HEADERS)
+    return dataclasses.replace(call, headers=headers + tuple(carrier.items()))
 
 
 @contextmanager

@@ -139,3 +139,21 @@ async def test_ensemble_records_branches_and_the_cancelled_ones(spans: Any) -> N
     assert list(root.attributes["infergraph.cancelled"]) == ["slow"]
     assert named["step slow"].attributes["infergraph.was_cancelled"] is True
     assert "infergraph.was_cancelled" not in named["step bad"].attributes
+
+
+async def test_unsampled_request_records_nothing_but_still_propagates(spans: Any) -> None:
+    tracer, exporter = spans
+    fake = FakeTransport()
+    graph = plan(
+        {"root": {"routerType": "Sequence", "steps": [{"name": "a", "serviceUrl": url("a")}]}}
+    )
+    ctx = ExecutionContext(
+        transport=TracingTransport(fake, tracer), graph="g", observer=TracingObserver(tracer)
+    )
+    unsampled = {"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-00"}
+    with server_span(tracer, unsampled, "g", "/"):
+        await run_graph(graph, b"{}", ctx)
+    assert exporter.get_finished_spans() == ()
+    sent = dict(fake.calls[0].headers)["traceparent"]
+    assert sent.startswith(f"00-{CALLER_TRACE}-")
+    assert sent.endswith("-00")  # the model server is told not to sample either

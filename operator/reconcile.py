@@ -185,7 +185,8 @@ class Reconciler:
             return
         endpoints: dict[str, Endpoint] = {}
         missing, not_ready = [], []
-        for predictor_name in sorted(graphs.referenced_predictors(spec)):
+        referenced = sorted(graphs.referenced_predictors(spec))
+        for predictor_name in referenced:
             predictor = self.predictor(namespace, predictor_name)
             if predictor is None:
                 missing.append(predictor_name)
@@ -199,8 +200,8 @@ class Reconciler:
             )
             if not ready or predictor_name not in endpoints:
                 not_ready.append(predictor_name)
-        if missing or len(endpoints) < len(graphs.referenced_predictors(spec)):
-            unresolved = missing + [p for p in not_ready if p not in endpoints]
+        unresolved = [p for p in referenced if p not in endpoints]
+        if unresolved:
             message = f"Predictors without an endpoint yet: {', '.join(unresolved)}"
             if missing:
                 message = f"Predictors not found: {', '.join(missing)}"

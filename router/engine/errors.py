@@ -3,7 +3,8 @@
 ::
 
     GraphRequestError (500)               rendered {"error": "...", "cause": ...}
-    ├── NoRouteMatched (404 at the root; 500 when raised inside a nested node)
+    ├── NoRouteMatched (404)              the root Switch matched no route
+    ├── NestedNoRouteMatched (500)        a nested Switch matched none (fails its parent)
     ├── InvalidResponse (500)             a condition met a body that is not JSON
     ├── EnsembleMergeError (500)          an ensemble branch returned something other than an object
     ├── DeadlineExceeded (504)            the graph's own deadline passed before a step could start
@@ -38,6 +39,11 @@ class GraphRequestError(Exception):
 class NoRouteMatched(GraphRequestError):
     status = 404
 
+    def __init__(self) -> None:
+        super().__init__("None of the routes matched with the switch condition")
+
+
+class NestedNoRouteMatched(GraphRequestError):
     def __init__(self) -> None:
         super().__init__("None of the routes matched with the switch condition")
 

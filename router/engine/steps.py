@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from infergraph.predictors.servers import Protocol
 from infergraph.router.engine import ensemble, sequence, splitter, switch
 from infergraph.router.engine.context import ExecutionContext
-from infergraph.router.engine.errors import BadRequest, GraphRequestError, NoRouteMatched
+from infergraph.router.engine.errors import BadRequest, NestedNoRouteMatched, NoRouteMatched
 from infergraph.router.engine.payload import Payload
 from infergraph.router.engine.plan import GraphPlan, NodePlan, RouterType, StepPlan
 from infergraph.router.engine.transport import Reply, StepCall
@@ -49,7 +49,7 @@ async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, fina
             return await run_node(step.node, payload, ctx, final)
         except NoRouteMatched as exc:
             # Only the root Switch answers 404; a nested one fails its parent with 500.
-            raise GraphRequestError(exc.cause) from exc
+            raise NestedNoRouteMatched() from exc
     service = step.service
     assert service is not None
     service.check()

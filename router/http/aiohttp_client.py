@@ -3,7 +3,6 @@ client is tested and benchmarked against."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 
 import aiohttp
@@ -63,5 +62,3 @@ class AiohttpTransport:
             raise UpstreamTimeout(f'Post "{url}": context deadline exceeded') from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamConnectionError(f'Post "{url}": {exc}') from exc
-        except asyncio.CancelledError:
-            raise

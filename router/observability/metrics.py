@@ -36,13 +36,12 @@ def cause(error: BaseException) -> str:
         (errors.UpstreamConnectionError, "connection"),
         (errors.InvalidStepUrl, "connection"),
         (errors.NoRouteMatched, "no_route"),
+        (errors.NestedNoRouteMatched, "no_route"),
         (errors.BadRequest, "bad_request"),
         (errors.DeadlineExceeded, "timeout"),
     ):
         if isinstance(error, kind):
             return label
-    if isinstance(error, errors.GraphRequestError) and "None of the routes" in error.cause:
-        return "no_route"  # a nested Switch that matched nothing
     return "internal"
 
 

@@ -256,7 +256,7 @@ class RouterService:
                 self.deadlines.remove(task)
 
 
-async def serve(service: RouterService, *, ready: asyncio.Event | None = None) -> None:
+async def serve(service: RouterService) -> None:
     """Run until SIGTERM/SIGINT, then drain: readyz turns 503, requests finish, then exit."""
     settings = service.settings
     plans = service.registry.plans
@@ -285,8 +285,6 @@ async def serve(service: RouterService, *, ready: asyncio.Event | None = None) -
         settings.host,
         settings.port,
     )
-    if ready is not None:
-        ready.set()
     try:
         await stop.wait()
         service.draining = True

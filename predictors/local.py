@@ -9,7 +9,10 @@ One process serves:
 - ``POST /step/<name>``: a scriptable step for black-box tests. Query parameters set the status
   (``status``), a delay in seconds (``delay``), a raw body to return (``body``) and its content
   type (``ctype``); without ``body`` it answers ``{"step": name, "input": <request JSON>}``.
-  Every call is recorded; ``GET /_calls`` lists them and ``DELETE /_calls`` clears the list.
+  With ``events=N`` it streams instead: N server-sent events ``{"step": name, "event": k}``,
+  ``interval`` seconds apart, then ``data: [DONE]`` (an LLM's token stream with known timing).
+  Every call is recorded; ``GET /_calls`` lists them and ``DELETE /_calls`` clears the list; a
+  call abandoned by its client (during ``delay`` or mid-stream) counts as cancelled.
 """
 
 from __future__ import annotations
@@ -41,6 +44,24 @@ def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(value), content_type=JSON)
 
 
+async def _events(
+    request: web.Request, name: str, count: int, interval: float
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    try:
+        for k in range(count):
+            if k and interval:
+                await asyncio.sleep(interval)
+            await response.write(b"data: %s\n\n" % orjson.dumps({"step": name, "event": k}))
+        await response.write(b"data: [DONE]\n\n")
+    except (asyncio.CancelledError, ConnectionResetError):
+        request.app["calls"].cancelled += 1
+        raise
+    await response.write_eof()
+    return response
+
+
 async def echo(request: web.Request) -> web.Response:
     body = await request.read()
     return web.Response(body=body, content_type=JSON)
@@ -68,6 +89,8 @@ async def step(request: web.Request) -> web.Response:
         except asyncio.CancelledError:
             log.cancelled += 1
             raise
+    if "events" in query:
+        return await _events(request, name, int(query["events"]), float(query.get("interval", "0")))
     status = int(query.get("status", "200"))
     if "body" in query:
         return web.Response(

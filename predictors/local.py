@@ -67,7 +67,7 @@ async def echo(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=JSON)
 
 
-async def step(request: web.Request) -> web.Response:
+async def step(request: web.Request) -> web.StreamResponse:
     log: CallLog = request.app["calls"]
     name = request.match_info["name"]
     raw = await request.read()

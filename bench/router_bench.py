@@ -8,7 +8,8 @@ the router with the router's own client (``fast``) and with aiohttp's ``ClientSe
 
 - ``router_us``: router CPU microseconds per graph request;
 - ``predictor_us``: predictor CPU microseconds per predictor call;
-- ``ratio``: router_us / predictor_us, the router's cost in units of one predictor call.
+- ``ratio``: router_us / predictor_us, the router's cost in units of one predictor call;
+- ``exporter_us``: with tracing on, CPU microseconds per request of the span exporter process.
 
 Each figure is the median of ``--repeats`` runs. Results go to bench/results/<date>.json and .md.
 Usage: ``make bench`` (or ``.venv/bin/python bench/router_bench.py --duration 5 --repeats 3``).
@@ -113,6 +114,19 @@ def measure(
     return result
 
 
+def span_exporter(router_pid: int) -> int | None:
+    """The router's span exporter child (its own process group), if tracing started one."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == router_pid and b"span_export" in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
@@ -143,7 +157,7 @@ class Bench:
             len(args.graphs) * len(args.clients)
             + 1
             + (3 if args.triton else 0)
-            + (3 if args.telemetry else 0)
+            + (4 if args.telemetry else 0)
         )
 
     def progress(self, label: str) -> None:
@@ -190,6 +204,9 @@ class Bench:
         router.argv = pinned(router.argv, 0)
         with router:
             pids = {"router": router.pid, "predictor": predictor_pid}
+            exporter = span_exporter(router.pid)
+            if exporter is not None:
+                pids["exporter"] = exporter
             for connections in (1, 32):
                 row = self.series(f"http://127.0.0.1:{port}/", pids, connections)
                 calls = row["requests"] * CALLS_PER_REQUEST[graph]
@@ -197,6 +214,8 @@ class Bench:
                 row["router_us"] = row["router_cpu_s"] / row["requests"] * 1e6
                 row["predictor_us"] = row["predictor_cpu_s"] / calls * 1e6
                 row["ratio"] = row["router_us"] / row["predictor_us"]
+                if exporter is not None:
+                    row["exporter_us"] = row["exporter_cpu_s"] / row["requests"] * 1e6
                 self.rows.append(row)
 
     def run(self) -> None:
@@ -214,8 +233,8 @@ class Bench:
 
     def telemetry_costs(self, predictor_pid: int) -> None:
         """The 1-step graph with metrics off, and with tracing on into a local Jaeger (every
-        request sampled and exported, then one in ten), beside the default run (metrics on,
-        tracing off)."""
+        request sampled and exported, by the exporter process and by the SDK's in-process
+        BatchSpanProcessor, then one in ten), beside the default run (metrics on, tracing off)."""
         self.through_router(
             "sequence-1", "fast", predictor_pid, variant=" metrics off", extra=("--no-metrics",)
         )
@@ -233,6 +252,14 @@ class Bench:
         with jaeger.start(timeout=60):
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['otlp_http']}"}
             self.through_router("sequence-1", "fast", predictor_pid, variant=" tracing on", env=env)
+            self.through_router(
+                "sequence-1",
+                "fast",
+                predictor_pid,
+                variant=" tracing on, thread export",
+                extra=("--span-export", "thread"),
+                env=env,
+            )
             sampled = {
                 **env,
                 "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
@@ -322,6 +349,7 @@ COLUMNS = (
     ("router µs/req", "router_us", "{:.0f}"),
     ("predictor µs/call", "predictor_us", "{:.0f}"),
     ("ratio", "ratio", "{:.2f}"),
+    ("span exporter µs/req", "exporter_us", "{:.0f}"),
 )
 
 

@@ -58,6 +58,13 @@ def _router_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default="auto",
         help="OpenTelemetry tracing; auto: on when an OTEL_EXPORTER_OTLP_*ENDPOINT is set",
     )
+    p.add_argument(
+        "--span-export",
+        choices=("process", "thread"),
+        default="process",
+        help="encode and send spans in a child process (default, off the event loop's GIL) or "
+        "in a thread of the router (OpenTelemetry's BatchSpanProcessor)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +109,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         max_connections=args.max_connections,
         client=args.client,
         tracing=tracing_wanted(args.tracing, os.environ),
+        span_export=args.span_export,
         otlp_protocol=os.environ.get(
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),

@@ -30,6 +30,9 @@ class RouterSettings:
     # Telemetry. Tracing exports over OTLP as the standard OTEL_* variables say.
     tracing: bool = False
     otlp_protocol: str = "http/protobuf"
+    # "process": spans are encoded and sent by a child process (off the event loop's GIL);
+    # "thread": the SDK's BatchSpanProcessor in this process.
+    span_export: str = "process"
     service_name: str | None = None
     metrics: bool = True
     access_log: bool = False

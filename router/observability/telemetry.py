@@ -3,8 +3,8 @@ metrics (or none), per-graph engine observers and the transport wrappers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -17,6 +17,8 @@ from infergraph.router.observability.tracing import (
     TracingTransport,
     server_span,
 )
+
+NO_SPAN: AbstractContextManager[None] = nullcontext()
 
 
 @dataclass
@@ -55,12 +57,9 @@ class Telemetry:
             transport = TracingTransport(transport, self.tracer)
         return transport
 
-    @contextmanager
     def request_span(
         self, headers: Mapping[str, str], graph: str, path: str
-    ) -> Iterator[trace.Span | None]:
+    ) -> AbstractContextManager[trace.Span | None]:
         if self.tracer is None:
-            yield None
-            return
-        with server_span(self.tracer, headers, graph, path) as span:
-            yield span
+            return NO_SPAN
+        return server_span(self.tracer, headers, graph, path)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -23,8 +22,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HTTPSpanExporter,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from infergraph.router.engine.errors import GraphRequestError
@@ -41,10 +40,11 @@ def make_exporter(protocol: str) -> SpanExporter:
     return HTTPSpanExporter()
 
 
-def make_provider(service_name: str, exporter: SpanExporter) -> TracerProvider:
-    """A tracer provider (sampler from ``OTEL_TRACES_SAMPLER``) exporting in batches."""
+def make_provider(service_name: str, processor: SpanProcessor) -> TracerProvider:
+    """A tracer provider (sampler from ``OTEL_TRACES_SAMPLER``) handing spans to ``processor``
+    (in the router: ``span_export.ExportProcessSpanProcessor``)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider.add_span_processor(processor)
     return provider
 
 
@@ -125,24 +125,24 @@ class TracingTransport:
             "infergraph.attempt": 1,
             "http.request.body.size": len(call.body),
         }
-        with self.tracer.start_as_current_span(
-            f"step {call.step}",
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                reply = await self.inner.send(_with_trace_headers(call))
-            except (GraphRequestError, asyncio.CancelledError) as error:
-                _record(span, error)
-                raise
+        span = self.tracer.start_span(
+            f"step {call.step}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            reply = await self.inner.send(_with_trace_headers(call))
             span.set_attribute("http.response.status_code", reply.status)
             if reply.stream is None:
                 span.set_attribute("http.response.body.size", len(reply.body))
             if reply.status >= 400:
                 span.set_status(Status(StatusCode.ERROR, f"status {reply.status}"))
             return reply
+        except BaseException as error:
+            _record(span, error)
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
 
 
 def _with_trace_headers(call: StepCall) -> StepCall:
@@ -154,18 +154,31 @@ def _with_trace_headers(call: StepCall) -> StepCall:
     return dataclasses.replace(call, headers=headers + tuple(carrier.items()))
 
 
-@contextmanager
-def server_span(
-    tracer: trace.Tracer, headers: Mapping[str, str], graph: str, path: str
-) -> Iterator[Span]:
-    """The request's span, continuing the caller's trace when it sent ``traceparent``."""
-    parent = propagate.extract(headers)
-    with tracer.start_as_current_span(
-        f"graph {graph}",
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes={"infergraph.graph": graph, "http.request.method": "POST", "url.path": path},
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        yield span
+class server_span:
+    """The request's span, continuing the caller's trace when it sent ``traceparent``; current
+    while the block runs. A class rather than a generator: it is on every request's path."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(
+        self, tracer: trace.Tracer, headers: Mapping[str, str], graph: str, path: str
+    ) -> None:
+        self.span = tracer.start_span(
+            f"graph {graph}",
+            context=propagate.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "infergraph.graph": graph,
+                "http.request.method": "POST",
+                "url.path": path,
+            },
+        )
+        self.token: object = None
+
+    def __enter__(self) -> Span:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self.token)  # type: ignore[arg-type]
+        self.span.end()

@@ -4,6 +4,7 @@ node spans with what each router type decided, client spans whose context reache
 from __future__ import annotations
 
 import asyncio
+import pickle
 import random
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
@@ -22,14 +25,32 @@ from fakes import FakeTransport, plan, reply, url
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, StepCall
+from infergraph.router.observability.span_export import rebuild
+from infergraph.router.observability.spans import LightTracer, SpanValues
 from infergraph.router.observability.tracing import TracingObserver, TracingTransport, server_span
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = {"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"}
 
 
-@pytest.fixture
-def spans() -> Any:
+class LightRecorder:
+    """Ended light spans, through the same pickle and rebuild as on the way to the exporter."""
+
+    def __init__(self) -> None:
+        self.values: list[SpanValues] = []
+
+    def get_finished_spans(self) -> tuple[ReadableSpan, ...]:
+        shipped = pickle.loads(pickle.dumps(self.values))
+        return tuple(rebuild(v, Resource.create({})) for v in shipped)
+
+
+@pytest.fixture(params=["sdk", "light"])
+def spans(request: pytest.FixtureRequest) -> Any:
+    """Each test runs with the SDK's tracer (``--span-export thread``) and the router's light
+    tracer (``--span-export process``, the default)."""
+    if request.param == "light":
+        recorder = LightRecorder()
+        return LightTracer(ParentBased(ALWAYS_ON), recorder.values.append), recorder
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -153,7 +174,7 @@ async def test_unsampled_request_records_nothing_but_still_propagates(spans: Any
     unsampled = {"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-00"}
     with server_span(tracer, unsampled, "g", "/"):
         await run_graph(graph, b"{}", ctx)
-    assert exporter.get_finished_spans() == ()
+    assert tuple(exporter.get_finished_spans()) == ()
     sent = dict(fake.calls[0].headers)["traceparent"]
     assert sent.startswith(f"00-{CALLER_TRACE}-")
     assert sent.endswith("-00")  # the model server is told not to sample either

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 from conftest import RouterFactory
 from harness import Predictor, graph, request
 from prometheus_client.parser import text_string_to_metric_families
+
+from infergraph.predictors import processes
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -117,3 +122,42 @@ def test_access_log_is_one_json_line_per_request(
     assert requests[0]["status"] == 200
     assert requests[0]["duration_ms"] > 0
     assert requests[0]["level"] == "info"
+
+
+def exporter_children(router_pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == router_pid and b"span_export" in cmdline:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_a_dead_span_exporter_process_does_not_hurt_requests(
+    clean_predictor: Predictor, tmp_path: Path
+) -> None:
+    """Tracing on: spans go to an exporter child process; killing it loses spans, not requests."""
+    p = clean_predictor
+    log = tmp_path / "router.log"
+    spec = graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}})
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{dead_port()}"}
+    port = processes.free_port()
+    with processes.router(
+        port, "--graph-json", spec, env=env, extra=("--drain-seconds", "0"), log_path=log
+    ) as router:
+        children = exporter_children(router.pid)
+        assert len(children) == 1
+        assert request(port, {"x": 1}).status == 200
+        os.kill(children[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "exporter process is gone" not in log.read_text() and time.monotonic() < deadline:
+            assert request(port, {"x": 1}).status == 200
+            time.sleep(0.05)
+        assert "exporter process is gone" in log.read_text()
+        assert [request(port, {"x": i}).status for i in range(20)] == [200] * 20
+        assert router.process is not None
+        assert router.process.poll() is None

@@ -112,6 +112,8 @@ class Reply:
     content_type: str | None = None
     # Set instead of ``body`` when the call asked for a stream: the body's chunks as they arrive.
     stream: AsyncGenerator[bytes, None] | None = None
+    # 2 when the transport sent the request again (a reused connection the server had closed).
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:

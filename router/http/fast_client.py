@@ -13,6 +13,7 @@ on a new connection; any other failure is reported, never retried.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -289,7 +290,8 @@ class FastTransport:
         try:
             return await self._exchange(key, target, head, call.body, call.stream)
         except _StaleConnection:
-            return await self._exchange(key, target, head, call.body, call.stream)
+            reply = await self._exchange(key, target, head, call.body, call.stream)
+            return dataclasses.replace(reply, attempts=2)
 
     async def _limited(self, call: StepCall) -> Reply:
         if self._limit is None:

@@ -157,6 +157,12 @@ class RouterMetrics:
         self.errors = _Family(
             "counter", "infergraph_errors", "Failures by cause", ["graph", "cause"]
         )
+        self.retries = _Family(
+            "counter",
+            "infergraph_retries",
+            "Step calls sent again (a reused connection the model server had closed)",
+            ["graph", "node", "step"],
+        )
         self._graphs: dict[str, GraphMetrics] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
@@ -171,6 +177,7 @@ class RouterMetrics:
             self.step_seconds,
             self.step_calls,
             self.errors,
+            self.retries,
         ):
             yield family.family()
 
@@ -267,6 +274,8 @@ class MetricsTransport:
             seconds = self._seconds[key] = self.metrics.step_seconds.labels(*key)
         seconds.observe(time.perf_counter() - started)
         self._count(call, str(reply.status))
+        if reply.attempts > 1:
+            self.metrics.retries.labels(*key).inc(reply.attempts - 1)
         if reply.status >= 400:
             self.metrics.errors.labels(call.graph, "upstream_status").inc()
         return reply

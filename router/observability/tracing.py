@@ -132,6 +132,8 @@ class TracingTransport:
         try:
             reply = await self.inner.send(_with_trace_headers(call))
             span.set_attribute("http.response.status_code", reply.status)
+            if reply.attempts > 1:
+                span.set_attribute("infergraph.attempt", reply.attempts)
             if reply.stream is None:
                 span.set_attribute("http.response.body.size", len(reply.body))
             if reply.status >= 400:

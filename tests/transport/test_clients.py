@@ -4,6 +4,7 @@ answers in every framing (and misbehaves on request), and the aiohttp-based loca
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTim
 from infergraph.router.engine.transport import Reply, StepCall, parse_target
 from infergraph.router.http.aiohttp_client import AiohttpTransport
 from infergraph.router.http.fast_client import FastTransport
+from infergraph.router.observability.metrics import MetricsTransport, RouterMetrics
 
 JSON_HEADERS = (("Content-Type", "application/json"),)
 
@@ -224,7 +226,24 @@ async def test_fast_client_retries_once_on_a_reused_connection_the_server_droppe
     finally:
         await transport.close()
     assert (first.body, second.body) == (b"1", b"2")
+    assert (first.attempts, second.attempts) == (1, 2)
     assert raw_server.connections == 2
+
+
+async def test_a_retry_is_counted_in_the_metrics(raw_server: RawServer) -> None:
+    metrics = RouterMetrics()
+    inner = FastTransport()
+    transport = MetricsTransport(inner, metrics)
+    try:
+        for body in (b"1", b"2", b"3"):
+            step = dataclasses.replace(
+                call(raw_server.url("/drop-reused"), body), graph="g", node="root", step="s"
+            )
+            await transport.send(step)
+    finally:
+        await inner.close()
+    labels = {"graph": "g", "node": "root", "step": "s"}
+    assert metrics.registry.get_sample_value("infergraph_retries_total", labels) == 2
 
 
 @pytest.fixture(scope="module")

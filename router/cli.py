@@ -44,6 +44,12 @@ def _router_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default="fast",
         help="downstream HTTP client: the router's own (fast) or aiohttp's ClientSession",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT), each with its own event loop",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.add_argument(
@@ -108,6 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         reload_interval=args.reload_interval,
         max_connections=args.max_connections,
         client=args.client,
+        workers=args.workers,
         tracing=tracing_wanted(args.tracing, os.environ),
         span_export=args.span_export,
         otlp_protocol=os.environ.get(
@@ -174,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text") == "json"
     )
     if args.command == "router":
+        if args.workers < 1 or (args.workers > 1 and args.port == 0):
+            log.error("--workers needs a number from 1, and a fixed --port when above 1")
+            return 2
         return run_router(settings_from_args(args))
     if args.command == "operator":
         from infergraph.operator.main import run_operator

@@ -27,6 +27,8 @@ class RouterSettings:
     reload_interval: float = 1.0
     max_connections: int = 1024
     client: str = "fast"
+    # Processes serving the port together (SO_REUSEPORT); 1 serves in this process.
+    workers: int = 1
     # Telemetry. Tracing exports over OTLP as the standard OTEL_* variables say.
     tracing: bool = False
     otlp_protocol: str = "http/protobuf"

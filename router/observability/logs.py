@@ -21,6 +21,7 @@ class JSONFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
         for field in FIELDS:
             value = getattr(record, field, None)

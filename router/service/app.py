@@ -270,7 +270,11 @@ async def serve(service: RouterService) -> None:
     runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(
-        runner, settings.host, settings.port, shutdown_timeout=max(settings.drain_seconds, 1.0)
+        runner,
+        settings.host,
+        settings.port,
+        shutdown_timeout=max(settings.drain_seconds, 1.0),
+        reuse_port=settings.workers > 1 or None,
     )
     await site.start()
     stop = asyncio.Event()

@@ -12,6 +12,7 @@ from infergraph.router.observability.metrics import RouterMetrics
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.app import RouterService, serve
 from infergraph.router.service.registry import GraphRegistry
+from infergraph.router.service.workers import run_workers
 from infergraph.router.settings import RouterSettings
 
 
@@ -43,12 +44,21 @@ async def _main(settings: RouterSettings, registry: GraphRegistry) -> None:
 
 
 def run(settings: RouterSettings) -> int:
-    """Serve until signalled; raises ``GraphSpecError`` (exit 1) if the graph is invalid."""
+    """Serve until signalled; raises ``GraphSpecError`` (exit 1) if the graph is invalid.
+
+    With ``settings.workers`` above 1, that many forked workers share the port."""
     registry = GraphRegistry(settings.source)
     registry.load()
     # Everything loaded so far (modules, plans) lives as long as the process: keep it out of
-    # the collector's full passes, which otherwise stall requests for tens of milliseconds.
+    # the collector's full passes, which otherwise stall requests for tens of milliseconds (and,
+    # with workers, out of the pages a collection would copy after the fork).
     gc.collect()
     gc.freeze()
-    uvloop.run(_main(settings, registry))
-    return 0
+
+    def serve_one() -> int:
+        uvloop.run(_main(settings, registry))
+        return 0
+
+    if settings.workers > 1:
+        return run_workers(settings.workers, serve_one)
+    return serve_one()

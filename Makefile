@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TOOLS_CACHE ?= $(HOME)/.cache/infergraph
 TYPECHECK_ROOT := $(VENV)/typecheck
 
-.PHONY: demo test lint typecheck contracts components kube jaeger unit bench install clean
+.PHONY: demo test lint typecheck contracts components kube jaeger unit bench bench-router install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,7 +56,15 @@ unit: $(STAMP)
 
 test: lint typecheck contracts components kube jaeger unit
 
-bench: $(STAMP) components jaeger
+# The peers benchmark (issue 6): infergraph, KServe's router, Ray Serve; results in bench/results.
+bench: $(STAMP) jaeger
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	bash bench/install_peers.sh $(TOOLS_CACHE)
+	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python bench/peers.py
+
+# The router's own costs: its two HTTP clients, metrics and tracing, Triton REST and gRPC.
+bench-router: $(STAMP) components jaeger
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/router_bench.py
 

@@ -34,6 +34,16 @@ def fingerprint(path: Path) -> Fingerprint | None:
         return None
 
 
+def dir_fingerprints(directory: Path) -> dict[Path, Fingerprint | None]:
+    """The graph files of a directory (sorted) and their fingerprints."""
+    present = sorted(
+        Path(entry.path)
+        for entry in os.scandir(directory)
+        if not entry.name.startswith(".") and entry.name.endswith(GRAPH_SUFFIXES)
+    )
+    return {path: fingerprint(path) for path in present}
+
+
 def load_file(path: Path) -> GraphPlan:
     """Read and compile one graph file; its name is metadata.name or the file's stem."""
     try:
@@ -113,20 +123,19 @@ class GraphRegistry:
         log.info("reloaded graph %s from %s", plan.name, path)
         return True
 
-    def rescan_dir(self) -> bool:
-        """Pick up added, changed and removed files of ``--graph-dir``; True if anything changed."""
+    def rescan_dir(self, found: dict[Path, Fingerprint | None] | None = None) -> bool:
+        """Pick up added, changed and removed files of ``--graph-dir``; True if anything changed.
+
+        ``found``: the directory's files and fingerprints, if already taken (``watch`` takes them
+        in a thread: a thousand stat calls would stall the event loop for milliseconds)."""
         directory = self.source.graph_dir
         if directory is None:
             return False
-        present = sorted(
-            Path(entry.path)
-            for entry in os.scandir(directory)
-            if not entry.name.startswith(".") and entry.name.endswith(GRAPH_SUFFIXES)
-        )
+        if found is None:
+            found = dir_fingerprints(directory)
         changed = False
         files: dict[Path, _Loaded] = {}
-        for path in present:
-            current = fingerprint(path)
+        for path, current in found.items():
             previous = self._files.get(path)
             if previous is not None and previous.fingerprint == current:
                 files[path] = previous
@@ -167,6 +176,8 @@ class GraphRegistry:
                 if self.source.graph_file is not None:
                     self.reload_single()
                 else:
-                    self.rescan_dir()
+                    assert self.source.graph_dir is not None
+                    found = await asyncio.to_thread(dir_fingerprints, self.source.graph_dir)
+                    self.rescan_dir(found)
             except OSError as exc:
                 log.error("cannot check graph files for changes: %s", exc)

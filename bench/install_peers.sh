@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The benchmark's peers, into the tools cache outside the repo (a second run returns at once):
+# KServe's router built from the Go module proxy, and Ray Serve in its own virtual environment.
+set -euo pipefail
+CACHE=${1:-$HOME/.cache/infergraph}
+HERE=$(cd "$(dirname "$0")" && pwd)
+RAY_VERSION=2.60.0
+bash "$HERE/build_kserve_router.sh" "$CACHE"
+venv="$CACHE/venvs/ray-$RAY_VERSION"
+if [ ! -f "$venv/.complete" ]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "ray[serve]==$RAY_VERSION" aiohttp orjson
+  touch "$venv/.complete"
+fi

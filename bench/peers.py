@@ -30,7 +30,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from router_bench import (
     cpu_seconds,
     pinned,
     post_script,
+    preflight,
     run_wrk,
 )
 
@@ -429,11 +429,9 @@ def main() -> int:
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip scale runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("wrk is missing: `apt-get install wrk` (make bench installs it)", file=sys.stderr)
-        return 2
-    if not processes.port_is_free(PREDICTOR_PORT):
-        print(f"port {PREDICTOR_PORT} (the bench graphs' predictor) is in use", file=sys.stderr)
+    problem = preflight()
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     peers = Peers(args, Path(tempfile.mkdtemp(prefix="infergraph-peers-")))
     peers.run()

@@ -116,14 +116,16 @@ def measure(
 
 def span_exporter(router_pid: int) -> int | None:
     """The router's span exporter child (its own process group), if tracing started one."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == router_pid and b"span_export" in cmdline:
-            return int(stat.parent.name)
+    found = processes.children_of(router_pid, b"span_export")
+    return found[0] if found else None
+
+
+def preflight() -> str | None:
+    """Why a benchmark cannot run here, if it cannot."""
+    if not shutil.which("wrk"):
+        return "wrk is missing: `apt-get install wrk` (make bench installs it)"
+    if not processes.port_is_free(PREDICTOR_PORT):
+        return f"port {PREDICTOR_PORT} (the bench graphs' predictor) is in use"
     return None
 
 
@@ -326,11 +328,9 @@ def main() -> int:
         help="skip the metrics-off and tracing-on runs",
     )
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("wrk is missing: `apt-get install wrk` (make bench installs it)", file=sys.stderr)
-        return 2
-    if not processes.port_is_free(PREDICTOR_PORT):
-        print(f"port {PREDICTOR_PORT} (the bench graphs' predictor) is in use", file=sys.stderr)
+    problem = preflight()
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     bench = Bench(args, Path(tempfile.mkdtemp(prefix="infergraph-bench-")))
     bench.run()

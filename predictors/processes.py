@@ -162,3 +162,17 @@ async def stop_all(processes: Sequence[ServerProcess]) -> None:
     """Stop processes concurrently (each stop waits for its child)."""
     with contextlib.suppress(Exception):
         await asyncio.gather(*(asyncio.to_thread(p.stop) for p in processes))
+
+
+def children_of(pid: int, marker: bytes = b"") -> list[int]:
+    """Live child processes of ``pid`` whose command line contains ``marker``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and marker in cmdline:
+            found.append(int(stat.parent.name))
+    return sorted(found)

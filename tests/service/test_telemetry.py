@@ -124,19 +124,6 @@ def test_access_log_is_one_json_line_per_request(
     assert requests[0]["level"] == "info"
 
 
-def exporter_children(router_pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == router_pid and b"span_export" in cmdline:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def test_a_dead_span_exporter_process_does_not_hurt_requests(
     clean_predictor: Predictor, tmp_path: Path
 ) -> None:
@@ -149,7 +136,7 @@ def test_a_dead_span_exporter_process_does_not_hurt_requests(
     with processes.router(
         port, "--graph-json", spec, env=env, extra=("--drain-seconds", "0"), log_path=log
     ) as router:
-        children = exporter_children(router.pid)
+        children = processes.children_of(router.pid, b"span_export")
         assert len(children) == 1
         assert request(port, {"x": 1}).status == 200
         os.kill(children[0], signal.SIGKILL)

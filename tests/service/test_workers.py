@@ -17,10 +17,7 @@ from infergraph.predictors import processes
 
 
 def children(pid: int) -> set[int]:
-    found = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(c) for c in (task / "children").read_text().split())
-    return found
+    return set(processes.children_of(pid))
 
 
 def served_by(log: Path) -> set[int]:

@@ -235,13 +235,15 @@ class Peers:
                 }
         self.scale["many graphs"] = figures
 
-    def large_body(self, size: int = 10 * 1024 * 1024, in_flight: int = 4) -> None:
-        self.progress("scale: 10 MiB requests through a 3-step Sequence")
+    def large_body(
+        self, graph: str = "sequence-3", size: int = 10 * 1024 * 1024, in_flight: int = 4
+    ) -> None:
+        self.progress(f"scale: 10 MiB requests through {graph}")
         port = processes.free_port()
         router = processes.router(
             port,
             "--graph",
-            str(ROOT / "graphs" / "bench-sequence-3.yaml"),
+            str(ROOT / "graphs" / f"bench-{graph}.yaml"),
             extra=("--drain-seconds", "0", "--log-level", "WARNING"),
         )
         body = orjson.dumps({"instances": ["x" * (size - 20)]})
@@ -253,7 +255,7 @@ class Peers:
             elapsed = time.monotonic() - started
             peak = rss_kib(router.pid, "VmHWM")
         moved = len(body) * in_flight * rounds
-        self.scale["10 MiB through 3 steps"] = {
+        self.scale[f"10 MiB through {graph}"] = {
             "request_mib": round(len(body) / 2**20, 1),
             "in_flight": in_flight,
             "mb_per_s": round(moved / elapsed / 1e6, 1),
@@ -303,6 +305,9 @@ class Peers:
         predictor.argv = pinned(predictor.argv, 1)
         with predictor:
             self.predictor_pid = predictor.pid
+            if self.args.scale_only:
+                self.scale_runs()
+                return
             self.direct()
             for budget in BUDGETS:
                 self.infergraph(budget)
@@ -313,10 +318,14 @@ class Peers:
             with jaeger.start(timeout=60):
                 self.infergraph("single core", tracing=env)
             if self.args.scale:
-                self.many_graphs()
-                self.large_body()
-                self.wide_ensemble()
+                self.scale_runs()
         self.add_ratios()
+
+    def scale_runs(self) -> None:
+        self.many_graphs()
+        self.large_body("sequence-1")  # against the 3-step run: copies must not grow per step
+        self.large_body("sequence-3")
+        self.wide_ensemble()
 
     def add_ratios(self) -> None:
         ours = {
@@ -347,7 +356,8 @@ class Peers:
         document = {"meta": meta, "rows": self.rows, "scale": self.scale}
         (out / f"peers-{stamp}.json").write_text(json.dumps(document, indent=2))
         (out / f"peers-{stamp}.md").write_text(report(stamp, self.rows, self.scale, self.notes))
-        chart(self.rows, out / f"peers-{stamp}.png")
+        if self.rows:
+            chart(self.rows, out / f"peers-{stamp}.png")
         return out / f"peers-{stamp}"
 
 
@@ -427,6 +437,7 @@ def main() -> int:
     parser.add_argument("--graphs", nargs="*", default=GRAPHS, choices=GRAPHS)
     parser.add_argument("--no-ray", dest="ray", action="store_false", help="skip Ray Serve")
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip scale runs")
+    parser.add_argument("--scale-only", action="store_true", help="only the scale runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     problem = preflight()
@@ -436,7 +447,7 @@ def main() -> int:
     peers = Peers(args, Path(tempfile.mkdtemp(prefix="infergraph-peers-")))
     peers.run()
     print(report("", peers.rows, peers.scale, peers.notes))
-    print(f"written: {peers.write()}.json, .md and .png")
+    print(f"written: {peers.write()}.json, .md (and .png with system rows)")
     return 0
 
 

@@ -2,9 +2,9 @@
 
 The SDK's ``BatchSpanProcessor`` encodes spans to OTLP protobuf in a thread of the router's own
 process, holding the GIL the event loop needs: measured, that was about a third of the router's
-CPU with every request sampled, and the cause of p99 spikes. Here an ended ``LightSpan`` is a
-plain tuple on a deque; a writer thread sends the queued tuples in batches, pickled, down a pipe
-to a child process (``python -m`` this module) that rebuilds SDK spans and exports them with the
+CPU with every request sampled, and the cause of p99 spikes. Here an ended ``LightSpan`` (a plain
+tuple) is pickled onto a deque; a writer thread sends what is queued in batches down a pipe to a
+child process (``python -m`` this module) that rebuilds SDK spans and exports them with the
 standard OTLP exporter, configured as usual by the ``OTEL_EXPORTER_OTLP_*`` variables it
 inherits. Encoding and network I/O cost the child's CPU, not the router's.
 

@@ -29,6 +29,8 @@ class RouterSettings:
     client: str = "fast"
     # Processes serving the port together (SO_REUSEPORT); 1 serves in this process.
     workers: int = 1
+    # Set by the supervisor of several workers: where they share their metrics.
+    metrics_dir: Path | None = None
     # Telemetry. Tracing exports over OTLP as the standard OTEL_* variables say.
     tracing: bool = False
     otlp_protocol: str = "http/protobuf"

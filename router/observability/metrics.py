@@ -7,9 +7,13 @@ time during which at least one downstream call was outstanding.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import pickle
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -93,25 +97,74 @@ class _Family:
             self.children[values] = child
         return child
 
-    def family(self) -> Metric:
+    def snapshot(self) -> dict[tuple[str, ...], Any]:
+        """Plain values per label set: a number, or (bucket counts, sum) for a histogram."""
+        if self.kind == "histogram":
+            return {k: (list(c.counts), c.total) for k, c in self.children.items()}
+        return {k: c.value for k, c in self.children.items()}
+
+    def family(self, peers: Sequence[dict[tuple[str, ...], Any]] = ()) -> Metric:
+        """The metric for a scrape: this process's values plus the peers' (other workers)."""
+        states = self.snapshot()
+        for peer in peers:
+            for labels, state in peer.items():
+                mine = states.get(labels)
+                if mine is None:
+                    states[labels] = state
+                elif self.kind == "histogram":
+                    counts = [x + y for x, y in zip(mine[0], state[0], strict=True)]
+                    states[labels] = (counts, mine[1] + state[1])
+                else:
+                    states[labels] = mine + state
         if self.kind == "counter":
             counter = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
-            for values, child in self.children.items():
-                counter.add_metric(list(values), child.value)
+            for values, value in states.items():
+                counter.add_metric(list(values), value)
             return counter
         if self.kind == "gauge":
             gauge = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
-            for values, child in self.children.items():
-                gauge.add_metric(list(values), child.value)
+            for values, value in states.items():
+                gauge.add_metric(list(values), value)
             return gauge
         histogram = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
-        for values, child in self.children.items():
+        for values, (counts, total) in states.items():
             cumulative, buckets = 0, []
-            for bound, count in zip([*self.buckets, float("inf")], child.counts, strict=True):
+            for bound, count in zip([*self.buckets, float("inf")], counts, strict=True):
                 cumulative += count
                 buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
-            histogram.add_metric(list(values), buckets, child.total)
+            histogram.add_metric(list(values), buckets, total)
         return histogram
+
+
+class SharedMetrics:
+    """With ``--workers``: each worker publishes its metrics (every ``interval`` seconds and at
+    exit) to a directory the workers share, and a scrape of any worker reports the sum of its
+    own live figures and the others' latest. A worker that has exited still counts in the
+    counters and histograms (they must not go back), not in the gauges."""
+
+    def __init__(self, directory: Path, interval: float = 1.0) -> None:
+        self.directory = directory
+        self.interval = interval
+        self.pid = os.getpid()
+
+    def publish(self, snapshot: dict[str, Any]) -> None:
+        temporary = self.directory / f"{self.pid}.tmp"
+        temporary.write_bytes(pickle.dumps(snapshot, pickle.HIGHEST_PROTOCOL))
+        os.replace(temporary, self.directory / f"{self.pid}.metrics")
+
+    def peers(self) -> list[tuple[bool, dict[str, Any]]]:
+        """(still running, snapshot) of every other worker that has published."""
+        found = []
+        for path in self.directory.glob("*.metrics"):
+            pid = int(path.stem)
+            if pid == self.pid:
+                continue
+            try:
+                snapshot = pickle.loads(path.read_bytes())
+            except (OSError, pickle.UnpicklingError, EOFError):
+                continue
+            found.append((Path(f"/proc/{pid}").exists(), snapshot))
+        return found
 
 
 class RouterMetrics:
@@ -164,11 +217,7 @@ class RouterMetrics:
             ["graph", "node", "step"],
         )
         self._graphs: dict[str, GraphMetrics] = {}
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
-
-    def collect(self) -> Iterator[Metric]:
-        for family in (
+        self.families = (
             self.requests,
             self.request_seconds,
             self.in_flight,
@@ -178,8 +227,36 @@ class RouterMetrics:
             self.step_calls,
             self.errors,
             self.retries,
-        ):
-            yield family.family()
+        )
+        self.shared: SharedMetrics | None = None
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {family.name: family.snapshot() for family in self.families}
+
+    async def publish(self) -> None:
+        """Publish this worker's figures for the others until cancelled, then once more."""
+        shared = self.shared
+        if shared is None:
+            return
+        try:
+            while True:
+                shared.publish(self.snapshot())
+                await asyncio.sleep(shared.interval)
+        finally:
+            shared.publish(self.snapshot())
+
+    def collect(self) -> Iterator[Metric]:
+        peers = self.shared.peers() if self.shared is not None else []
+        for family in self.families:
+            yield family.family(
+                [
+                    snapshot.get(family.name, {})
+                    for running, snapshot in peers
+                    if running or family.kind != "gauge"
+                ]
+            )
 
     def observer(self, graph: str) -> MetricsObserver:
         return MetricsObserver(self, graph)

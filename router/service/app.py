@@ -282,6 +282,8 @@ async def serve(service: RouterService) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.ensure_future(service.registry.watch(settings.reload_interval))
+    metrics = service.telemetry.metrics
+    publisher = asyncio.ensure_future(metrics.publish()) if metrics is not None else None
     service.deadlines.start()
     log.info(
         "serving %s on %s:%d",
@@ -295,9 +297,11 @@ async def serve(service: RouterService) -> None:
         log.info("signal received: draining for %.1f s", settings.drain_seconds)
         await asyncio.sleep(settings.drain_seconds)
     finally:
-        watcher.cancel()
-        with suppress(asyncio.CancelledError):
-            await watcher
+        for task in (watcher, publisher):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         await service.deadlines.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

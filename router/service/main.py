@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import shutil
+import tempfile
+from functools import partial
+from pathlib import Path
 
 import uvloop
 
 from infergraph.router.http.factory import make_transport
 from infergraph.router.observability import span_export
-from infergraph.router.observability.metrics import RouterMetrics
+from infergraph.router.observability.metrics import RouterMetrics, SharedMetrics
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.app import RouterService, serve
 from infergraph.router.service.registry import GraphRegistry
@@ -20,6 +25,8 @@ def make_telemetry(settings: RouterSettings, registry: GraphRegistry) -> Telemet
     telemetry = Telemetry(access_log=settings.access_log)
     if settings.metrics:
         telemetry.metrics = RouterMetrics()
+        if settings.metrics_dir is not None:
+            telemetry.metrics.shared = SharedMetrics(settings.metrics_dir)
     if settings.tracing:
         plans = registry.plans
         default = plans[0].name if len(plans) == 1 else "infergraph-router"
@@ -55,10 +62,16 @@ def run(settings: RouterSettings) -> int:
     gc.collect()
     gc.freeze()
 
-    def serve_one() -> int:
-        uvloop.run(_main(settings, registry))
-        return 0
-
     if settings.workers > 1:
-        return run_workers(settings.workers, serve_one)
-    return serve_one()
+        shared = Path(tempfile.mkdtemp(prefix="infergraph-metrics-"))
+        settings = dataclasses.replace(settings, metrics_dir=shared)
+        try:
+            return run_workers(settings.workers, partial(serve_one, settings, registry))
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
+    return serve_one(settings, registry)
+
+
+def serve_one(settings: RouterSettings, registry: GraphRegistry) -> int:
+    uvloop.run(_main(settings, registry))
+    return 0

@@ -147,3 +147,19 @@ def test_workers_need_a_fixed_port() -> None:
     )
     assert result.returncode == 2
     assert "fixed --port" in result.stderr
+
+
+def test_metrics_from_any_worker_count_every_worker(
+    clean_predictor: Predictor, tmp_path: Path
+) -> None:
+    log = tmp_path / "router.log"
+    with workers_router(("--graph-json", one_step(clean_predictor.url("a"))), log) as router:
+        for i in range(100):
+            assert request(router.port, {"i": i}).status == 200
+        assert len(served_by(log)) == 2  # both workers served some of them
+        time.sleep(1.5)  # each worker publishes its figures every second
+        for _ in range(6):  # a new connection each: any worker may answer the scrape
+            text = request(router.port, b"", path="/metrics", method="GET").body.decode()
+            assert 'infergraph_requests_total{code="200",graph="graph"} 100.0' in text
+            assert 'infergraph_request_seconds_count{graph="graph"} 100.0' in text
+            assert 'infergraph_requests_in_flight{graph="graph"} 0.0' in text

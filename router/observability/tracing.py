@@ -42,7 +42,7 @@ def make_exporter(protocol: str) -> SpanExporter:
 
 def make_provider(service_name: str, processor: SpanProcessor) -> TracerProvider:
     """A tracer provider (sampler from ``OTEL_TRACES_SAMPLER``) handing spans to ``processor``
-    (in the router: ``span_export.ExportProcessSpanProcessor``)."""
+    (the SDK path, ``--span-export thread``; the default path is ``spans.LightTracer``)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(processor)
     return provider

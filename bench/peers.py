@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -55,6 +53,7 @@ from router_bench import (
     pinned,
     post_script,
     preflight,
+    results_base,
     run_wrk,
 )
 
@@ -342,23 +341,14 @@ class Peers:
             row["p99_vs_infergraph"] = row["p99_ms"] / base["p99_ms"]
 
     def write(self) -> Path:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
-        out: Path = self.args.out
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "date": stamp,
-            "duration_s": self.args.duration,
-            "cpus": os.cpu_count(),
-            "body": BODY,
-            "calls_per_request": CALLS_PER_REQUEST,
-            "notes": self.notes,
-        }
+        base, meta = results_base(self.args.out, "peers-", self.args.duration)
+        meta.update(calls_per_request=CALLS_PER_REQUEST, notes=self.notes)
         document = {"meta": meta, "rows": self.rows, "scale": self.scale}
-        (out / f"peers-{stamp}.json").write_text(json.dumps(document, indent=2))
-        (out / f"peers-{stamp}.md").write_text(report(stamp, self.rows, self.scale, self.notes))
+        base.with_suffix(".json").write_text(json.dumps(document, indent=2))
+        base.with_suffix(".md").write_text(report(meta["date"], self.rows, self.scale, self.notes))
         if self.rows:
-            chart(self.rows, out / f"peers-{stamp}.png")
-        return out / f"peers-{stamp}"
+            chart(self.rows, base.with_suffix(".png"))
+        return base
 
 
 async def _post_many(url: str, body: bytes, in_flight: int, rounds: int) -> None:

@@ -120,6 +120,15 @@ def span_exporter(router_pid: int) -> int | None:
     return found[0] if found else None
 
 
+def results_base(out: Path, prefix: str, duration: float) -> tuple[Path, dict[str, Any]]:
+    """Where a run's result files go (``out/<prefix><UTC date>`` plus a suffix), and the
+    metadata every result file carries."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"date": stamp, "duration_s": duration, "cpus": os.cpu_count(), "body": BODY}
+    return out / f"{prefix}{stamp}", meta
+
+
 def preflight() -> str | None:
     """Why a benchmark cannot run here, if it cannot."""
     if not shutil.which("wrk"):
@@ -293,19 +302,15 @@ class Bench:
                 self.through_router(graph, "fast", server.pid)
 
     def write(self) -> Path:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
-        out: Path = self.args.out
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "date": stamp,
-            "duration_s": self.args.duration,
-            "repeats": self.args.repeats,
-            "cpus": os.cpu_count(),
-            "body": BODY,
-        }
-        (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": self.rows}, indent=2))
-        (out / f"{stamp}.md").write_text(f"# Router benchmark {stamp}\n\n{render(self.rows)}\n")
-        return out / stamp
+        base, meta = results_base(self.args.out, "", self.args.duration)
+        meta["repeats"] = self.args.repeats
+        base.with_suffix(".json").write_text(
+            json.dumps({"meta": meta, "rows": self.rows}, indent=2)
+        )
+        base.with_suffix(".md").write_text(
+            f"# Router benchmark {meta['date']}\n\n{render(self.rows)}\n"
+        )
+        return base
 
 
 def main() -> int:

@@ -64,6 +64,18 @@ def get(cluster: Cluster, plural: str, name: str) -> Any:
     return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
 
 
+def ready_predictor(cluster: Cluster, name: str, model: str, revision: str = "rev-1") -> None:
+    """A v1 Predictor whose Knative Service the operator made and Knative reports ready."""
+    create(cluster, "predictors", name, v1_predictor(model))
+    wait_for(lambda: get(cluster, "ksvc", name), "the Knative Service")
+    make_ksvc_ready(cluster, name, f"http://{name}.models.example.com", revision=revision)
+
+
+def one_step_on(service: str) -> dict[str, Any]:
+    """A graph spec: a 1-step Sequence on a Predictor named ``service``."""
+    return {"nodes": {"root": {"routerType": "Sequence", "steps": [{"serviceName": service}]}}}
+
+
 def ready_condition(body: dict[str, Any]) -> dict[str, Any] | None:
     for cond in (body.get("status") or {}).get("conditions") or []:
         if cond["type"] == "Ready":
@@ -308,7 +320,7 @@ def test_missing_predictor_is_named(cluster: Cluster) -> None:
         cluster,
         "inferencegraphs",
         "orphan",
-        {"nodes": {"root": {"routerType": "Sequence", "steps": [{"serviceName": "ghost"}]}}},
+        one_step_on("ghost"),
     )
     status = wait_for(
         lambda: ready_condition(get(cluster, "inferencegraphs", "orphan")), "a status"
@@ -335,15 +347,8 @@ def patch_spec(cluster: Cluster, plural: str, name: str, spec: dict[str, Any]) -
 
 
 def test_editing_a_predictor_re_resolves_the_graphs_that_use_it(cluster: Cluster) -> None:
-    create(cluster, "predictors", "editable", v1_predictor("first"))
-    wait_for(lambda: get(cluster, "ksvc", "editable"), "the Knative Service")
-    make_ksvc_ready(cluster, "editable", "http://editable.models.example.com")
-    create(
-        cluster,
-        "inferencegraphs",
-        "uses-editable",
-        {"nodes": {"root": {"routerType": "Sequence", "steps": [{"serviceName": "editable"}]}}},
-    )
+    ready_predictor(cluster, "editable", "first")
+    create(cluster, "inferencegraphs", "uses-editable", one_step_on("editable"))
     core = client.CoreV1Api(cluster.api)
 
     def step_url() -> str:
@@ -359,9 +364,7 @@ def test_editing_a_predictor_re_resolves_the_graphs_that_use_it(cluster: Cluster
 
 
 def test_canary_splits_traffic_with_the_last_ready_revision(cluster: Cluster) -> None:
-    create(cluster, "predictors", "canary", v1_predictor("m"))
-    wait_for(lambda: get(cluster, "ksvc", "canary"), "the Knative Service")
-    make_ksvc_ready(cluster, "canary", "http://canary.models.example.com", revision="canary-00001")
+    ready_predictor(cluster, "canary", "m", revision="canary-00001")
     patch_spec(
         cluster, "predictors", "canary", {"canaryTrafficPercent": 20, "args": ["--new-flag"]}
     )
@@ -375,15 +378,8 @@ def test_canary_splits_traffic_with_the_last_ready_revision(cluster: Cluster) ->
 
 
 def test_deleting_a_graph_finishes_and_owns_what_it_made(cluster: Cluster) -> None:
-    create(cluster, "predictors", "owned", v1_predictor("m"))
-    wait_for(lambda: get(cluster, "ksvc", "owned"), "the Knative Service")
-    make_ksvc_ready(cluster, "owned", "http://owned.models.example.com")
-    create(
-        cluster,
-        "inferencegraphs",
-        "short-lived",
-        {"nodes": {"root": {"routerType": "Sequence", "steps": [{"serviceName": "owned"}]}}},
-    )
+    ready_predictor(cluster, "owned", "m")
+    create(cluster, "inferencegraphs", "short-lived", one_step_on("owned"))
     router = wait_for(lambda: get(cluster, "ksvc", "short-lived"), "the router")
     uid = get(cluster, "inferencegraphs", "short-lived")["metadata"]["uid"]
     config_map = client.CoreV1Api(cluster.api).read_namespaced_config_map(

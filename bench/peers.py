@@ -41,10 +41,9 @@ import matplotlib
 import orjson
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # PYTHONSAFEPATH leaves it out
-from router_bench import (
+from infergraph.predictors import processes
+from infergraph.testing.loadgen import (
     BODY,
-    CACHE,
     CALLS_PER_REQUEST,
     GRAPHS,
     PREDICTOR_PORT,
@@ -57,13 +56,11 @@ from router_bench import (
     run_wrk,
 )
 
-from infergraph.predictors import processes
-
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-sys.path.insert(0, str(ROOT / "tests"))
-from jaeger_harness import JAEGER_CONFIG
+from infergraph.testing.jaeger import JAEGER_CONFIG
+from infergraph.testing.paths import CACHE
 
 KSERVE_ROUTER = CACHE / "bin" / "kserve-router-v0.20.0"
 RAY_PYTHON = CACHE / "venvs" / "ray-2.60.0" / "bin" / "python"

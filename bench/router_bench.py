@@ -18,13 +18,7 @@ Usage: ``make bench`` (or ``.venv/bin/python bench/router_bench.py --duration 5 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import re
-import shutil
-import statistics
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -33,127 +27,24 @@ from pathlib import Path
 from typing import Any
 
 from infergraph.predictors import processes
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from jaeger_harness import JAEGER_CONFIG  # one Jaeger config for the tests and the bench
-
-ROOT = Path(__file__).resolve().parent.parent
-PREDICTOR_PORT = 18090  # the port the graphs/bench-*.yaml files call
-GRAPHS = ["sequence-1", "sequence-3", "switch", "ensemble-3", "splitter"]
-CALLS_PER_REQUEST = {
-    "sequence-1": 1,
-    "sequence-3": 3,
-    "switch": 1,
-    "ensemble-3": 3,
-    "splitter": 1,
-    "triton-v2": 1,
-    "triton-grpc": 1,
-}
-TRITON_HTTP = 18200  # the port graphs/bench-triton-*.yaml call (gRPC on 18201)
-TRITON_BODY = (
-    '{"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",'
-    ' "data": [5.1, 3.5, 1.4, 0.2]}]}'
+from infergraph.testing.jaeger import JAEGER_CONFIG  # one Jaeger config for the tests and the bench
+from infergraph.testing.loadgen import (
+    BODY,
+    CALLS_PER_REQUEST,
+    GRAPHS,
+    PREDICTOR_PORT,
+    ROOT,
+    TRITON_BODY,
+    TRITON_HTTP,
+    measure,
+    median_of,
+    pinned,
+    post_script,
+    preflight,
+    results_base,
+    span_exporter,
 )
-CACHE = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph"))
-BODY = '{"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}'
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(group: int) -> float:
-    """CPU time (user + system) of every live process in a process group (a server and the
-    processes it started: tritonserver and its Python backends, say)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:  # pgrp
-            total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
-def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, float]:
-    threads = 1 if connections == 1 else 2
-    out = subprocess.run(
-        [
-            *("wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s"),
-            *("--latency", "-s", str(script), url),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=duration + 30,
-    ).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if bad or (errors and any(int(x) for x in errors.groups())):
-        raise RuntimeError(f"wrk saw failed requests against {url}:\n{out}")
-    percentiles = re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)
-    latency = {p: _ms(value, unit) for p, value, unit in percentiles}
-    return {
-        "requests": requests,
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": latency["50"],
-        "p99_ms": latency["99"],
-    }
-
-
-def measure(
-    url: str, pids: dict[str, int], connections: int, duration: float, script: Path
-) -> dict[str, float]:
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    result = run_wrk(url, connections, duration, script)
-    for name, pid in pids.items():
-        result[f"{name}_cpu_s"] = cpu_seconds(pid) - before[name]
-    return result
-
-
-def span_exporter(router_pid: int) -> int | None:
-    """The router's span exporter child (its own process group), if tracing started one."""
-    found = processes.children_of(router_pid, b"span_export")
-    return found[0] if found else None
-
-
-def results_base(out: Path, prefix: str, duration: float) -> tuple[Path, dict[str, Any]]:
-    """Where a run's result files go (``out/<prefix><UTC date>`` plus a suffix), and the
-    metadata every result file carries."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"date": stamp, "duration_s": duration, "cpus": os.cpu_count(), "body": BODY}
-    return out / f"{prefix}{stamp}", meta
-
-
-def preflight() -> str | None:
-    """Why a benchmark cannot run here, if it cannot."""
-    if not shutil.which("wrk"):
-        return "wrk is missing: `apt-get install wrk` (make bench installs it)"
-    if not processes.port_is_free(PREDICTOR_PORT):
-        return f"port {PREDICTOR_PORT} (the bench graphs' predictor) is in use"
-    return None
-
-
-def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-
-
-def pinned(argv: list[str], core: int) -> list[str]:
-    """Pin a process to one core (router on 0, predictor on 1) so they do not trade places."""
-    cores = os.cpu_count() or 1
-    return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") and cores > 1 else argv
-
-
-def post_script(path: Path, body: str) -> Path:
-    path.write_text(
-        f"wrk.method = 'POST'\nwrk.body = '{body}'\n"
-        "wrk.headers['Content-Type'] = 'application/json'\n"
-    )
-    return path
+from infergraph.testing.paths import CACHE
 
 
 class Bench:

@@ -11,7 +11,7 @@ from typing import Any
 
 from infergraph.operator.resources import PodPlacement, PredictorSpec
 from infergraph.predictors import servers
-from infergraph.predictors.servers import Protocol
+from infergraph.router.protocols import Protocol, inference_path
 
 KSVC_API = "serving.knative.dev/v1"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "infergraph"}
@@ -259,4 +259,4 @@ def inference_endpoint(url: str, spec: PredictorSpec) -> tuple[str, Protocol | N
         return f"grpc://{host}:80/v2/models/{spec.model.name}", protocol
     if protocol is None or protocol is Protocol.OPENAI:
         return base, protocol
-    return base + servers.inference_path(protocol, spec.model.name), protocol
+    return base + inference_path(protocol, spec.model.name), protocol

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infergraph.predictors.servers import Protocol
+from infergraph.router.protocols import Protocol
 from infergraph.router.engine.spec import InferenceRouter, RouterTimeouts
 
 GROUP = "infergraph.dev"

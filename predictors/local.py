@@ -30,6 +30,7 @@ from aiohttp import web
 
 from infergraph.predictors import models as model_zoo
 from infergraph.predictors import servers
+from infergraph.router.protocols import Protocol, inference_path
 
 JSON = "application/json"
 
@@ -158,10 +159,10 @@ def make_app(zoo: model_zoo.ModelZoo) -> web.Application:
     app.router.add_route("*", "/step/{name}", step)
     app.router.add_get("/_calls", list_calls)
     app.router.add_delete("/_calls", clear_calls)
-    v1, v2 = servers.Protocol.V1, servers.Protocol.V2
-    app.router.add_post(servers.inference_path(v1, "{name}"), v1_predict)
+    v1, v2 = Protocol.V1, Protocol.V2
+    app.router.add_post(inference_path(v1, "{name}"), v1_predict)
     app.router.add_get(servers.model_ready_path(v1, "{name}"), model_ready)
-    app.router.add_post(servers.inference_path(v2, "{name}"), v2_infer)
+    app.router.add_post(inference_path(v2, "{name}"), v2_infer)
     app.router.add_get(servers.model_ready_path(v2, "{name}"), model_ready)
     app.router.add_get(servers.V2_HEALTH_READY, ready)
     app.router.add_get(servers.V2_HEALTH_LIVE, ready)

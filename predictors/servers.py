@@ -1,30 +1,17 @@
-"""What infergraph knows about model servers: the protocols they speak, their ports, paths and
-health endpoints, and how to build the endpoint URL of a model. One place, used by the router's
-protocol code, the demo, the tests and the operator.
-
-Protocols:
-
-- ``v1``: KServe v1 REST, ``POST /v1/models/<model>:predict`` with ``{"instances": [...]}``;
-- ``v2``: Open Inference Protocol REST, ``POST /v2/models/<model>[/versions/<v>]/infer``;
-- ``v2-grpc``: Open Inference Protocol over gRPC (``ModelInfer``), as Triton serves it;
-- ``openai``: OpenAI-compatible HTTP as vLLM serves it, ``/v1/completions`` and
-  ``/v1/chat/completions``, with server-sent events when ``"stream": true``.
+"""What infergraph knows about model-server runtimes: the protocols each speaks, its ports and
+health endpoints, and the ready path of a model. The operator, the local predictors, the demo
+and the tests use it; the protocol vocabulary itself (names, inference paths) is the router's,
+in ``infergraph.router.protocols``.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
+
+from infergraph.router.protocols import Protocol
 
 V2_HEALTH_READY = "/v2/health/ready"
 V2_HEALTH_LIVE = "/v2/health/live"
-
-
-class Protocol(enum.StrEnum):
-    V1 = "v1"
-    V2 = "v2"
-    V2_GRPC = "v2-grpc"
-    OPENAI = "openai"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,23 +57,6 @@ KSERVE = ModelServer(
 )
 SERVERS = {server.name: server for server in (TRITON, VLLM, KSERVE)}
 
-OPENAI_COMPLETIONS = "/v1/completions"
-OPENAI_CHAT = "/v1/chat/completions"
-
-
-def inference_path(
-    protocol: Protocol, model: str | None = None, version: str | None = None, *, chat: bool = False
-) -> str:
-    """The path a model's inference requests go to (for ``v2-grpc``, the model's REST twin)."""
-    if protocol is Protocol.OPENAI:
-        return OPENAI_CHAT if chat else OPENAI_COMPLETIONS
-    if not model:
-        raise ValueError(f"protocol {protocol} needs a model name")
-    if protocol is Protocol.V1:
-        return f"/v1/models/{model}:predict"
-    versioned = f"/versions/{version}" if version else ""
-    return f"/v2/models/{model}{versioned}/infer"
-
 
 def model_ready_path(protocol: Protocol, model: str) -> str:
     if protocol is Protocol.V1:
@@ -94,21 +64,3 @@ def model_ready_path(protocol: Protocol, model: str) -> str:
     if protocol is Protocol.OPENAI:
         return "/v1/models"
     return f"/v2/models/{model}/ready"
-
-
-def endpoint_url(
-    base_url: str, protocol: Protocol, model: str | None, version: str | None = None
-) -> str:
-    """``base_url`` plus the protocol's inference path (``grpc://`` URLs stay as they are)."""
-    if protocol is Protocol.V2_GRPC:
-        return base_url
-    return base_url.rstrip("/") + inference_path(protocol, model, version)
-
-
-def parse_grpc_model_path(path: str) -> tuple[str | None, str | None]:
-    """``/v2/models/<model>[/versions/<v>]`` -> (model, version); anything else -> (None, None)."""
-    parts = [p for p in path.split("/") if p]
-    if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
-        version = parts[4] if len(parts) >= 5 and parts[3] == "versions" else None
-        return parts[2], version
-    return None, None

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import os
 from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from jaeger_harness import JAEGER_CONFIG, Jaeger
 
 from infergraph.predictors import processes
+from infergraph.testing.jaeger import JAEGER_CONFIG, Jaeger
+from infergraph.testing.paths import CACHE
 
 # Tasks a fixture owns (e.g. a test server's connection handlers) carry this name prefix; the
 # fixture's teardown ends them, after the test.
@@ -53,8 +52,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
     """Jaeger v2 all-in-one (in memory) on loopback, built by tests/observability/build_jaeger.sh."""
-    cache = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph"))
-    binary = cache / "bin" / "jaeger-v1.76.0"
+    binary = CACHE / "bin" / "jaeger-v1.76.0"
     if not binary.exists():
         pytest.fail(f"{binary} is missing: run `make test` (it builds Jaeger)", pytrace=False)
     work = tmp_path_factory.mktemp("jaeger")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from infergraph.predictors.servers import (
+from infergraph.router.protocols import (
     OPENAI_CHAT,
     OPENAI_COMPLETIONS,
     Protocol,

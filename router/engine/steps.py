@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from infergraph.predictors.servers import Protocol
+from infergraph.router.protocols import Protocol
 from infergraph.router.engine import ensemble, sequence, splitter, switch
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import BadRequest, NestedNoRouteMatched, NoRouteMatched

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol as Interface
 
-from infergraph.predictors import servers
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.http.aiohttp_client import AiohttpTransport
 from infergraph.router.http.fast_client import FastTransport
 from infergraph.router.http.v2_grpc import GrpcV2Transport
+from infergraph.router.protocols import Protocol
 from infergraph.router.settings import RouterSettings
 
 
-class ManagedTransport(Protocol):
+class ManagedTransport(Interface):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def send(self, call: StepCall) -> Reply: ...
@@ -34,7 +34,7 @@ class ProtocolTransport:
         await self.grpc.close()
 
     async def send(self, call: StepCall) -> Reply:
-        if call.protocol == servers.Protocol.V2_GRPC:
+        if call.protocol == Protocol.V2_GRPC:
             return await self.grpc.send(call)
         return await self.http.send(call)
 

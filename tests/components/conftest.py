@@ -4,7 +4,6 @@ tests/components/install.sh (run by `make test`) keeps in ~/.cache/infergraph/ve
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import sysconfig
@@ -12,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jaeger_harness import Jaeger
 
 from infergraph.predictors import processes, servers
+from infergraph.router.protocols import Protocol
+from infergraph.testing.jaeger import Jaeger
+from infergraph.testing.paths import CACHE, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-VENVS = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph")) / "venvs"
+VENVS = CACHE / "venvs"
 TRITON_HTTP, TRITON_GRPC = 18200, 18201
 KSERVE_HTTP = 18300
 VLLM_HTTP = 18100
@@ -71,7 +71,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger) -> Iterator
             *("--trace-config", "opentelemetry,resource=service.name=triton"),
         ],
         # Models load after the server reports ready: wait for the last one bound.
-        f"http://127.0.0.1:{TRITON_HTTP}{servers.model_ready_path(servers.Protocol.V2, 'types')}",
+        f"http://127.0.0.1:{TRITON_HTTP}{servers.model_ready_path(Protocol.V2, 'types')}",
         env={"LD_LIBRARY_PATH": str(sysconfig.get_config_var("LIBDIR") or "")},
     )
     with server.start(timeout=180):
@@ -83,7 +83,7 @@ def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real KServe ModelServer with the models of predictors/kserve_server.py."""
     python = component_python("kserve-0.21.0")
     free_or_fail(KSERVE_HTTP)
-    ready = servers.model_ready_path(servers.Protocol.V2, "iris-classifier")
+    ready = servers.model_ready_path(Protocol.V2, "iris-classifier")
     server = component_server(
         tmp_path_factory,
         "kserve",

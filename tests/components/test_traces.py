@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from harness import graph, request
-from jaeger_harness import Jaeger
-
 from infergraph.predictors import processes
+from infergraph.testing.harness import graph, request
+from infergraph.testing.jaeger import Jaeger
 
 FEATURES = {
     "inputs": [

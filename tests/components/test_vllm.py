@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import socket
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,10 +15,8 @@ import aiohttp
 import orjson
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from harness import graph, request
-
 from infergraph.predictors import processes
+from infergraph.testing.harness import graph, request
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from fakes import FakeTransport
+
+from infergraph.testing.fakes import FakeTransport
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
-from fakes import FakeTransport, plan, reply, run, url
 
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import EnsembleMergeError, UpstreamTimeout
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, StepCall
+from infergraph.testing.fakes import FakeTransport, plan, reply, run, url
 
 
 def ensemble(*steps: dict[str, Any]) -> dict[str, Any]:

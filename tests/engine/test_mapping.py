@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 import pytest
-from fakes import FakeTransport, plan, reply, run, url
 
 from infergraph.router.engine.errors import BadRequest, GraphRequestError, GraphSpecError
+from infergraph.testing.fakes import FakeTransport, plan, reply, run, url
 
 V2_RESPONSE = {
     "id": "r1",

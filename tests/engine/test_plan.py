@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import plan, url
 
 from infergraph.router.engine.errors import GraphSpecError
 from infergraph.router.engine.plan import RouterType, load_plan
+from infergraph.testing.fakes import plan, url
 
 OK_STEP = {"serviceUrl": url("m")}
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakes import FakeTransport, plan, run
 
-from infergraph.predictors.servers import Protocol
 from infergraph.router.engine.errors import BadRequest, GraphSpecError
+from infergraph.router.protocols import Protocol
+from infergraph.testing.fakes import FakeTransport, plan, run
 
 
 def one_step(**step: Any) -> dict[str, Any]:

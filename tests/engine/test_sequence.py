@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 import pytest
-from fakes import FakeTransport, plan, reply, run, url
 
 from infergraph.router.engine.errors import InvalidResponse, UpstreamConnectionError
+from infergraph.testing.fakes import FakeTransport, plan, reply, run, url
 
 REQUEST = {"instances": [1, 2]}
 

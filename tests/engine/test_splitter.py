@@ -6,9 +6,9 @@ import random
 from collections import Counter
 
 import pytest
-from fakes import FakeTransport, plan, reply, run, url
 
 from infergraph.router.engine import splitter
+from infergraph.testing.fakes import FakeTransport, plan, reply, run, url
 
 NODE = {
     "routerType": "Splitter",

@@ -7,7 +7,6 @@ and Knative Service status changes only when a test patches it, as Knative would
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 import sys
@@ -15,51 +14,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import urllib3
 import yaml
-from kubernetes import client, config, dynamic
+from kubernetes import config
 
 from infergraph.predictors import processes
+from infergraph.testing.cluster import NAMESPACE, OPERATOR_USER, OTLP_ENDPOINT, Cluster
+from infergraph.testing.paths import CACHE, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph"))
 KUBE_VERSION, ETCD_VERSION, KNATIVE_VERSION = "v1.36.3", "v3.6.16", "v0.50.0"
-OPERATOR_USER = "system:serviceaccount:infergraph-system:infergraph-operator"
-NAMESPACE = "models"
-OTLP_ENDPOINT = "http://jaeger.infergraph-system:4318"
-
-
-@dataclass
-class Cluster:
-    url: str
-    admin_kubeconfig: Path
-    operator_kubeconfig: Path
-    api: client.ApiClient
-
-    @property
-    def dynamic(self) -> dynamic.DynamicClient:
-        return dynamic.DynamicClient(self.api)
-
-    def apply(self, document: dict[str, Any]) -> Any:
-        resource = self.dynamic.resources.get(
-            api_version=document["apiVersion"], kind=document["kind"]
-        )
-        return resource.server_side_apply(
-            body=document,
-            namespace=document["metadata"].get("namespace"),
-            field_manager="tests",
-            force_conflicts=True,
-        )
-
-    def apply_file(self, path: Path) -> None:
-        for document in yaml.safe_load_all(path.read_text()):
-            if document:
-                self.apply(document)
 
 
 def _binary(name: str) -> Path:

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NAMESPACE, OTLP_ENDPOINT, Cluster
-from harness_http import post_json
 from kubernetes import client
 
 from infergraph.operator import knative
 from infergraph.predictors import processes
+from infergraph.testing.cluster import NAMESPACE, OTLP_ENDPOINT, Cluster
+from infergraph.testing.kube_http import post_json
 
 GROUP, VERSION = "infergraph.dev", "v1alpha1"
 pytestmark = pytest.mark.usefixtures("operator_process")

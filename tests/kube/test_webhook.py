@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Cluster
 from kubernetes import client
 
 from infergraph.predictors import processes
+from infergraph.testing.cluster import Cluster
 
 GROUP, VERSION, NAMESPACE = "infergraph.dev", "v1alpha1", "guarded"
 WEBHOOK_CONFIG = f"validate.{GROUP}"

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,15 +17,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from fakes import FakeTransport, plan, reply, url
-
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.observability.span_export import rebuild
 from infergraph.router.observability.spans import LightTracer, SpanValues
 from infergraph.router.observability.tracing import TracingObserver, TracingTransport, server_span
+from infergraph.testing.fakes import FakeTransport, plan, reply, url
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = {"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"}

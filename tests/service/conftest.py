@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Predictor
 
 from infergraph.predictors import processes
-
-RouterFactory = Callable[..., int]
+from infergraph.testing.harness import Predictor, RouterFactory
 
 
 @pytest.fixture(scope="module")

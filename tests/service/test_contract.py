@@ -7,8 +7,8 @@ import socket
 import time
 
 import pytest
-from conftest import RouterFactory
-from harness import Predictor, graph, request, root_graph
+
+from infergraph.testing.harness import Predictor, RouterFactory, graph, request, root_graph
 
 ERROR = "Failed to process request"
 

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RouterFactory
-from harness import Predictor, graph, request
 
 from infergraph.predictors import processes
+from infergraph.testing.harness import Predictor, RouterFactory, graph, request
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,8 @@ import time
 
 import aiohttp
 import orjson
-from conftest import RouterFactory
-from harness import Predictor, graph, request
+
+from infergraph.testing.harness import Predictor, RouterFactory, graph, request
 
 EVENTS = 8
 INTERVAL = 0.15

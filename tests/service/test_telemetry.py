@@ -9,11 +9,10 @@ import socket
 import time
 from pathlib import Path
 
-from conftest import RouterFactory
-from harness import Predictor, graph, request
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergraph.predictors import processes
+from infergraph.testing.harness import Predictor, RouterFactory, graph, request
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

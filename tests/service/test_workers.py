@@ -11,9 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from harness import Predictor, graph, request
-
 from infergraph.predictors import processes
+from infergraph.testing.harness import Predictor, graph, request
 
 
 def children(pid: int) -> set[int]:

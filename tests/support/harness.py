@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+
+# What the start_router fixture returns: start a router with a graph, get its port.
+RouterFactory = Callable[..., int]
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""The operator tests' handle on their API server, and the names they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, dynamic
+
+OPERATOR_USER = "system:serviceaccount:infergraph-system:infergraph-operator"
+NAMESPACE = "models"
+OTLP_ENDPOINT = "http://jaeger.infergraph-system:4318"
+
+
+@dataclass
+class Cluster:
+    url: str
+    admin_kubeconfig: Path
+    operator_kubeconfig: Path
+    api: client.ApiClient
+
+    @property
+    def dynamic(self) -> dynamic.DynamicClient:
+        return dynamic.DynamicClient(self.api)  # type: ignore[no-untyped-call]
+
+    def apply(self, document: dict[str, Any]) -> Any:
+        resource = self.dynamic.resources.get(
+            api_version=document["apiVersion"], kind=document["kind"]
+        )
+        return resource.server_side_apply(
+            body=document,
+            namespace=document["metadata"].get("namespace"),
+            field_manager="tests",
+            force_conflicts=True,
+        )
+
+    def apply_file(self, path: Path) -> None:
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                self.apply(document)

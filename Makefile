@@ -6,9 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_CACHE ?= $(HOME)/.cache/infergraph
-TYPECHECK_ROOT := $(VENV)/typecheck
 
-.PHONY: demo test lint typecheck contracts components kube jaeger unit bench bench-router install clean
+.PHONY: demo test lint typecheck contracts pyright components kube jaeger unit bench bench-router install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,19 +24,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy and import-linter cannot follow setuptools' package-dir mapping, so they read a tree of
-# links that has the installed shape (infergraph/router -> router, ...).
-$(TYPECHECK_ROOT)/infergraph:
-	@mkdir -p $(TYPECHECK_ROOT)/infergraph
-	@for pkg in router predictors operator; do ln -sfn $(CURDIR)/$$pkg $(TYPECHECK_ROOT)/infergraph/$$pkg; done
+# The code, the tests and the benchmarks, as one strict program (infergraph.* resolves through
+# src/infergraph, the tests' own modules relative to the repository).
+typecheck: $(STAMP)
+	$(BIN)/mypy -p infergraph
+	$(BIN)/mypy tests bench
 
-typecheck: $(STAMP) $(TYPECHECK_ROOT)/infergraph
-	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
-		-p infergraph.router -p infergraph.predictors -p infergraph.operator
+contracts: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 
-contracts: $(STAMP) $(TYPECHECK_ROOT)/infergraph
-	cd $(TYPECHECK_ROOT) && PYTHONPATH=$(CURDIR)/$(TYPECHECK_ROOT) $(CURDIR)/$(BIN)/lint-imports \
-		--no-cache $(CURDIR)/pyproject.toml
+# Every import resolves as an editor (pyright, Pylance) sees it.
+pyright: $(STAMP)
+	$(BIN)/pyright
 
 # Real model servers for the protocol tests (Triton, KServe, vLLM), cached in $(TOOLS_CACHE).
 components:
@@ -54,7 +52,7 @@ kube:
 unit: $(STAMP)
 	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python -m pytest
 
-test: lint typecheck contracts components kube jaeger unit
+test: lint typecheck contracts pyright components kube jaeger unit
 
 # The peers benchmark (issue 6): infergraph, KServe's router, Ray Serve; results in bench/results.
 bench: $(STAMP) jaeger

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import matplotlib
+import matplotlib  # pyright: ignore[reportMissingImports] - the bench extra
 import orjson
 import yaml
 
@@ -57,7 +57,7 @@ from infergraph.testing.loadgen import (
 )
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
 
 from infergraph.testing.jaeger import JAEGER_CONFIG
 from infergraph.testing.paths import CACHE

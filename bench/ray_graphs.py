@@ -1,3 +1,4 @@
+# pyright: reportMissingImports=false
 """The benchmark graphs as Ray Serve applications (run with the Ray virtual environment's Python).
 
 Each graph in graphs/bench-*.yaml is written as Ray Serve deployment composition would write it:
@@ -84,7 +85,9 @@ def main() -> int:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     for kind in GRAPHS:
         options = {"num_cpus": 0}  # two cores: CPU reservations would leave replicas unplaced
-        app = Graph.options(num_replicas=replicas, ray_actor_options=options).bind(kind, predictor)
+        app = Graph.options(  # type: ignore[attr-defined]  # serve.deployment adds it
+            num_replicas=replicas, ray_actor_options=options
+        ).bind(kind, predictor)
         serve.run(app, name=kind, route_prefix=f"/{kind}", blocking=False)
     print("ready", flush=True)
     while True:

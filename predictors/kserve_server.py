@@ -1,3 +1,4 @@
+# pyright: reportMissingImports=false
 """A real KServe ModelServer (PyPI ``kserve``) with two scikit-learn models trained on iris.
 
 Run it with the kserve environment's Python: ``python kserve_server.py --port P``. It serves

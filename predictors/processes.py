@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from infergraph.predictors import servers
 
@@ -61,7 +62,7 @@ class ServerProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 30.0) -> Self:
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         # Its own process group, so stopping it also stops what it started (tritonserver, vLLM's
         # engine processes).
@@ -133,7 +134,7 @@ class ServerProcess:
             time.sleep(0.05)
         self._signal_group(signal.SIGKILL)
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self if self.process is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,3 +1,4 @@
+# pyright: reportMissingImports=false
 """Write a tiny Llama model (random weights) and its tokenizer to a folder, for a real vLLM.
 
 Nothing is downloaded: the tokenizer is a byte-level BPE trained here on a few sentences over an

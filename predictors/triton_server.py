@@ -1,3 +1,4 @@
+# pyright: reportMissingImports=false
 """A real Triton Inference Server (bundled by nvidia-pytriton, CPU only) with small test models.
 
 Run it with the pytriton environment's Python:

@@ -1,25 +1,30 @@
-"""The ``infergraph`` command: ``router`` serves graphs, ``validate`` checks graph files,
-``demo`` runs the embedded demo. Settings are built here, from flags and the environment, and
-passed in; nothing else reads the environment."""
+"""The router's commands: ``router`` serves graphs, ``validate`` checks graph files.
+
+``infergraph.cli`` (the distribution's command) calls ``register``. The router's settings are
+built here, from flags and the environment, and passed in; nothing else in the router reads the
+environment."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 from infergraph.router.engine.errors import GraphSpecError
+from infergraph.router.observability import logs
+from infergraph.router.service import main
 from infergraph.router.service.registry import load_file
-from infergraph.router.settings import GraphSource, RouterSettings
+from infergraph.router.settings import GraphSource, OtlpProtocol, RouterSettings, SettingsError
 
 log = logging.getLogger("infergraph")
 
 
-def _router_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``router`` and ``validate`` to the distribution's command line."""
     p = sub.add_parser("router", help="serve InferenceGraphs over HTTP (a drop-in for KServe's)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--graph-json", help="the InferenceGraph spec as JSON (KServe's flag)")
@@ -71,34 +76,10 @@ def _router_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="encode and send spans in a child process (default, off the event loop's GIL) or "
         "in a thread of the router (OpenTelemetry's BatchSpanProcessor)",
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infergraph", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _router_parser(sub)
+    p.set_defaults(run=run_router)
     v = sub.add_parser("validate", help="check graph files; exit 1 if any is invalid")
     v.add_argument("files", nargs="+", type=Path)
-    d = sub.add_parser("demo", help="run the embedded demo: local predictors, router, requests")
-    d.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
-    o = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
-    scope = o.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", action="append", help="watch this namespace (repeatable)")
-    scope.add_argument("--all-namespaces", action="store_true", help="watch the whole cluster")
-    o.add_argument("--router-image", default=None, help="image of the graph routers it deploys")
-    o.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint set on the routers")
-    o.add_argument("--webhook-port", type=int, default=None, help="serve the admission webhook")
-    o.add_argument("--webhook-host", default=None, help="host name the API server calls it at")
-    o.add_argument("--webhook-addr", default=None, help="address the webhook server binds")
-    o.add_argument("--webhook-cert", default=None, help="webhook TLS certificate (PEM)")
-    o.add_argument("--webhook-key", default=None, help="webhook TLS private key (PEM)")
-    c = sub.add_parser("crds", help="write the CustomResourceDefinitions from the models")
-    c.add_argument("--out", type=Path, default=Path("deploy/crds"))
-    p = sub.add_parser("predictor", help="run a local predictor (demo, tests, benchmarks)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9000)
-    p.add_argument("--models", action="store_true", help="serve the iris scikit-learn models")
-    return parser
+    v.set_defaults(run=lambda args: validate(args.files))
 
 
 def settings_from_args(args: argparse.Namespace) -> RouterSettings:
@@ -117,9 +98,13 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         workers=args.workers,
         tracing=tracing_wanted(args.tracing, os.environ),
         span_export=args.span_export,
-        otlp_protocol=os.environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        # Checked against the choices when the settings are built.
+        otlp_protocol=cast(
+            OtlpProtocol,
+            os.environ.get(
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ),
         ),
         service_name=os.environ.get("OTEL_SERVICE_NAME"),
         metrics=args.metrics,
@@ -155,62 +140,15 @@ def validate(files: list[Path]) -> int:
     return status
 
 
-def run_router(settings: RouterSettings) -> int:
-    from infergraph.router.service.main import run
-
+def run_router(args: argparse.Namespace) -> int:
+    logs.configure(args.log_level, args.log_format == "json")
     try:
-        return run(settings)
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        return main.run(settings)
     except GraphSpecError as exc:
         log.error("%s", exc)
         return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "validate":
-        return validate(args.files)
-    if args.command == "crds":
-        from infergraph.operator.crds import write_crds
-
-        for path in write_crds(args.out):
-            print(f"wrote {path}")
-        return 0
-    from infergraph.router.observability import logs
-
-    logs.configure(
-        getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text") == "json"
-    )
-    if args.command == "router":
-        if args.workers < 1 or (args.workers > 1 and args.port == 0):
-            log.error("--workers needs a number from 1, and a fixed --port when above 1")
-            return 2
-        return run_router(settings_from_args(args))
-    if args.command == "operator":
-        from infergraph.operator.main import run_operator
-
-        return run_operator(
-            namespaces=args.namespace or [],
-            clusterwide=args.all_namespaces,
-            router_image=args.router_image,
-            otlp_endpoint=args.otlp_endpoint,
-            webhook_port=args.webhook_port,
-            webhook_host=args.webhook_host,
-            webhook_addr=args.webhook_addr,
-            webhook_cert=args.webhook_cert,
-            webhook_key=args.webhook_key,
-        )
-    if args.command == "predictor":
-        from infergraph.predictors import local
-
-        argv = ["--host", args.host, "--port", str(args.port)] + (
-            ["--models"] if args.models else []
-        )
-        local.main(argv)
-        return 0
-    from infergraph.predictors.demo import run_demo
-
-    return asyncio.run(run_demo(router_port=args.port))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

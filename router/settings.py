@@ -1,9 +1,25 @@
-"""The router's settings: one typed object, built at the edge (the CLI) and passed in."""
+"""The router's settings: one typed object, built at the edge (the CLI) and passed in.
+
+Choices are ``Literal`` types, and ``RouterSettings`` checks them (and the combinations that
+cannot work) when it is built, so a wrong value fails at start-up with a message, not later.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
+
+Client = Literal["fast", "aiohttp"]
+# "process": spans are encoded and sent by a child process (off the event loop's GIL);
+# "thread": the SDK's BatchSpanProcessor in this process.
+SpanExport = Literal["process", "thread"]
+# The OTLP transports OpenTelemetry's Python exporters implement.
+OtlpProtocol = Literal["http/protobuf", "grpc"]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work together, or a value outside its choices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +29,12 @@ class GraphSource:
     graph_json: str | None = None
     graph_file: Path | None = None
     graph_dir: Path | None = None
+
+
+def _check_choice(name: str, value: object, choices: object) -> None:
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,17 +48,28 @@ class RouterSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     reload_interval: float = 1.0
     max_connections: int = 1024
-    client: str = "fast"
+    client: Client = "fast"
     # Processes serving the port together (SO_REUSEPORT); 1 serves in this process.
     workers: int = 1
     # Set by the supervisor of several workers: where they share their metrics.
     metrics_dir: Path | None = None
     # Telemetry. Tracing exports over OTLP as the standard OTEL_* variables say.
     tracing: bool = False
-    otlp_protocol: str = "http/protobuf"
-    # "process": spans are encoded and sent by a child process (off the event loop's GIL);
-    # "thread": the SDK's BatchSpanProcessor in this process.
-    span_export: str = "process"
+    otlp_protocol: OtlpProtocol = "http/protobuf"
+    span_export: SpanExport = "process"
     service_name: str | None = None
     metrics: bool = True
     access_log: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("the downstream client", self.client, Client)
+        _check_choice("the span export", self.span_export, SpanExport)
+        _check_choice(
+            "the OTLP protocol (OTEL_EXPORTER_OTLP_PROTOCOL)", self.otlp_protocol, OtlpProtocol
+        )
+        if self.workers < 1 or (self.workers > 1 and self.port == 0):
+            raise SettingsError("--workers needs a number from 1, and a fixed --port when above 1")
+        if self.max_body_bytes < 0 or self.max_connections < 1:
+            raise SettingsError("--max-body-bytes must be >= 0 and --max-connections >= 1")
+        if self.drain_seconds < 0 or self.reload_interval <= 0:
+            raise SettingsError("--drain-seconds must be >= 0 and --reload-interval above 0")

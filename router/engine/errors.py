@@ -7,14 +7,21 @@
     ├── NestedNoRouteMatched (500)        a nested Switch matched none (fails its parent)
     ├── InvalidResponse (500)             a condition met a body that is not JSON
     ├── EnsembleMergeError (500)          an ensemble branch returned something other than an object
-    ├── DeadlineExceeded (504)            the graph's own deadline passed before a step could start
+    ├── MappingError (500)                a step's response could not be mapped into the next input
+    ├── DeadlineExceeded (504)            the request ran past serverWrite: the connection is closed
     ├── UpstreamError (500)               a step call failed below HTTP (raised by transports only)
     │   ├── UpstreamConnectionError
     │   ├── UpstreamTimeout
     │   └── InvalidStepUrl
     └── BadRequest (4xx)                  the client's request itself is wrong
         ├── BodyTooLarge (413)
-        └── GraphNotFound (404)
+        ├── GraphNotFound (404)
+        ├── RequestMappingError (400)     a data mapping found nothing it needs in the request
+        └── ClientReadTimeout (408)       the body took longer than serverRead: connection closed
+
+An error whose ``close_connection`` is true is not rendered: as Go's ``ReadTimeout`` and
+``WriteTimeout`` do, the router closes the client's connection instead, and the status is what
+metrics and logs record.
 
 ``GraphSpecError`` is separate: it is raised when a graph is loaded, never on the request path,
 and lists every problem found, each naming its node and step.
@@ -30,6 +37,7 @@ class GraphRequestError(Exception):
     """A request could not be served; ``status`` is the HTTP status of the error response."""
 
     status = 500
+    close_connection = False
 
     def __init__(self, cause: str) -> None:
         super().__init__(cause)
@@ -57,8 +65,13 @@ class EnsembleMergeError(GraphRequestError):
     pass
 
 
+class MappingError(GraphRequestError):
+    """A step's response lacks what a data mapping selects from it (a model-server problem)."""
+
+
 class DeadlineExceeded(GraphRequestError):
     status = 504
+    close_connection = True
 
 
 class UpstreamError(GraphRequestError):
@@ -87,6 +100,15 @@ class BodyTooLarge(BadRequest):
 
 class GraphNotFound(BadRequest):
     status = 404
+
+
+class RequestMappingError(BadRequest):
+    """The client's request lacks what a data mapping selects from it."""
+
+
+class ClientReadTimeout(BadRequest):
+    status = 408
+    close_connection = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 
-from infergraph.router.engine.errors import BadRequest, GraphRequestError
+from infergraph.router.engine.errors import MappingError, RequestMappingError
 from infergraph.router.engine.payload import NotJSON, Payload
 from infergraph.router.engine.transport import Reply
 
@@ -43,7 +43,7 @@ def _document(payload: Payload, what: str, client_side: bool) -> Any:
     try:
         return payload.json()
     except NotJSON as exc:
-        error = BadRequest if client_side else GraphRequestError
+        error = RequestMappingError if client_side else MappingError
         raise error(f"{what} is not JSON, so it cannot be mapped") from exc
 
 
@@ -71,7 +71,7 @@ class Selection:
             return document
         matches = [match.value for match in self.expr.find(document)]
         if not matches:
-            error = BadRequest if client_side else GraphRequestError
+            error = RequestMappingError if client_side else MappingError
             raise error(f"{self.source} selected nothing from the {self._describe()}")
         return matches[0] if len(matches) == 1 else matches
 
@@ -91,7 +91,7 @@ class Selection:
             return Payload(sources.previous.body)
         reply = (sources.earlier or {}).get(self.step or "")
         if reply is None:
-            raise GraphRequestError(f"{self.source}: step {self.step!r} has not run")
+            raise MappingError(f"{self.source}: step {self.step!r} has not run")
         return Payload(reply.body)
 
 
@@ -187,14 +187,14 @@ class OutputsToInputs:
         document = _document(payload, "the v2 response", client_side=False)
         outputs = document.get("outputs") if isinstance(document, dict) else None
         if not isinstance(outputs, list):
-            raise GraphRequestError("outputsToInputs: the response has no v2 outputs list")
+            raise MappingError("outputsToInputs: the response has no v2 outputs list")
         by_name = {o.get("name"): o for o in outputs if isinstance(o, dict)}
         if self.renames is None:
             chosen = [(name, name) for name in by_name]
         else:
             missing = [old for old, _ in self.renames if old not in by_name]
             if missing:
-                raise GraphRequestError(
+                raise MappingError(
                     f"outputsToInputs: the response has no output named {', '.join(missing)}"
                     f" (it has {', '.join(str(n) for n in by_name)})"
                 )

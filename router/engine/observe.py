@@ -1,8 +1,9 @@
 """Hooks through which tracing and metrics watch a request run, without the engine knowing them.
 
 The engine calls an ``Observer`` (if the context has one) when a node starts and ends, when a
-Switch or Splitter picks a step, and when an Ensemble cancels branches. Implementations live
-outside the engine (``infergraph.router.observability``), so the engine imports no telemetry.
+Switch or Splitter picks a step, and when an Ensemble cancels branches; and a request's
+``CallWatcher`` when each step call starts and ends. Implementations live outside the engine
+(``infergraph.router.observability``), so the engine imports no telemetry.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ class Observer(Protocol):
     def step_chosen(self, node: NodePlan, step: StepPlan, reason: str) -> None: ...
 
     def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None: ...
+
+
+class CallWatcher(Protocol):
+    """One request's view of its step calls (the recorder measures time spent waiting on them)."""
+
+    def call_started(self) -> None: ...
+
+    def call_finished(self) -> None: ...
 
 
 class Observers:

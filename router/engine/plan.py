@@ -10,15 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
-from infergraph.router.protocols import (
-    OPENAI_CHAT,
-    OPENAI_COMPLETIONS,
-    Protocol,
-    inference_path,
-    parse_grpc_model_path,
-)
 from infergraph.router.engine.conditions import (
     Condition,
     ConditionSyntaxError,
@@ -34,6 +26,13 @@ from infergraph.router.engine.mapping import (
 )
 from infergraph.router.engine.spec import InferenceGraphSpec, InferenceStep, NamedSpec, load_text
 from infergraph.router.engine.transport import ServiceTarget, parse_target
+from infergraph.router.protocols import (
+    OPENAI_CHAT,
+    OPENAI_COMPLETIONS,
+    Protocol,
+    inference_path,
+    parse_grpc_model_path,
+)
 
 ROOT = "root"
 
@@ -66,6 +65,20 @@ class StepPlan:
     model_version: str | None = None
     chat_service: ServiceTarget | None = None
     owner: str = ""  # the name of the node this step belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class StepTarget:
+    """Where a service step sends its requests, compiled from ``serviceUrl`` and ``protocol``."""
+
+    service: ServiceTarget | None = None
+    chat_service: ServiceTarget | None = None
+    protocol: Protocol | None = None
+    model: str | None = None
+    model_version: str | None = None
+
+
+NO_SERVICE = StepTarget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,15 +254,14 @@ class _Compiler:
                 )
         return step_input
 
-    def compile_target(self, node: str, label: str, step: InferenceStep) -> dict[str, Any]:
-        """``service``, ``chat_service``, ``protocol``, ``model`` and ``model_version``."""
+    def compile_target(self, node: str, label: str, step: InferenceStep) -> StepTarget:
         if step.node_name or not step.service_url:
-            return {"service": None}
+            return NO_SERVICE
         target = parse_target(step.service_url)
         if step.protocol is None or step.protocol not in Protocol._value2member_map_:
             if target.scheme.startswith("grpc"):
                 self.problem("a grpc:// URL needs protocol: v2-grpc", node, label)
-            return {"service": target}
+            return StepTarget(service=target)
         protocol = Protocol(step.protocol)
         model, version = step.model, step.model_version
         chat = None
@@ -278,13 +290,7 @@ class _Compiler:
                 )
             else:
                 target = target.with_path(inference_path(protocol, model, version))
-        return {
-            "service": target,
-            "chat_service": chat,
-            "protocol": protocol,
-            "model": model,
-            "model_version": version,
-        }
+        return StepTarget(target, chat, protocol, model, version)
 
     def build(self, name: str) -> NodePlan | None:
         """Build a node after the nodes it refers to; report a cycle once, where it closes."""
@@ -311,6 +317,7 @@ class _Compiler:
                 broken |= child is None
             step_input = self.compile_input(name, router.router_type, label, step, earlier)
             earlier.append(step.name or str(index))
+            target = self.compile_target(name, label, step)
             steps.append(
                 StepPlan(
                     index=index,
@@ -321,7 +328,11 @@ class _Compiler:
                     weight=step.weight or 0,
                     hard=step.dependency == "Hard",
                     owner=name,
-                    **self.compile_target(name, label, step),
+                    service=target.service,
+                    chat_service=target.chat_service,
+                    protocol=target.protocol,
+                    model=target.model,
+                    model_version=target.model_version,
                 )
             )
         self.visiting.pop()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from infergraph.router.protocols import Protocol
 from infergraph.router.engine import ensemble, sequence, splitter, switch
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import BadRequest, NestedNoRouteMatched, NoRouteMatched
 from infergraph.router.engine.payload import Payload
 from infergraph.router.engine.plan import GraphPlan, NodePlan, RouterType, StepPlan
 from infergraph.router.engine.transport import Reply, StepCall
+from infergraph.router.protocols import Protocol
 
 StepRunner = Callable[[StepPlan, Payload, ExecutionContext, bool], Awaitable[Reply]]
 NodeRunner = Callable[[NodePlan, Payload, ExecutionContext, StepRunner, bool], Awaitable[Reply]]
@@ -78,11 +78,14 @@ async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, fina
         node=step.owner,
         step=step.key,
     )
-    ctx.call_started()
+    watcher = ctx.calls
+    if watcher is None:
+        return await ctx.transport.send(call)
+    watcher.call_started()
     try:
         return await ctx.transport.send(call)
     finally:
-        ctx.call_finished()
+        watcher.call_finished()
 
 
 def wants_stream(payload: Payload) -> bool:

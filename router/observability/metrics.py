@@ -43,6 +43,9 @@ def cause(error: BaseException) -> str:
         (errors.NestedNoRouteMatched, "no_route"),
         (errors.BadRequest, "bad_request"),
         (errors.DeadlineExceeded, "timeout"),
+        (errors.MappingError, "mapping"),
+        (errors.InvalidResponse, "invalid_response"),
+        (errors.EnsembleMergeError, "invalid_response"),
     ):
         if isinstance(error, kind):
             return label

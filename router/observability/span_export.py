@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from infergraph.router.observability.spans import LightTracer, SpanValues
 from infergraph.router.observability.tracing import make_exporter, make_provider
+from infergraph.router.settings import OtlpProtocol, SpanExport
 
 log = logging.getLogger("infergraph.router.tracing")
 
@@ -144,7 +145,7 @@ class SpanShipper:
 
 
 def make_tracer(
-    how: str, protocol: str, service_name: str
+    how: SpanExport, protocol: OtlpProtocol, service_name: str
 ) -> tuple[trace.Tracer, Callable[[], None]]:
     """The router's tracer and the function that flushes it at exit.
 

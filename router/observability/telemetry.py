@@ -1,24 +1,24 @@
 """What the service needs from telemetry, built once at start-up: the tracer (or none), the
-metrics (or none), per-graph engine observers and the transport wrappers."""
+metrics (or none), per-graph engine observers, per-request recorders, the transport wrappers
+and the ``/metrics`` page. The service imports neither OpenTelemetry nor prometheus_client."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infergraph.router.engine.observe import Observer, Observers
 from infergraph.router.engine.transport import Transport
 from infergraph.router.observability.metrics import MetricsTransport, RouterMetrics
+from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.tracing import (
     TracingObserver,
     TracingTransport,
     server_span,
 )
-
-NO_SPAN: AbstractContextManager[None] = nullcontext()
 
 
 @dataclass
@@ -57,9 +57,19 @@ class Telemetry:
             transport = TracingTransport(transport, self.tracer)
         return transport
 
-    def request_span(
-        self, headers: Mapping[str, str], graph: str, path: str
-    ) -> AbstractContextManager[trace.Span | None]:
-        if self.tracer is None:
-            return NO_SPAN
-        return server_span(self.tracer, headers, graph, path)
+    def recorder(self, graph: str, headers: Mapping[str, str], path: str) -> RequestRecorder:
+        """The recorder of one request to ``graph``."""
+        metrics = self.metrics
+        return RequestRecorder(
+            graph,
+            metrics.for_graph(graph) if metrics is not None else None,
+            metrics,
+            server_span(self.tracer, headers, graph, path) if self.tracer is not None else None,
+            self.access_log,
+        )
+
+    def metrics_page(self) -> tuple[bytes, str] | None:
+        """The Prometheus exposition of every metric and its content type; None when off."""
+        if self.metrics is None:
+            return None
+        return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST

@@ -15,7 +15,8 @@ from infergraph.router.http.factory import make_transport
 from infergraph.router.observability import span_export
 from infergraph.router.observability.metrics import RouterMetrics, SharedMetrics
 from infergraph.router.observability.telemetry import Telemetry
-from infergraph.router.service.app import RouterService, serve
+from infergraph.router.service.handler import RouterService
+from infergraph.router.service.lifecycle import serve
 from infergraph.router.service.registry import GraphRegistry
 from infergraph.router.service.workers import run_workers
 from infergraph.router.settings import RouterSettings

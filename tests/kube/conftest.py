@@ -118,7 +118,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             start_new_session=True,
         )
         admin = _kubeconfig(work / "admin.kubeconfig", url, "admin-token")
-        api = config.new_client_from_config(str(admin))
+        api = config.new_client_from_config(str(admin))  # type: ignore[no-untyped-call]
         deadline = time.monotonic() + 60
         while not _ready(url):
             if time.monotonic() > deadline or apiserver.process.poll() is not None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from infergraph.operator.crds import GROUP, render
-from infergraph.operator.resources import KINDS
+from infergraph.operator.crds import render
+from infergraph.operator.resources import GROUP, KINDS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 

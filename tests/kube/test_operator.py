@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +239,7 @@ def test_graph_resolves_predictors_runs_on_the_real_router(
     )
     assert status["status"] == "False"
     for name in ("scaler", "classifier"):
-        wait_for(lambda n=name: get(cluster, "ksvc", n), f"{name}'s Knative Service")
+        wait_for(partial(get, cluster, "ksvc", name), f"{name}'s Knative Service")
         make_ksvc_ready(cluster, name, local)
     config_map = wait_for(
         lambda: client.CoreV1Api(cluster.api).read_namespaced_config_map("iris-graph", NAMESPACE),
@@ -352,7 +353,9 @@ def test_editing_a_predictor_re_resolves_the_graphs_that_use_it(cluster: Cluster
     core = client.CoreV1Api(cluster.api)
 
     def step_url() -> str:
-        data = core.read_namespaced_config_map("uses-editable-graph", NAMESPACE).data["graph.json"]
+        data = (core.read_namespaced_config_map("uses-editable-graph", NAMESPACE).data or {})[
+            "graph.json"
+        ]
         url: str = json.loads(data)["spec"]["nodes"]["root"]["steps"][0]["serviceUrl"]
         return url
 
@@ -387,7 +390,8 @@ def test_deleting_a_graph_finishes_and_owns_what_it_made(cluster: Cluster) -> No
     )
     # Kubernetes' garbage collector deletes these with their owner (this API server has none).
     assert router["metadata"]["ownerReferences"][0]["uid"] == uid
-    assert config_map.metadata.owner_references[0].uid == uid
+    assert config_map.metadata is not None
+    assert (config_map.metadata.owner_references or [])[0].uid == uid
     custom(cluster).delete_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, "inferencegraphs", "short-lived"
     )
@@ -396,7 +400,7 @@ def test_deleting_a_graph_finishes_and_owns_what_it_made(cluster: Cluster) -> No
         try:
             get(cluster, "inferencegraphs", "short-lived")
         except client.exceptions.ApiException as exc:
-            return exc.status == 404
+            return bool(exc.status == 404)
         return False
 
     wait_for(gone, "the graph to be deleted (its finalizer released)")

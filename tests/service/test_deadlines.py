@@ -14,13 +14,13 @@ async def test_overdue_task_is_cancelled_and_reported_expired() -> None:
         task = asyncio.ensure_future(asyncio.sleep(5))
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadlines.add(task, 0.05)  # type: ignore[arg-type]
+        deadlines.add(task, 0.05)
         await asyncio.gather(task, return_exceptions=True)
         elapsed = loop.time() - started
         assert task.cancelled()
         assert 0.05 <= elapsed < 0.05 + 0.1
-        assert deadlines.remove(task) is True  # type: ignore[arg-type]
-        assert deadlines.remove(task) is False  # type: ignore[arg-type]
+        assert deadlines.remove(task) is True
+        assert deadlines.remove(task) is False
     finally:
         await deadlines.close()
 
@@ -30,9 +30,9 @@ async def test_task_that_finishes_in_time_is_left_alone() -> None:
     deadlines.start()
     try:
         task = asyncio.ensure_future(asyncio.sleep(0.02, result="done"))
-        deadlines.add(task, 1.0)  # type: ignore[arg-type]
+        deadlines.add(task, 1.0)
         assert await task == "done"
-        assert deadlines.remove(task) is False  # type: ignore[arg-type]
+        assert deadlines.remove(task) is False
         await asyncio.sleep(0.05)
     finally:
         await deadlines.close()

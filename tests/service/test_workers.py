@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 from infergraph.predictors import processes
 from infergraph.testing.harness import Predictor, graph, request
@@ -27,7 +28,7 @@ def served_by(log: Path) -> set[int]:
 class WorkersRouter(processes.ServerProcess):
     """Ready when every worker is serving (readyz answers as soon as the first one is)."""
 
-    def start(self, timeout: float = 30.0) -> processes.ServerProcess:
+    def start(self, timeout: float = 30.0) -> Self:
         super().start(timeout)
         assert self.log_path is not None
         deadline = time.monotonic() + timeout

@@ -1,7 +1,9 @@
-"""The router's HTTP front: one handler on aiohttp's low-level server, and the process lifecycle.
+"""The router's HTTP front: one request handler on aiohttp's low-level server.
 
-``/readyz`` and ``/healthz`` answer probes; every other request runs a graph. Errors are
-rendered here, in one place, from the status their exception carries.
+``/readyz`` and ``/healthz`` answer probes, ``/metrics`` the scrape; every other request runs a
+graph. Errors are rendered here, in one place, from the status their exception carries; the
+request's telemetry is the recorder's (``observability.recorder``), the process around the
+handler is ``lifecycle``'s.
 """
 
 from __future__ import annotations
@@ -9,23 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import signal
-import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 
 import orjson
 import pygjson
-from aiohttp import web, web_server
-from opentelemetry.trace import StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp import web
 
 from infergraph.router.engine.context import ExecutionContext
-from infergraph.router.engine.errors import BodyTooLarge, GraphRequestError
+from infergraph.router.engine.errors import (
+    BodyTooLarge,
+    ClientReadTimeout,
+    DeadlineExceeded,
+    GraphRequestError,
+)
 from infergraph.router.engine.headers import HeaderPolicy
 from infergraph.router.engine.plan import GraphPlan
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, Transport
+from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.deadlines import Deadlines
 from infergraph.router.service.registry import GraphRegistry
@@ -140,69 +144,45 @@ class RouterService:
             return web.Response(status=200)
         if path == "/healthz":
             return web.Response(status=200, text="ok")
-        if path == "/metrics" and self.telemetry.metrics is not None:
-            return web.Response(
-                body=generate_latest(self.telemetry.metrics.registry),
-                headers={"Content-Type": CONTENT_TYPE_LATEST},
-            )
+        if path == "/metrics":
+            page = self.telemetry.metrics_page()
+            if page is not None:
+                return web.Response(body=page[0], headers={"Content-Type": page[1]})
         try:
             plan = self.registry.lookup(path)
         except GraphRequestError as error:
             return error_response(error)
-        return await self._graph_request(request, plan, path)
-
-    async def _graph_request(
-        self, request: web.BaseRequest, plan: GraphPlan, path: str
-    ) -> web.StreamResponse:
-        telemetry = self.telemetry
-        metrics = telemetry.metrics.for_graph(plan.name) if telemetry.metrics else None
-        started = time.perf_counter()
-        if metrics is not None:
-            metrics.in_flight.inc()
+        recorder = self.telemetry.recorder(plan.name, request.headers, path)
         ctx = ExecutionContext(
             transport=self.transport,
             headers=self.headers.forward(request.headers.items()),
             service_timeout=plan.timeouts.service_client,
             rng=self.rng,
             graph=plan.name,
-            observer=telemetry.observer(plan.name),
+            observer=self.telemetry.observer(plan.name),
+            calls=recorder.upstream,
         )
-        status = 500
-        try:
-            with telemetry.request_span(request.headers, plan.name, path) as span:
-                response = await self._respond(request, plan, ctx)
-                status = response.status
-                if span is not None:
-                    span.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        span.set_status(StatusCode.ERROR)
-                if telemetry.access_log:
-                    elapsed = round((time.perf_counter() - started) * 1000, 3)
-                    log.info(
-                        "request",
-                        extra={"graph": plan.name, "status": status, "duration_ms": elapsed},
-                    )
-            return response
-        finally:
-            if metrics is not None:
-                metrics.in_flight.dec()
-                metrics.finished(status, time.perf_counter() - started, ctx.upstream_seconds)
+        with recorder:
+            response = await self._respond(request, plan, ctx, recorder)
+            recorder.answered(response.status)
+        return response
 
     async def _respond(
-        self, request: web.BaseRequest, plan: GraphPlan, ctx: ExecutionContext
+        self,
+        request: web.BaseRequest,
+        plan: GraphPlan,
+        ctx: ExecutionContext,
+        recorder: RequestRecorder,
     ) -> web.StreamResponse:
         try:
             body = await self._body(request, plan.timeouts.server_read)
-            if body is None:
-                return web.Response(status=408)
             reply = await self._run(request, plan, body, ctx)
-            if reply is None:
-                return web.Response(status=504)
         except GraphRequestError as error:
-            if error.status >= 500:
-                log.error("request failed: %s", error.cause, extra={"graph": plan.name})
-            if self.telemetry.metrics is not None:
-                self.telemetry.metrics.request_failed(plan.name, error)
+            recorder.failed(error)
+            if error.close_connection:
+                # As Go's ReadTimeout and WriteTimeout: the client sees its connection closed.
+                _abort(request)
+                return web.Response(status=error.status)
             return error_response(error)
         except Exception:
             log.exception("unexpected error while serving a request", extra={"graph": plan.name})
@@ -213,8 +193,8 @@ class RouterService:
         response.headers["Content-Type"] = _content_type(reply)
         return response
 
-    async def _body(self, request: web.BaseRequest, read_timeout: float | None) -> bytes | None:
-        """The request body; None (connection closed) when it took longer than ``serverRead``."""
+    async def _body(self, request: web.BaseRequest, read_timeout: float | None) -> bytes:
+        """The request body; ``ClientReadTimeout`` when it took longer than ``serverRead``."""
         limit = self.settings.max_body_bytes
         _check_length(request, limit)
         body = buffered_body(request)
@@ -225,14 +205,15 @@ class RouterService:
         try:
             async with asyncio.timeout(read_timeout):
                 return await read_body(request, limit)
-        except TimeoutError:
-            _abort(request)
-            return None
+        except TimeoutError as exc:
+            raise ClientReadTimeout(
+                f"the request body took longer than serverRead ({read_timeout} s)"
+            ) from exc
 
     async def _run(
         self, request: web.BaseRequest, plan: GraphPlan, body: bytes, ctx: ExecutionContext
-    ) -> Reply | None:
-        """Run the graph; None (connection closed) when it ran past ``serverWrite``."""
+    ) -> Reply:
+        """Run the graph; ``DeadlineExceeded`` when it ran past ``serverWrite``."""
         timeouts = plan.timeouts
         if timeouts.server_write is None:
             return await run_graph(plan, body, ctx)
@@ -247,63 +228,10 @@ class RouterService:
             if not expired:
                 raise
             task.uncancel()
-            # As Go's WriteTimeout: the client sees its connection closed.
             log.warning("graph %s ran past serverWrite; closing the connection", plan.name)
-            _abort(request)
-            return None
+            raise DeadlineExceeded(
+                f"the graph ran past serverWrite ({timeouts.server_write} s)"
+            ) from None
         finally:
             if not expired:
                 self.deadlines.remove(task)
-
-
-async def serve(service: RouterService) -> None:
-    """Run until SIGTERM/SIGINT, then drain: readyz turns 503, requests finish, then exit."""
-    settings = service.settings
-    plans = service.registry.plans
-    idle = plans[0].timeouts.server_idle if len(plans) == 1 else 180.0
-    server = web_server.Server(
-        service.handle,
-        handler_cancellation=True,
-        keepalive_timeout=idle if idle is not None else 3600.0,
-        access_log=None,
-    )
-    runner = web.ServerRunner(server, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(
-        runner,
-        settings.host,
-        settings.port,
-        shutdown_timeout=max(settings.drain_seconds, 1.0),
-        reuse_port=settings.workers > 1 or None,
-    )
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.ensure_future(service.registry.watch(settings.reload_interval))
-    metrics = service.telemetry.metrics
-    publisher = asyncio.ensure_future(metrics.publish()) if metrics is not None else None
-    service.deadlines.start()
-    log.info(
-        "serving %s on %s:%d",
-        ", ".join(p.name for p in plans) or "no graphs yet",
-        settings.host,
-        settings.port,
-    )
-    try:
-        await stop.wait()
-        service.draining = True
-        log.info("signal received: draining for %.1f s", settings.drain_seconds)
-        await asyncio.sleep(settings.drain_seconds)
-    finally:
-        for task in (watcher, publisher):
-            if task is not None:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-        await service.deadlines.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
-        log.info("stopped")

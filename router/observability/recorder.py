@@ -1,0 +1,132 @@
+"""One request's telemetry, kept out of the request handler: its server span and status, the
+in-flight gauge, the access log line, and the time spent waiting on step calls.
+
+The handler opens a ``RequestRecorder`` around the request, tells it the status it answered
+with (or the error it failed with), and gives the engine its ``upstream`` watcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from opentelemetry.trace import StatusCode
+
+from infergraph.router.engine.errors import GraphRequestError
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from infergraph.router.observability.metrics import GraphMetrics, RouterMetrics
+    from infergraph.router.observability.tracing import server_span
+
+log = logging.getLogger("infergraph.router")
+
+
+class UpstreamTime:
+    """Wall-clock seconds during which at least one step call was outstanding: concurrent
+    Ensemble calls are not counted twice. The engine's ``CallWatcher`` for one request."""
+
+    __slots__ = ("_clock", "_outstanding", "_since", "seconds")
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._outstanding = 0
+        self._since = 0.0
+        self.seconds = 0.0
+
+    def call_started(self) -> None:
+        if self._outstanding == 0:
+            self._since = self._clock()
+        self._outstanding += 1
+
+    def call_finished(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self.seconds += self._clock() - self._since
+
+
+class RequestRecorder:
+    """Records one graph request; a context manager around the whole request.
+
+    ``status`` starts at 500: a request that ends by an exception (the client went away and the
+    handler was cancelled) is recorded so."""
+
+    __slots__ = (
+        "_errors",
+        "_metrics",
+        "_scope",
+        "_span",
+        "_started",
+        "access_log",
+        "graph",
+        "status",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        graph: str,
+        metrics: GraphMetrics | None,
+        errors: RouterMetrics | None,
+        scope: server_span | None,
+        access_log: bool,
+    ) -> None:
+        self.graph = graph
+        self._metrics = metrics
+        self._errors = errors
+        self._scope = scope
+        self._span: Span | None = None
+        self.access_log = access_log
+        self.status = 500
+        self._started = 0.0
+        self.upstream = UpstreamTime() if metrics is not None else None
+
+    def __enter__(self) -> RequestRecorder:
+        self._started = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
+        if self._scope is not None:
+            self._span = self._scope.__enter__()
+        return self
+
+    def failed(self, error: GraphRequestError) -> None:
+        """The request ends in ``error`` (its status is set separately, by ``answered``)."""
+        if error.status >= 500:
+            log.error("request failed: %s", error.cause, extra={"graph": self.graph})
+        if self._errors is not None:
+            self._errors.request_failed(self.graph, error)
+
+    def answered(self, status: int) -> None:
+        self.status = status
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        status = self.status
+        elapsed = time.perf_counter() - self._started
+        if kind is None:  # answered (not cancelled on the way)
+            span = self._span
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+            if self.access_log:
+                duration_ms = round(elapsed * 1000, 3)
+                log.info(
+                    "request",
+                    extra={"graph": self.graph, "status": status, "duration_ms": duration_ms},
+                )
+        if self._scope is not None:
+            self._scope.__exit__(kind, error, traceback)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.in_flight.dec()
+            upstream = self.upstream.seconds if self.upstream is not None else 0.0
+            metrics.finished(status, elapsed, upstream)

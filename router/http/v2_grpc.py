@@ -20,7 +20,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
-from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
+from infergraph.router.engine.errors import BadRequest, UpstreamConnectionError, UpstreamTimeout
 from infergraph.router.engine.transport import Reply, StepCall
 
 JSON = "application/json"
@@ -66,10 +66,21 @@ HTTP_STATUS = {
     "RESOURCE_EXHAUSTED": 429,
     "UNIMPLEMENTED": 501,
 }
+# Request parameters tritonclient sets itself: these go to ``infer`` as keyword arguments (each
+# with the JSON types it accepts); the other reserved names cannot be sent over gRPC.
+SEQUENCE_PARAMETERS: dict[str, tuple[type, ...]] = {
+    "sequence_id": (int, str),
+    "sequence_start": (bool,),
+    "sequence_end": (bool,),
+    "priority": (int,),
+    "timeout": (int,),
+}
+RESERVED_PARAMETERS = ("headers", "binary_data_output")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class InvalidV2Request(ValueError):
-    """The JSON body is not an Open Inference Protocol v2 request this step can send."""
+class InvalidV2Request(BadRequest, ValueError):
+    """The JSON body is not an Open Inference Protocol v2 request this step can send (400)."""
 
 
 def _tensor(spec: Any, index: int) -> InferInput:
@@ -78,6 +89,10 @@ def _tensor(spec: Any, index: int) -> InferInput:
     name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
     if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
         raise InvalidV2Request(f"inputs[{index}] needs name, shape and datatype")
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise InvalidV2Request(
+            f"inputs[{index}] ({name}): shape must be a list of non-negative integers"
+        )
     numpy_type = NUMPY_TYPES.get(datatype)
     if numpy_type is None:
         raise InvalidV2Request(f"inputs[{index}] ({name}): unsupported datatype {datatype}")
@@ -87,15 +102,59 @@ def _tensor(spec: Any, index: int) -> InferInput:
     try:
         if datatype == "BYTES":
             flat = np.array(data, dtype=np.object_).reshape(-1)
-            encoded = [v.encode() if isinstance(v, str) else bytes(v) for v in flat]
+            if not all(isinstance(v, str) for v in flat):
+                raise TypeError("BYTES data must be strings")
+            encoded = [v.encode() for v in flat]
             array = np.array(encoded, dtype=np.object_).reshape(shape)
         else:
             array = np.array(data, dtype=numpy_type).reshape(shape)
+        tensor = InferInput(name, shape, datatype)
+        tensor.set_data_from_numpy(array)
+    except OverflowError as exc:
+        raise InvalidV2Request(
+            f"inputs[{index}] ({name}): a value is out of range for {datatype}"
+        ) from exc
     except (ValueError, TypeError) as exc:
         raise InvalidV2Request(f"inputs[{index}] ({name}): {exc}") from exc
-    tensor = InferInput(name, [int(d) for d in shape], datatype)
-    tensor.set_data_from_numpy(array)
     return tensor
+
+
+def _requested_outputs(outputs: Any) -> list[InferRequestedOutput]:
+    if not isinstance(outputs, list):
+        raise InvalidV2Request('"outputs" must be a list')
+    requested = []
+    for index, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise InvalidV2Request(f"outputs[{index}] must be an object with a name")
+        requested.append(InferRequestedOutput(output["name"]))
+    return requested
+
+
+def _parameter_ok(key: str, value: Any) -> bool:
+    accepted = SEQUENCE_PARAMETERS.get(key, (str, bool, int, float))
+    if isinstance(value, bool):  # a JSON true is no integer
+        return bool in accepted
+    if isinstance(value, int):
+        low = 0 if key == "priority" else INT64_MIN  # priority is a uint64
+        return int in accepted and low <= value <= INT64_MAX
+    return isinstance(value, accepted)
+
+
+def _parameters(parameters: Any) -> dict[str, Any]:
+    """``infer`` keyword arguments for the request's parameters, checked as tritonclient would."""
+    if not isinstance(parameters, dict):
+        raise InvalidV2Request('"parameters" must be an object')
+    arguments: dict[str, Any] = {}
+    passed: dict[str, Any] = {}
+    for key, value in parameters.items():
+        if key in RESERVED_PARAMETERS or key.startswith("triton_"):
+            raise InvalidV2Request(f'parameter "{key}" is reserved and cannot be sent over gRPC')
+        if not _parameter_ok(key, value):
+            raise InvalidV2Request(f'parameter "{key}": unsupported value {value!r}')
+        (arguments if key in SEQUENCE_PARAMETERS else passed)[key] = value
+    if passed:
+        arguments["parameters"] = passed
+    return arguments
 
 
 def request_from_json(body: bytes) -> dict[str, Any]:
@@ -109,15 +168,12 @@ def request_from_json(body: bytes) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "inputs": [_tensor(spec, i) for i, spec in enumerate(document["inputs"])]
     }
-    outputs = document.get("outputs")
-    if isinstance(outputs, list):
-        arguments["outputs"] = [
-            InferRequestedOutput(o["name"]) for o in outputs if isinstance(o, dict) and "name" in o
-        ]
+    if document.get("outputs") is not None:  # null, as some clients send, is absent
+        arguments["outputs"] = _requested_outputs(document["outputs"])
     if isinstance(document.get("id"), str):
         arguments["request_id"] = document["id"]
-    if isinstance(document.get("parameters"), dict):
-        arguments["parameters"] = document["parameters"]
+    if document.get("parameters") is not None:
+        arguments.update(_parameters(document["parameters"]))
     return arguments
 
 
@@ -162,6 +218,22 @@ def _error(status: int, message: str) -> Reply:
     return Reply(status, orjson.dumps({"error": message}), JSON)
 
 
+def error_reply(exc: InferenceServerException, url: str, timeout: float | None) -> Reply:
+    """The reply v2 REST gives for a failed ``ModelInfer``; raises for failures below HTTP.
+
+    ``UNAVAILABLE`` is a connection error and ``DEADLINE_EXCEEDED`` a timeout; other codes map
+    through ``HTTP_STATUS``, and any code not listed there is 500.
+    """
+    code = (exc.status() or "").removeprefix("StatusCode.")
+    if code == "UNAVAILABLE":
+        raise UpstreamConnectionError(f'ModelInfer "{url}": {exc.message()}') from exc
+    if code == "DEADLINE_EXCEEDED":
+        raise UpstreamTimeout(
+            f'ModelInfer "{url}": context deadline exceeded (timeout {timeout} s)'
+        ) from exc
+    return _error(HTTP_STATUS.get(code, 500), exc.message() or code)
+
+
 class GrpcV2Transport:
     """One ``tritonclient.grpc.aio`` client (one HTTP/2 channel) per target, reused."""
 
@@ -190,11 +262,10 @@ class GrpcV2Transport:
         try:
             arguments = request_from_json(call.body)
         except InvalidV2Request as exc:
-            return _error(400, str(exc))
+            return _error(exc.status, exc.cause)
         metadata = {
             name.lower(): value for name, value in call.headers if name.lower() != "content-type"
         }
-        url = call.target.url
         try:
             result = await self._client(call).infer(
                 model_name=call.model,
@@ -204,13 +275,6 @@ class GrpcV2Transport:
                 **arguments,
             )
         except InferenceServerException as exc:
-            code = (exc.status() or "").removeprefix("StatusCode.")
-            if code == "UNAVAILABLE":
-                raise UpstreamConnectionError(f'ModelInfer "{url}": {exc.message()}') from exc
-            if code == "DEADLINE_EXCEEDED":
-                raise UpstreamTimeout(
-                    f'ModelInfer "{url}": context deadline exceeded (timeout {call.timeout} s)'
-                ) from exc
-            return _error(HTTP_STATUS.get(code, 500), exc.message() or code)
+            return error_reply(exc, call.target.url, call.timeout)
         response = result.get_response()
         return Reply(200, orjson.dumps(response_to_json(response)), JSON)

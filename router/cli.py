@@ -42,7 +42,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--max-body-bytes", type=int, default=32 * 1024 * 1024, help="413 above (default 32 MiB)"
     )
     p.add_argument("--reload-interval", type=float, default=1.0, help="graph file poll seconds")
-    p.add_argument("--max-connections", type=int, default=1024, help="downstream pool size")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        help="downstream connections per backend (scheme, host and port; default 1024)",
+    )
+    p.add_argument(
+        "--pool-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a step call waits for a free connection to its backend, then 503 (default 5)",
+    )
+    p.add_argument(
+        "--idle-connection-seconds",
+        type=float,
+        default=4.0,
+        help="close pooled keep-alive connections idle this long (default 4, below uvicorn's 5)",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="request line and headers above this get 431 (default 1 MiB, as Go's net/http)",
+    )
+    p.add_argument(
+        "--server",
+        choices=("fast", "aiohttp"),
+        default="fast",
+        help="HTTP server: the router's own on httptools (fast) or aiohttp's low-level server",
+    )
+    p.add_argument(
+        "--list-graphs",
+        action="store_true",
+        help="name the graphs served in the 404 for an unknown graph (off: tenants stay private)",
+    )
     p.add_argument(
         "--client",
         choices=("fast", "aiohttp"),
@@ -94,6 +128,11 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         max_body_bytes=args.max_body_bytes,
         reload_interval=args.reload_interval,
         max_connections=args.max_connections,
+        pool_timeout=args.pool_timeout,
+        idle_connection_seconds=args.idle_connection_seconds,
+        max_header_bytes=args.max_header_bytes,
+        server=args.server,
+        list_graphs=args.list_graphs,
         client=args.client,
         workers=args.workers,
         tracing=tracing_wanted(args.tracing, os.environ),

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 Client = Literal["fast", "aiohttp"]
+# The HTTP/1.1 server the router listens with: its own on httptools, or aiohttp's.
+Server = Literal["fast", "aiohttp"]
 # "process": spans are encoded and sent by a child process (off the event loop's GIL);
 # "thread": the SDK's BatchSpanProcessor in this process.
 SpanExport = Literal["process", "thread"]
@@ -47,8 +49,19 @@ class RouterSettings:
     drain_seconds: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
     reload_interval: float = 1.0
+    # Downstream connections per backend (scheme, host, port), as Envoy's per-cluster
+    # max_connections; a call waits at most pool_timeout seconds for one, then fails with 503.
     max_connections: int = 1024
+    pool_timeout: float = 5.0
+    # Pooled idle keep-alive connections are closed after this many seconds, before common
+    # servers' own keep-alive timeouts (uvicorn's is 5 s) can race a reused connection.
+    idle_connection_seconds: float = 4.0
     client: Client = "fast"
+    server: Server = "fast"
+    # Request line plus headers, as Go's MaxHeaderBytes (1 MiB).
+    max_header_bytes: int = 1024 * 1024
+    # A 404 for an unknown graph names the graphs served only when this is on.
+    list_graphs: bool = False
     # Processes serving the port together (SO_REUSEPORT); 1 serves in this process.
     workers: int = 1
     # Set by the supervisor of several workers: where they share their metrics.
@@ -63,13 +76,18 @@ class RouterSettings:
 
     def __post_init__(self) -> None:
         _check_choice("the downstream client", self.client, Client)
+        _check_choice("the server", self.server, Server)
         _check_choice("the span export", self.span_export, SpanExport)
         _check_choice(
             "the OTLP protocol (OTEL_EXPORTER_OTLP_PROTOCOL)", self.otlp_protocol, OtlpProtocol
         )
         if self.workers < 1 or (self.workers > 1 and self.port == 0):
             raise SettingsError("--workers needs a number from 1, and a fixed --port when above 1")
-        if self.max_body_bytes < 0 or self.max_connections < 1:
-            raise SettingsError("--max-body-bytes must be >= 0 and --max-connections >= 1")
+        if self.max_body_bytes < 0 or self.max_connections < 1 or self.max_header_bytes < 1024:
+            raise SettingsError(
+                "--max-body-bytes must be >= 0, --max-connections >= 1, --max-header-bytes >= 1024"
+            )
+        if self.pool_timeout <= 0 or self.idle_connection_seconds <= 0:
+            raise SettingsError("--pool-timeout and --idle-connection-seconds must be above 0")
         if self.drain_seconds < 0 or self.reload_interval <= 0:
             raise SettingsError("--drain-seconds must be >= 0 and --reload-interval above 0")

@@ -12,6 +12,7 @@
     ├── UpstreamError (500)               a step call failed below HTTP (raised by transports only)
     │   ├── UpstreamConnectionError
     │   ├── UpstreamTimeout
+    │   ├── UpstreamOverloaded (503)      no connection to the backend became free in time
     │   └── InvalidStepUrl
     └── BadRequest (4xx)                  the client's request itself is wrong
         ├── BodyTooLarge (413)
@@ -84,6 +85,13 @@ class UpstreamConnectionError(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     pass
+
+
+class UpstreamOverloaded(UpstreamError):
+    """Every connection to the step's backend stayed busy for the whole pool timeout (Envoy
+    answers its connection-pool overflow with 503 too)."""
+
+    status = 503
 
 
 class InvalidStepUrl(UpstreamError):

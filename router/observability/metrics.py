@@ -38,6 +38,7 @@ def cause(error: BaseException) -> str:
     for kind, label in (
         (errors.UpstreamTimeout, "timeout"),
         (errors.UpstreamConnectionError, "connection"),
+        (errors.UpstreamOverloaded, "overloaded"),
         (errors.InvalidStepUrl, "connection"),
         (errors.NoRouteMatched, "no_route"),
         (errors.NestedNoRouteMatched, "no_route"),

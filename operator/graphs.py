@@ -73,3 +73,8 @@ def problems(spec: dict[str, Any], name: str) -> list[str]:
     except GraphSpecError as exc:
         return [str(p) for p in exc.problems] or [str(exc)]
     return []
+
+
+def invalid_graph_message(problems: list[str]) -> str:
+    """The message the webhook refuses an invalid graph with, and its Ready condition says."""
+    return "invalid graph:\n" + "\n".join(f"  - {p}" for p in problems)

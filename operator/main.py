@@ -1,4 +1,4 @@
-"""Run the operator: configure the handlers and hand control to kopf."""
+"""Run the operator: build its handler registry and memo, and hand control to kopf."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ import kopf
 from infergraph.operator import handlers
 from infergraph.operator.knative import ROUTER_IMAGE
 from infergraph.operator.reconcile import OperatorSettings
+
+
+def webhook_server(
+    *,
+    port: int | None,
+    host: str | None = None,
+    addr: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+) -> kopf.WebhookServer | None:
+    """The admission webhook's server, when a port is given (else no webhook is served)."""
+    if port is None:
+        return None
+    return kopf.WebhookServer(addr=addr, port=port, host=host, certfile=cert, pkeyfile=key)
 
 
 def run_operator(
@@ -23,21 +37,16 @@ def run_operator(
     webhook_cert: str | None = None,
     webhook_key: str | None = None,
 ) -> int:
-    handlers.configure(
-        OperatorSettings(router_image=router_image or ROUTER_IMAGE, otlp_endpoint=otlp_endpoint)
+    settings = OperatorSettings(
+        router_image=router_image or ROUTER_IMAGE, otlp_endpoint=otlp_endpoint
     )
-    if webhook_port is not None:
-        handlers.register_admission(
-            kopf.WebhookServer(
-                addr=webhook_addr,
-                port=webhook_port,
-                host=webhook_host,
-                certfile=webhook_cert,
-                pkeyfile=webhook_key,
-            )
-        )
+    admission = webhook_server(
+        port=webhook_port, host=webhook_host, addr=webhook_addr, cert=webhook_cert, key=webhook_key
+    )
     asyncio.run(
         kopf.operator(
+            registry=handlers.build_registry(admission),
+            memo=handlers.new_memo(settings),
             clusterwide=clusterwide or not namespaces,
             namespaces=namespaces,
             standalone=True,

@@ -4,15 +4,19 @@ ConfigMap plus a router Knative Service, and status mirrored back.
 Objects are written with server-side apply under one field manager, so every handler is
 idempotent and repeated calls converge; conflicts with other managers are forced in our favour
 only for the fields we own.
+
+What a status says is decided by pure functions (``predictor_status``, ``graph_status``,
+``predictor_readiness`` ...) from the objects read; ``Reconciler`` only reads and writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -35,8 +39,17 @@ KSVC = ("serving.knative.dev", "v1", "services")
 
 @dataclass(frozen=True)
 class OperatorSettings:
+    """What the operator puts in the routers it deploys (from its command line)."""
+
     router_image: str = knative.ROUTER_IMAGE
     otlp_endpoint: str | None = None
+
+    def router_env(self) -> dict[str, str]:
+        """The environment of every graph router."""
+        env = {}
+        if self.otlp_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
+        return env
 
 
 def condition(status: bool | None, reason: str, message: str = "") -> dict[str, Any]:
@@ -73,6 +86,126 @@ def ksvc_ready(service: dict[str, Any] | None) -> tuple[bool, str | None, str]:
     return False, status.get("url"), "the Knative Service has not reported readiness yet"
 
 
+def is_ready(body: dict[str, Any]) -> bool:
+    """Whether an object's status has a Ready condition that is True."""
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (body.get("status") or {}).get("conditions") or []
+    )
+
+
+def invalid_predictor_status(errors: list[str]) -> dict[str, Any]:
+    """A Predictor whose Knative Service Knative would refuse (nothing is applied)."""
+    return {"conditions": [condition(False, "InvalidPredictor", "; ".join(errors))]}
+
+
+def predictor_status(
+    spec: PredictorSpec, service: dict[str, Any] | None, extra: list[str] | None = None
+) -> dict[str, Any]:
+    """A Predictor's status from its Knative Service: URL, inference endpoint, readiness.
+
+    ``extra`` are messages appended to the condition's (warnings about the manifest).
+    """
+    ready, url, message = ksvc_ready(service)
+    status: dict[str, Any] = {"url": url}
+    if url:
+        endpoint_url, protocol = knative.inference_endpoint(url, spec)
+        status["endpoint"] = Endpoint(
+            url=endpoint_url, protocol=protocol, model=spec.model.name
+        ).model_dump(mode="json", exclude_none=True)
+    message = "; ".join([m for m in [message, *(extra or [])] if m])
+    reason = "Ready" if ready else "KnativeServiceNotReady"
+    status["conditions"] = [condition(ready, reason, message)]
+    return status
+
+
+@dataclass(frozen=True)
+class PredictorReadiness:
+    """Where a graph's Predictors stand, each list in the order the Predictors were given."""
+
+    endpoints: dict[str, Endpoint]
+    missing: list[str]  # no such Predictor
+    unresolved: list[str]  # no endpoint yet (missing ones included): the graph cannot deploy
+    not_ready: list[str]  # not Ready, or no endpoint: the graph deploys, and is not Ready
+
+
+def predictor_readiness(predictors: Mapping[str, dict[str, Any] | None]) -> PredictorReadiness:
+    """From each referenced Predictor's object (None: not found): endpoints and what is lacking."""
+    endpoints: dict[str, Endpoint] = {}
+    missing, not_ready = [], []
+    for name, predictor in predictors.items():
+        if predictor is None:
+            missing.append(name)
+            continue
+        endpoint = (predictor.get("status") or {}).get("endpoint")
+        if endpoint:
+            endpoints[name] = Endpoint.model_validate(endpoint)
+        if not is_ready(predictor) or name not in endpoints:
+            not_ready.append(name)
+    unresolved = [name for name in predictors if name not in endpoints]
+    return PredictorReadiness(endpoints, missing, unresolved, not_ready)
+
+
+def invalid_graph_status(problems: list[str]) -> dict[str, Any]:
+    """A graph that does not compile (nothing is deployed), with every problem named."""
+    return {
+        "conditions": [condition(False, "InvalidGraph", graphs.invalid_graph_message(problems))]
+    }
+
+
+def unresolved_graph_status(readiness: PredictorReadiness) -> dict[str, Any] | None:
+    """The status of a graph that cannot be deployed yet, or None when every step resolves."""
+    if not readiness.unresolved:
+        return None
+    message = f"Predictors without an endpoint yet: {', '.join(readiness.unresolved)}"
+    if readiness.missing:
+        message = f"Predictors not found: {', '.join(readiness.missing)}"
+    return {"conditions": [condition(False, "PredictorsNotReady", message)]}
+
+
+def graph_status(service: dict[str, Any] | None, not_ready: list[str]) -> dict[str, Any]:
+    """A deployed graph's status: Ready when its router and all its Predictors are."""
+    ready, url, message = ksvc_ready(service)
+    reasons = []
+    if not ready:
+        reasons.append(f"router: {message}")
+    if not_ready:
+        reasons.append(f"Predictors not ready: {', '.join(not_ready)}")
+    overall = ready and not not_ready
+    return {
+        "url": url,
+        "conditions": [condition(overall, "Ready" if overall else "NotReady", "; ".join(reasons))],
+    }
+
+
+def graph_config_map(
+    name: str, namespace: str, resolved: dict[str, Any], owner: dict[str, Any]
+) -> dict[str, Any]:
+    """The ConfigMap the graph's router reads: the graph with every step's URL filled in."""
+    document = {
+        "apiVersion": API_VERSION,
+        "kind": "InferenceGraph",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": resolved,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(name),
+            "namespace": namespace,
+            "labels": {**knative.MANAGED_BY, knative.GRAPH_LABEL: name},
+            "ownerReferences": [owner],
+        },
+        "data": {knative.GRAPH_FILE: json.dumps(document, indent=2, sort_keys=True)},
+    }
+
+
+def config_map_name(graph: str) -> str:
+    """The name of the ConfigMap holding the resolved graph ``graph``."""
+    return f"{graph}-graph"
+
+
 class Reconciler:
     def __init__(self, api: client.ApiClient, settings: OperatorSettings) -> None:
         self.custom = client.CustomObjectsApi(api)
@@ -97,6 +230,13 @@ class Reconciler:
             GROUP, VERSION, "predictors", namespace, name
         )
         return result
+
+    def graph(self, namespace: str, name: str) -> dict[str, Any]:
+        """An InferenceGraph (an ``ApiException`` when there is none)."""
+        body = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "inferencegraphs", name
+        )
+        return cast("dict[str, Any]", body)
 
     # writing
     def apply_ksvc(self, service: dict[str, Any]) -> None:
@@ -135,12 +275,7 @@ class Reconciler:
         )
         errors, warnings = knative.knative_problems(service)
         if errors:
-            self.set_status(
-                "predictors",
-                namespace,
-                name,
-                {"conditions": [condition(False, "InvalidPredictor", "; ".join(errors))]},
-            )
+            self.set_status("predictors", namespace, name, invalid_predictor_status(errors))
             return
         self.apply_ksvc(service)
         self.mirror_predictor(namespace, name, extra=warnings)
@@ -150,16 +285,7 @@ class Reconciler:
         if body is None:
             return
         spec = PredictorSpec.model_validate(body.get("spec") or {})
-        ready, url, message = ksvc_ready(self.ksvc(namespace, name))
-        status: dict[str, Any] = {"url": url}
-        if url:
-            endpoint_url, protocol = knative.inference_endpoint(url, spec)
-            status["endpoint"] = Endpoint(
-                url=endpoint_url, protocol=protocol, model=spec.model.name
-            ).model_dump(mode="json", exclude_none=True)
-        message = "; ".join([m for m in [message, *(extra or [])] if m])
-        reason = "Ready" if ready else "KnativeServiceNotReady"
-        status["conditions"] = [condition(ready, reason, message)]
+        status = predictor_status(spec, self.ksvc(namespace, name), extra)
         self.set_status("predictors", namespace, name, status)
 
     # graphs
@@ -173,75 +299,35 @@ class Reconciler:
             if predictor in graphs.referenced_predictors(g.get("spec") or {})
         ]
 
+    def refresh_graphs(self, namespace: str, predictor: str) -> None:
+        """A Predictor changed: re-resolve every graph that refers to it."""
+        for graph in self.graphs_referencing(namespace, predictor):
+            self.reconcile_graph(graph)
+
     def reconcile_graph(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         spec = body.get("spec") or {}
         problems = graphs.problems(spec, name)
         if problems:
-            message = "invalid graph:\n" + "\n".join(f"  - {p}" for p in problems)
-            status = {"conditions": [condition(False, "InvalidGraph", message)]}
-            self.set_status("inferencegraphs", namespace, name, status)
+            self.set_status("inferencegraphs", namespace, name, invalid_graph_status(problems))
             return
-        endpoints: dict[str, Endpoint] = {}
-        missing, not_ready = [], []
         referenced = sorted(graphs.referenced_predictors(spec))
-        for predictor_name in referenced:
-            predictor = self.predictor(namespace, predictor_name)
-            if predictor is None:
-                missing.append(predictor_name)
-                continue
-            pstatus = predictor.get("status") or {}
-            if pstatus.get("endpoint"):
-                endpoints[predictor_name] = Endpoint.model_validate(pstatus["endpoint"])
-            ready = any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in pstatus.get("conditions") or []
-            )
-            if not ready or predictor_name not in endpoints:
-                not_ready.append(predictor_name)
-        unresolved = [p for p in referenced if p not in endpoints]
-        if unresolved:
-            message = f"Predictors without an endpoint yet: {', '.join(unresolved)}"
-            if missing:
-                message = f"Predictors not found: {', '.join(missing)}"
-            self.set_status(
-                "inferencegraphs",
-                namespace,
-                name,
-                {"conditions": [condition(False, "PredictorsNotReady", message)]},
-            )
+        readiness = predictor_readiness({p: self.predictor(namespace, p) for p in referenced})
+        unresolved = unresolved_graph_status(readiness)
+        if unresolved is not None:
+            self.set_status("inferencegraphs", namespace, name, unresolved)
             return
-        resolved = graphs.resolve(spec, endpoints)
-        document = {
-            "apiVersion": API_VERSION,
-            "kind": "InferenceGraph",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": resolved,
-        }
-        config_name = f"{name}-graph"
         owner = owner_reference(body)
+        config_name = config_map_name(name)
         self.core.patch_namespaced_config_map(
             config_name,
             namespace,
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {
-                    "name": config_name,
-                    "namespace": namespace,
-                    "labels": {**knative.MANAGED_BY, knative.GRAPH_LABEL: name},
-                    "ownerReferences": [owner],
-                },
-                "data": {knative.GRAPH_FILE: json.dumps(document, indent=2, sort_keys=True)},
-            },
+            graph_config_map(name, namespace, graphs.resolve(spec, readiness.endpoints), owner),
             field_manager=MANAGER,
             force=True,
             _content_type=APPLY,
         )
-        env = {}
-        if self.settings.otlp_endpoint:
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.settings.otlp_endpoint
         settings = InferenceGraphSpec.model_validate(spec)
         service = knative.router_service(
             name,
@@ -253,23 +339,11 @@ class Reconciler:
             timeout=settings.timeout,
             service_account=settings.service_account_name,
             affinity=settings.affinity,
-            env=env,
+            env=self.settings.router_env(),
         )
         self.apply_ksvc(service)
-        self.mirror_graph(namespace, name, not_ready)
+        self.mirror_graph(namespace, name, readiness.not_ready)
 
     def mirror_graph(self, namespace: str, name: str, not_ready: list[str]) -> None:
-        ready, url, message = ksvc_ready(self.ksvc(namespace, name))
-        reasons = []
-        if not ready:
-            reasons.append(f"router: {message}")
-        if not_ready:
-            reasons.append(f"Predictors not ready: {', '.join(not_ready)}")
-        overall = ready and not not_ready
-        status = {
-            "url": url,
-            "conditions": [
-                condition(overall, "Ready" if overall else "NotReady", "; ".join(reasons))
-            ],
-        }
+        status = graph_status(self.ksvc(namespace, name), not_ready)
         self.set_status("inferencegraphs", namespace, name, status)

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infergraph.router.protocols import Protocol
 from infergraph.router.engine.spec import InferenceRouter, RouterTimeouts
+from infergraph.router.protocols import Protocol
 
 GROUP = "infergraph.dev"
 VERSION = "v1alpha1"

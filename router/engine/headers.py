@@ -3,6 +3,10 @@
 Patterns are regular expressions matched anywhere (unanchored, case-sensitive) in the header's
 canonical name (``X-Request-Id`` form). ``None`` (the variable unset) forwards nothing; an empty
 setting forwards every header. A pattern that does not compile is reported and skipped.
+
+Hop-by-hop headers are never forwarded: the fixed list, and every header the request's
+``Connection`` header names (RFC 9110, 7.6.1), as Go's reverse proxy drops them. Values are
+forwarded exactly as they arrived (the server hands them over as Latin-1 strings of the bytes).
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def canonical_name(name: str) -> str:
     return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
+def _connection_nominated(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The canonical names the ``Connection`` header lists (``Connection: close, X-Hop``)."""
+    names: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            names.update(
+                canonical_name(token.strip()) for token in value.split(",") if token.strip()
+            )
+    return frozenset(names)
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderPolicy:
     """A compiled ``PROPAGATE_HEADERS`` setting."""
@@ -70,9 +85,11 @@ class HeaderPolicy:
         patterns = self.patterns
         selected: list[tuple[str, str]] = []
         if patterns is not None:
+            incoming = tuple(incoming)
+            nominated = _connection_nominated(incoming)
             for name, value in incoming:
                 canonical = canonical_name(name)
-                if canonical in HOP_BY_HOP:
+                if canonical in HOP_BY_HOP or (nominated and canonical in nominated):
                     continue
                 if not patterns or any(p.search(canonical) for p in patterns):
                     selected.append((canonical, value))

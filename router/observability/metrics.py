@@ -274,6 +274,10 @@ class RouterMetrics:
     def request_failed(self, graph: str, error: BaseException) -> None:
         self.errors.labels(graph, cause(error)).inc()
 
+    def client_closed(self, graph: str) -> None:
+        """The client went away before its answer (counted as code 499, not as a 5xx)."""
+        self.errors.labels(graph, "client_closed").inc()
+
 
 class GraphMetrics:
     """One graph's request metrics with their label children bound once (``labels()`` is the

@@ -7,6 +7,7 @@ with (or the error it failed with), and gives the engine its ``upstream`` watche
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from infergraph.router.observability.tracing import server_span
 
 log = logging.getLogger("infergraph.router")
+CLIENT_CLOSED = 499
 
 
 class UpstreamTime:
@@ -52,8 +54,9 @@ class UpstreamTime:
 class RequestRecorder:
     """Records one graph request; a context manager around the whole request.
 
-    ``status`` starts at 500: a request that ends by an exception (the client went away and the
-    handler was cancelled) is recorded so."""
+    A request that ends because the client went away (the handler was cancelled, or a stream
+    it was relaying was closed) is recorded as 499, nginx's "client closed request", with the
+    error cause ``client_closed``: it is not a server error."""
 
     __slots__ = (
         "_errors",
@@ -109,8 +112,12 @@ class RequestRecorder:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        status = self.status
         elapsed = time.perf_counter() - self._started
+        if kind is not None and issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
+            self.status = CLIENT_CLOSED
+            if self._errors is not None:
+                self._errors.client_closed(self.graph)
+        status = self.status
         if kind is None:  # answered (not cancelled on the way)
             span = self._span
             if span is not None:

@@ -57,14 +57,17 @@ class Telemetry:
             transport = TracingTransport(transport, self.tracer)
         return transport
 
-    def recorder(self, graph: str, headers: Mapping[str, str], path: str) -> RequestRecorder:
-        """The recorder of one request to ``graph``."""
+    def recorder(
+        self, graph: str, headers: Callable[[], Mapping[str, str]], path: str
+    ) -> RequestRecorder:
+        """The recorder of one request to ``graph``; ``headers`` gives the request's headers
+        by lower-case name (asked for only when tracing, for the caller's trace context)."""
         metrics = self.metrics
         return RequestRecorder(
             graph,
             metrics.for_graph(graph) if metrics is not None else None,
             metrics,
-            server_span(self.tracer, headers, graph, path) if self.tracer is not None else None,
+            server_span(self.tracer, headers(), graph, path) if self.tracer is not None else None,
             self.access_log,
         )
 

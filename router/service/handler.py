@@ -1,9 +1,9 @@
-"""The router's HTTP front: one request handler on aiohttp's low-level server.
+"""The router's request handler: what each request gets, whichever HTTP server carried it.
 
 ``/readyz`` and ``/healthz`` answer probes, ``/metrics`` the scrape; every other request runs a
 graph. Errors are rendered here, in one place, from the status their exception carries; the
-request's telemetry is the recorder's (``observability.recorder``), the process around the
-handler is ``lifecycle``'s.
+request's telemetry is the recorder's (``observability.recorder``); the servers
+(``server``, ``aiohttp_server``) and the process around them are elsewhere (``lifecycle``).
 """
 
 from __future__ import annotations
@@ -11,20 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import ExitStack, aclosing
 
 import orjson
 import pygjson
-from aiohttp import web
 
 from infergraph.router.engine.context import ExecutionContext
-from infergraph.router.engine.errors import (
-    BodyTooLarge,
-    ClientReadTimeout,
-    DeadlineExceeded,
-    GraphRequestError,
-)
+from infergraph.router.engine.errors import DeadlineExceeded, GraphRequestError
 from infergraph.router.engine.headers import HeaderPolicy
 from infergraph.router.engine.plan import GraphPlan
 from infergraph.router.engine.steps import run_graph
@@ -32,17 +27,22 @@ from infergraph.router.engine.transport import Reply, Transport
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.deadlines import Deadlines
+from infergraph.router.service.messages import Request, Response
 from infergraph.router.service.registry import GraphRegistry
 from infergraph.router.settings import RouterSettings
 
 log = logging.getLogger("infergraph.router")
 
 JSON = "application/json"
+READY = Response(200)
+SHUTTING_DOWN = Response(503, b"shutting down", "text/plain; charset=utf-8")
+HEALTHY = Response(200, b"ok", "text/plain; charset=utf-8")
+STREAM_HEADERS = (("Cache-Control", "no-cache"),)
 
 
-def error_response(error: GraphRequestError) -> web.Response:
+def error_response(error: GraphRequestError) -> Response:
     body = orjson.dumps({"error": "Failed to process request", "cause": error.cause})
-    return web.Response(status=error.status, body=body, content_type=JSON)
+    return Response(error.status, body, JSON)
 
 
 def _content_type(reply: Reply) -> str:
@@ -54,64 +54,22 @@ def _content_type(reply: Reply) -> str:
     return declared or "application/octet-stream"
 
 
-def _check_length(request: web.BaseRequest, limit: int) -> None:
-    length = request.content_length
-    if length is not None and length > limit:
-        raise BodyTooLarge(f"request body of {length} bytes is over the limit of {limit}")
-
-
-def buffered_body(request: web.BaseRequest) -> bytes | None:
-    """The body if it has already arrived whole (the common case for small requests), else None."""
-    stream = request.content
-    if stream.is_eof():
-        return stream.read_nowait()
-    return None
-
-
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole request body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    stream = request.content
-    while True:
-        chunk = await stream.readany()
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def stream_reply(
-    request: web.BaseRequest, reply: Reply, chunks: AsyncGenerator[bytes, None]
-) -> web.StreamResponse:
-    """Relay a streamed step reply (server-sent events) chunk by chunk as it arrives.
-
-    If the client goes away the handler is cancelled, which closes ``chunks`` and so the
-    upstream connection: the model server stops generating.
-    """
-    response = web.StreamResponse(status=reply.status)
-    response.headers["Content-Type"] = reply.content_type or "text/event-stream"
-    response.headers["Cache-Control"] = "no-cache"
-    async with aclosing(chunks):
-        await response.prepare(request)
-        try:
+async def _relay(
+    chunks: AsyncGenerator[bytes, None], recorder: RequestRecorder, scope: ExitStack
+) -> AsyncGenerator[bytes, None]:
+    """A streamed step reply (server-sent events), chunk by chunk as it arrives; the request's
+    recording ends with the stream. If the client goes away, closing this closes ``chunks``
+    and so the upstream call: the model server stops generating."""
+    try:
+        async with aclosing(chunks):
             async for chunk in chunks:
-                await response.write(chunk)
-        except GraphRequestError as error:
-            log.error("stream from the model server broke off: %s", error.cause)
-            _abort(request)
-            return response
-    await response.write_eof()
-    return response
-
-
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+                yield chunk
+    except GraphRequestError as error:
+        log.error("stream from the model server broke off: %s", error.cause)
+        recorder.failed(error)
+        raise
+    finally:
+        scope.__exit__(*sys.exc_info())
 
 
 class RouterService:
@@ -136,83 +94,74 @@ class RouterService:
         for rejected in self.headers.rejected:
             log.error("PROPAGATE_HEADERS: skipping a pattern that does not compile: %s", rejected)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response:
         path = request.path
         if path == "/readyz":
-            if self.draining:
-                return web.Response(status=503, text="shutting down")
-            return web.Response(status=200)
+            return SHUTTING_DOWN if self.draining else READY
         if path == "/healthz":
-            return web.Response(status=200, text="ok")
+            return HEALTHY
         if path == "/metrics":
             page = self.telemetry.metrics_page()
             if page is not None:
-                return web.Response(body=page[0], headers={"Content-Type": page[1]})
+                return Response(200, page[0], page[1])
         try:
             plan = self.registry.lookup(path)
         except GraphRequestError as error:
             return error_response(error)
-        recorder = self.telemetry.recorder(plan.name, request.headers, path)
+        recorder = self.telemetry.recorder(plan.name, request.header_map, path)
         ctx = ExecutionContext(
             transport=self.transport,
-            headers=self.headers.forward(request.headers.items()),
+            headers=self.headers.forward(request.headers),
             service_timeout=plan.timeouts.service_client,
             rng=self.rng,
             graph=plan.name,
             observer=self.telemetry.observer(plan.name),
             calls=recorder.upstream,
         )
-        with recorder:
+        scope = ExitStack()
+        scope.enter_context(recorder)
+        with scope:
             response = await self._respond(request, plan, ctx, recorder)
             recorder.answered(response.status)
+            if response.stream is not None:
+                # The recording goes on while the stream is relayed: _relay ends it.
+                stream = _relay(response.stream, recorder, scope.pop_all())
+                return Response(
+                    response.status,
+                    content_type=response.content_type,
+                    headers=response.headers,
+                    stream=stream,
+                )
         return response
 
     async def _respond(
         self,
-        request: web.BaseRequest,
+        request: Request,
         plan: GraphPlan,
         ctx: ExecutionContext,
         recorder: RequestRecorder,
-    ) -> web.StreamResponse:
+    ) -> Response:
         try:
-            body = await self._body(request, plan.timeouts.server_read)
-            reply = await self._run(request, plan, body, ctx)
+            reply = await self._run(plan, request.body, ctx)
         except GraphRequestError as error:
             recorder.failed(error)
             if error.close_connection:
-                # As Go's ReadTimeout and WriteTimeout: the client sees its connection closed.
-                _abort(request)
-                return web.Response(status=error.status)
+                # As Go's WriteTimeout: the client sees its connection closed.
+                return Response(error.status, abort=True)
             return error_response(error)
         except Exception:
             log.exception("unexpected error while serving a request", extra={"graph": plan.name})
             return error_response(GraphRequestError("internal error in the router"))
         if reply.stream is not None:
-            return await stream_reply(request, reply, reply.stream)
-        response = web.Response(status=reply.status, body=reply.body)
-        response.headers["Content-Type"] = _content_type(reply)
-        return response
+            return Response(
+                reply.status,
+                content_type=reply.content_type or "text/event-stream",
+                headers=STREAM_HEADERS,
+                stream=reply.stream,
+            )
+        return Response(reply.status, reply.body, _content_type(reply))
 
-    async def _body(self, request: web.BaseRequest, read_timeout: float | None) -> bytes:
-        """The request body; ``ClientReadTimeout`` when it took longer than ``serverRead``."""
-        limit = self.settings.max_body_bytes
-        _check_length(request, limit)
-        body = buffered_body(request)
-        if body is not None:
-            if len(body) > limit:
-                raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
-            return body
-        try:
-            async with asyncio.timeout(read_timeout):
-                return await read_body(request, limit)
-        except TimeoutError as exc:
-            raise ClientReadTimeout(
-                f"the request body took longer than serverRead ({read_timeout} s)"
-            ) from exc
-
-    async def _run(
-        self, request: web.BaseRequest, plan: GraphPlan, body: bytes, ctx: ExecutionContext
-    ) -> Reply:
+    async def _run(self, plan: GraphPlan, body: bytes, ctx: ExecutionContext) -> Reply:
         """Run the graph; ``DeadlineExceeded`` when it ran past ``serverWrite``."""
         timeouts = plan.timeouts
         if timeouts.server_write is None:

@@ -1,5 +1,13 @@
-"""The router process's lifecycle: the listening socket, signals, the drain and the background
-tasks (graph reload, metrics publishing, the deadline sweep) around one ``RouterService``."""
+"""The router process's lifecycle: the server on its socket, signals, the drain and the
+background tasks (graph reload, metrics publishing, the deadline sweep) around one
+``RouterService``.
+
+After SIGTERM or SIGINT, ``/readyz`` answers 503 for ``drain_seconds`` while requests are still
+served (KServe's drain, so that load balancers stop sending); then the server stops accepting,
+closes idle connections and waits for every request in flight to finish (as Go's
+``Server.Shutdown`` does; each request is bounded by its graph's ``serverWrite``), and the
+process exits.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +15,56 @@ import asyncio
 import logging
 import signal
 from contextlib import suppress
+from typing import Protocol
 
-from aiohttp import web, web_server
-
+from infergraph.router.engine.errors import GraphNotFound
+from infergraph.router.service.aiohttp_server import AiohttpServer
 from infergraph.router.service.handler import RouterService
+from infergraph.router.service.server import HttpServer, Limits
 
 log = logging.getLogger("infergraph.router")
+DEFAULT_READ = 60.0  # KServe's serverRead default, for paths that name no graph
+DEFAULT_IDLE = 180.0
+
+
+class Server(Protocol):
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None: ...
+    async def shutdown(self) -> None: ...
+
+
+def limits(service: RouterService) -> Limits:
+    """The edge limits from the settings and the graphs' ``routerTimeouts``."""
+    registry = service.registry
+    plans = registry.plans
+
+    def read_timeout(path: str) -> float | None:
+        try:
+            return registry.lookup(path).timeouts.server_read
+        except GraphNotFound:
+            return DEFAULT_READ
+
+    single = plans[0].timeouts if len(plans) == 1 else None
+    return Limits(
+        max_header_bytes=service.settings.max_header_bytes,
+        max_body_bytes=service.settings.max_body_bytes,
+        idle_timeout=single.server_idle if single is not None else DEFAULT_IDLE,
+        read_timeout=read_timeout,
+        header_timeout=single.server_read if single is not None else DEFAULT_READ,
+    )
+
+
+def make_server(service: RouterService) -> Server:
+    if service.settings.server == "aiohttp":
+        return AiohttpServer(service.handle, limits(service))
+    return HttpServer(service.handle, limits(service))
 
 
 async def serve(service: RouterService) -> None:
-    """Run until SIGTERM/SIGINT, then drain: readyz turns 503, requests finish, then exit."""
+    """Run until SIGTERM/SIGINT, then drain, stop accepting, finish what is in flight."""
     settings = service.settings
     plans = service.registry.plans
-    idle = plans[0].timeouts.server_idle if len(plans) == 1 else 180.0
-    server = web_server.Server(
-        service.handle,
-        handler_cancellation=True,
-        keepalive_timeout=idle if idle is not None else 3600.0,
-        access_log=None,
-    )
-    runner = web.ServerRunner(server, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(
-        runner,
-        settings.host,
-        settings.port,
-        shutdown_timeout=max(settings.drain_seconds, 1.0),
-        reuse_port=settings.workers > 1 or None,
-    )
-    await site.start()
+    server = make_server(service)
+    await server.start(settings.host, settings.port, reuse_port=settings.workers > 1)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,6 +84,8 @@ async def serve(service: RouterService) -> None:
         service.draining = True
         log.info("signal received: draining for %.1f s", settings.drain_seconds)
         await asyncio.sleep(settings.drain_seconds)
+        log.info("drained: no new connections; waiting for the requests in flight")
+        await server.shutdown()
     finally:
         for task in (watcher, publisher):
             if task is not None:
@@ -64,5 +95,4 @@ async def serve(service: RouterService) -> None:
         await service.deadlines.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
         log.info("stopped")

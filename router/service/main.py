@@ -55,7 +55,7 @@ def run(settings: RouterSettings) -> int:
     """Serve until signalled; raises ``GraphSpecError`` (exit 1) if the graph is invalid.
 
     With ``settings.workers`` above 1, that many forked workers share the port."""
-    registry = GraphRegistry(settings.source)
+    registry = GraphRegistry(settings.source, list_graphs=settings.list_graphs)
     registry.load()
     # Everything loaded so far (modules, plans) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise stall requests for tens of milliseconds (and,

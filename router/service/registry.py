@@ -62,8 +62,11 @@ class _Loaded:
 class GraphRegistry:
     """Holds the current plans; ``lookup`` is what a request sees."""
 
-    def __init__(self, source: GraphSource) -> None:
+    def __init__(self, source: GraphSource, *, list_graphs: bool = False) -> None:
         self.source = source
+        # Whether a 404 names the graphs served: off by default, so that a client cannot
+        # enumerate the tenants of a shared router.
+        self.list_graphs = list_graphs
         self._single: _Loaded | None = None
         self._files: dict[Path, _Loaded] = {}
         self._by_name: dict[str, GraphPlan] = {}
@@ -96,12 +99,14 @@ class GraphRegistry:
             plan = self._by_name.get(name)
             if plan is not None:
                 return plan
-            raise GraphNotFound(
-                f"no graph named {name!r} (serving: {', '.join(sorted(self._by_name))})"
-            )
-        raise GraphNotFound(
-            f"POST to {GRAPHS_PREFIX}<name>; graphs: {', '.join(sorted(self._by_name))}"
-        )
+            raise GraphNotFound(f"no graph named {name!r}{self._served('serving')}")
+        raise GraphNotFound(f"POST to {GRAPHS_PREFIX}<name>{self._served('graphs')}")
+
+    def _served(self, label: str) -> str:
+        if not self.list_graphs:
+            return ""
+        names = ", ".join(sorted(self._by_name))
+        return f" ({label}: {names})" if label == "serving" else f"; {label}: {names}"
 
     def reload_single(self) -> bool:
         """Reload ``--graph FILE`` if it changed; True when a new plan was swapped in."""

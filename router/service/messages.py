@@ -1,0 +1,53 @@
+"""The request and response the handler works on, whichever HTTP server carried them.
+
+Header names and values are ``str`` holding the bytes as sent, decoded as Latin-1 (the WSGI
+convention): nothing is lost, so a value with non-ASCII bytes is forwarded exactly as it came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One whole request: the server has read the body before the handler runs."""
+
+    method: str
+    path: str  # percent-decoded, without the query
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (``name`` in lower case), or None."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def header_map(self) -> dict[str, str]:
+        """Headers by lower-case name (the first value of each): for trace context extraction."""
+        found: dict[str, str] = {}
+        for key, value in self.headers:
+            found.setdefault(key.lower(), value)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What the handler answers.
+
+    ``stream``: the body arrives in chunks (server-sent events), relayed as they come; an
+    exception from it aborts the connection. ``abort``: close the client's connection without
+    answering (as Go's ``ReadTimeout``/``WriteTimeout`` do); ``status`` is only recorded.
+    """
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: Headers = ()
+    stream: AsyncGenerator[bytes, None] | None = None
+    abort: bool = False

@@ -78,7 +78,11 @@ async def step(request: web.Request) -> web.StreamResponse:
             "step": name,
             "path": request.path_qs,
             "method": request.method,
-            "headers": {str(k): v for k, v in request.headers.items()},
+            "headers": {k.decode(): v.decode("utf-8", "replace") for k, v in request.raw_headers},
+            # The bytes as they arrived, as Latin-1 strings (nothing lost or altered).
+            "raw_headers": [
+                [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers
+            ],
             "body": raw.decode("utf-8", "replace"),
             "time": time.time(),
         }
@@ -185,6 +189,10 @@ def main(argv: list[str] | None = None) -> None:
         access_log=None,
         print=None,
         handler_cancellation=True,
+        # Large headers (long bearer tokens) pass through the router to model servers.
+        max_line_size=1 << 20,
+        max_field_size=1 << 20,
+        max_headers=4096,
         loop=uvloop.new_event_loop(),
     )
 

@@ -67,7 +67,15 @@ class AiohttpServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.version < (1, 0):
-            return _refused(400, "HTTP/0.9 is refused")
+            # aiohttp would answer in HTTP/0.9's own version: answer as HTTP/1.1, then close.
+            if request.transport is not None:
+                body = error_body("only HTTP/1.0 and HTTP/1.1 are served (not HTTP/0.9)")
+                request.transport.write(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                )
+                request.transport.close()
+            return web.Response(status=400)
         limits = self.limits
         length = request.content_length
         if length is not None and length > limits.max_body_bytes:

@@ -7,6 +7,7 @@ them here, so a manifest we create would also be admitted by a real Knative.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from infergraph.operator.resources import PodPlacement, PredictorSpec
@@ -30,6 +31,26 @@ VLLM_IMAGE = "vllm/vllm-openai:v0.6.3"
 ROUTER_IMAGE = "ghcr.io/infergraph/router:0.1.0"
 GRAPH_MOUNT = "/etc/infergraph"
 GRAPH_FILE = "graph.json"
+# The router's drain after SIGTERM (passed as --drain-seconds), and what the pod's grace period
+# adds to it: the longest a request may run (serverWrite; KServe's default is 60 s, and with
+# no limit Knative's default revision timeout of 300 s) plus a margin for the exit itself.
+ROUTER_DRAIN_SECONDS = 30
+DEFAULT_SERVER_WRITE = 60
+UNBOUNDED_REQUEST_SECONDS = 300
+SHUTDOWN_MARGIN_SECONDS = 5
+
+
+def router_grace_seconds(server_write: float | None) -> int:
+    """Seconds a router pod needs between SIGTERM and SIGKILL: the drain, then every request
+    in flight finishing. Knative makes a revision's ``timeoutSeconds`` the pod's
+    ``terminationGracePeriodSeconds``, so the router's timeout is at least this."""
+    if server_write is None:
+        longest = DEFAULT_SERVER_WRITE
+    elif server_write == 0:
+        longest = UNBOUNDED_REQUEST_SECONDS
+    else:
+        longest = math.ceil(server_write)
+    return ROUTER_DRAIN_SECONDS + longest + SHUTDOWN_MARGIN_SECONDS
 
 
 def autoscaling_annotations(settings: PodPlacement) -> dict[str, str]:
@@ -171,15 +192,22 @@ def router_service(
     *,
     image: str = ROUTER_IMAGE,
     timeout: int | None = None,
+    server_write: float | None = None,
     service_account: str | None = None,
     affinity: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The graph's router: reads the resolved graph from a mounted ConfigMap (hot-reloaded)."""
+    """The graph's router: reads the resolved graph from a mounted ConfigMap (hot-reloaded).
+
+    Its ``timeoutSeconds`` (the pod's grace period under Knative) covers the router's drain
+    and the longest request, so SIGKILL never cuts a request the router was finishing."""
     container: dict[str, Any] = {
         "name": "router",
         "image": image,
-        "args": ["router", "--graph", f"{GRAPH_MOUNT}/{GRAPH_FILE}", "--port", "8080"],
+        "args": [
+            *("router", "--graph", f"{GRAPH_MOUNT}/{GRAPH_FILE}", "--port", "8080"),
+            *("--drain-seconds", str(ROUTER_DRAIN_SECONDS)),
+        ],
         "ports": [{"name": "http1", "containerPort": 8080}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 2},
         "volumeMounts": [{"name": "graph", "mountPath": GRAPH_MOUNT, "readOnly": True}],
@@ -202,8 +230,7 @@ def router_service(
     }
     if affinity:
         pod["affinity"] = affinity
-    if timeout is not None:
-        pod["timeoutSeconds"] = timeout
+    pod["timeoutSeconds"] = max(timeout or 0, router_grace_seconds(server_write))
     if service_account:
         pod["serviceAccountName"] = service_account
     return {

@@ -337,6 +337,9 @@ class Reconciler:
             owner,
             image=self.settings.router_image,
             timeout=settings.timeout,
+            server_write=settings.router_timeouts.server_write
+            if settings.router_timeouts
+            else None,
             service_account=settings.service_account_name,
             affinity=settings.affinity,
             env=self.settings.router_env(),

@@ -377,7 +377,10 @@ GRAPH_OWNER = {**OWNER, "kind": "InferenceGraph", "name": "iris"}
 ROUTER_CONTAINER: dict[str, Any] = {
     "name": "router",
     "image": "ghcr.io/infergraph/router:0.1.0",
-    "args": ["router", "--graph", "/etc/infergraph/graph.json", "--port", "8080"],
+    "args": [
+        *("router", "--graph", "/etc/infergraph/graph.json", "--port", "8080"),
+        *("--drain-seconds", "30"),
+    ],
     "ports": [{"name": "http1", "containerPort": 8080}],
     "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 2},
     "volumeMounts": [{"name": "graph", "mountPath": "/etc/infergraph", "readOnly": True}],
@@ -411,10 +414,39 @@ def test_router_service_defaults() -> None:
                 "spec": {
                     "containers": [ROUTER_CONTAINER],
                     "volumes": [{"name": "graph", "configMap": {"name": "iris-graph"}}],
+                    # Knative's grace period: 30 s drain + 60 s serverWrite + 5 s to exit.
+                    "timeoutSeconds": 95,
                 },
             }
         },
     }
+
+
+@pytest.mark.parametrize(
+    ("timeout", "server_write", "seconds"),
+    [
+        (None, None, 95),  # KServe's default serverWrite
+        (None, 10, 45),
+        (None, 0.5, 36),  # whole seconds, rounded up
+        (None, 0, 335),  # no serverWrite: Knative's default revision timeout bounds a request
+        (600, 60, 600),  # a longer request timeout stays
+        (30, 60, 95),  # a shorter one is raised to cover the drain
+    ],
+)
+def test_router_timeout_covers_the_drain_and_the_longest_request(
+    timeout: int | None, server_write: float | None, seconds: int
+) -> None:
+    settings = InferenceGraphSpec.model_validate({"nodes": NODES})
+    service = knative.router_service(
+        "iris",
+        "models",
+        "iris-graph",
+        settings,
+        GRAPH_OWNER,
+        timeout=timeout,
+        server_write=server_write,
+    )
+    assert service["spec"]["template"]["spec"]["timeoutSeconds"] == seconds
 
 
 def test_router_service_with_every_setting() -> None:
@@ -463,7 +495,7 @@ def test_router_service_with_every_setting() -> None:
         "nodeSelector": {"pool": "routers"},
         "tolerations": [{"key": "k", "operator": "Exists"}],
         "affinity": affinity,
-        "timeoutSeconds": 30,
+        "timeoutSeconds": 95,  # raised from 30 to cover the drain and serverWrite
         "serviceAccountName": "router-sa",
     }
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -194,14 +196,27 @@ def test_graph_dir_serves_each_graph_by_name_and_picks_up_changes(
 
 
 def test_the_embedded_demo_runs_and_stops_everything_it_started() -> None:
-    result = run_cli("demo", timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "-> 200" in result.stdout
-    assert '{"logistic":{"predictions":[1]},"forest":{"predictions":[1]}}' in result.stdout
-    assert '"name":"label","shape":[1],"datatype":"INT64","data":[2]' in result.stdout
-    assert "-> 404" in result.stdout
-    for port in (18081, 18082):
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, (
-                f"port {port} still served after the demo"
-            )
+    # The ports graphs/demo.yaml names are taken: the demo runs on free ones instead.
+    with contextlib.ExitStack() as held:
+        for port in (18081, 18082):
+            holder = held.enter_context(socket.socket())
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAITs
+            try:
+                holder.bind(("127.0.0.1", port))
+                holder.listen()
+            except OSError:  # something else holds it already, which serves as well
+                assert not processes.port_is_free(port)
+        result = run_cli("demo", timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "-> 200" in result.stdout
+        assert '{"logistic":{"predictions":[1]},"forest":{"predictions":[1]}}' in result.stdout
+        assert '"name":"label","shape":[1],"datatype":"INT64","data":[2]' in result.stdout
+        assert "-> 404" in result.stdout
+        used = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", result.stdout)]
+        assert len(set(used)) == 3, result.stdout  # two predictors and the router
+        assert not {18081, 18082} & set(used)
+        for port in used:
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", port)) != 0, (
+                    f"port {port} still served after the demo"
+                )

@@ -40,9 +40,11 @@ class ProtocolTransport:
 
 
 def make_transport(settings: RouterSettings) -> ManagedTransport:
-    http: ManagedTransport
-    if settings.client == "aiohttp":
-        http = AiohttpTransport(max_connections=settings.max_connections)
-    else:
-        http = FastTransport(max_connections=settings.max_connections)
+    """The HTTP client the settings name, with their per-backend connection limits."""
+    client = AiohttpTransport if settings.client == "aiohttp" else FastTransport
+    http: ManagedTransport = client(
+        max_connections=settings.max_connections,
+        pool_timeout=settings.pool_timeout,
+        idle_connection_seconds=settings.idle_connection_seconds,
+    )
     return ProtocolTransport(http, GrpcV2Transport())

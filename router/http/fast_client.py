@@ -5,31 +5,99 @@ A step call is a POST with a known body and a whole response read into memory, s
 needs far less than a general one: no cookies, redirects, proxies or streaming uploads. Doing
 only that work is what makes it cheaper per request than aiohttp's ``ClientSession``.
 
-Failures map to the engine's ``UpstreamError`` tree here and nowhere else. A call that meets a
-pooled keep-alive connection the server had already closed (nothing received) is retried once
-on a new connection; any other failure is reported, never retried.
+Connections are pooled per backend (scheme, host, port), as Envoy's per-cluster limits are: a
+backend has at most ``max_connections`` connections, and a call that finds them all busy waits
+at most ``pool_timeout`` seconds for one, then fails with ``UpstreamOverloaded`` (503). So one
+hung model server holds up only the calls to it. A streamed reply keeps its connection until
+the stream ends. An idle connection older than ``idle_connection_seconds`` is closed, never
+reused: shorter than common servers' keep-alive timeouts, so a reused connection seldom races
+the server closing it.
+
+As Go's net/http does for a POST, a request is sent again only when it provably never reached
+the server: its write on a reused connection failed at once (the server had reset it). A
+connection that closes after the request was written and before any byte of the response is
+an error, never a resend: the server may have acted on the request.
+
+Failures map to the engine's ``UpstreamError`` tree here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import contextlib
 import dataclasses
 import ssl
+import time
 from collections import deque
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import httptools
 
-from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
+from infergraph.router.engine.errors import (
+    UpstreamConnectionError,
+    UpstreamOverloaded,
+    UpstreamTimeout,
+)
 from infergraph.router.engine.transport import Headers, Reply, ServiceTarget, StepCall
 
 PoolKey = tuple[str, str, int]
 _COPY_LIMIT = 64 * 1024
 
 
-class _StaleConnection(Exception):
-    """A reused connection closed before any byte of the response arrived."""
+class _NotSent(Exception):
+    """The request's write failed at once: not a byte of it left this process."""
+
+
+class _Stream(collections.abc.AsyncGenerator[bytes, None]):
+    """A streamed reply body, made when its request is sent: the chunks the connection feeds
+    in as they arrive, then ``None`` (the end) or an exception.
+
+    A streamed connection is never reused. Reading to the end closes it; closing the stream
+    before that (even before reading anything) aborts it, so the model server stops.
+    """
+
+    __slots__ = ("_chunks", "_connection", "_done")
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._chunks: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        self._done = False
+
+    def feed(self, item: bytes | Exception | None) -> None:
+        self._chunks.put_nowait(item)
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._chunks.get()
+        except BaseException:
+            await self.aclose()
+            raise
+        if isinstance(item, bytes):
+            return item
+        self._done = True
+        if item is None:
+            self._connection.close()
+            raise StopAsyncIteration
+        self._connection.abort()
+        raise item
+
+    async def asend(self, value: None) -> bytes:
+        return await self.__anext__()
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
+        await self.aclose()
+        raise typ if isinstance(typ, BaseException) else typ() if val is None else val
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            self._connection.abort()
 
 
 class _Connection(asyncio.Protocol):
@@ -37,12 +105,15 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "_body",
-        "_chunks",
         "_content_type",
         "_framed",
         "_received",
+        "_stream",
         "_waiter",
         "closed",
+        "idle_since",
+        "lost",
+        "on_lost",
         "parser",
         "reused",
         "transport",
@@ -51,21 +122,34 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.closed = False
+        self.closed = False  # closing or closed: never to be used again
+        self.lost = False  # connection_lost has run
         self.reused = False
+        self.idle_since = 0.0
+        # Called once when the connection is lost (a streamed reply gives its slot back).
+        self.on_lost: collections.abc.Callable[[], None] | None = None
         self._waiter: asyncio.Future[Reply] | None = None
         self._body: list[bytes] = []
         self._content_type: str | None = None
         self._framed = False  # Content-Length or chunked: the message has a known end
         self._received = False
-        # Streaming replies: body chunks as they arrive, then None (end) or an exception.
-        self._chunks: asyncio.Queue[bytes | Exception | None] | None = None
+        self._stream: _Stream | None = None  # the streamed reply still being fed
+
+    @property
+    def usable(self) -> bool:
+        """Open as far as this process knows: not closed by us, the server or an error."""
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if self._stream is None and (waiter is None or waiter.done()):
+            # Bytes on an idle connection (a 408 before a close, say): as Go does, drop it.
+            self.close()
+            return
         self._received = True
         try:
             self.parser.feed_data(data)
@@ -75,24 +159,25 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamConnectionError(f"malformed HTTP response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.closed = self.lost = True
         waiter = self._waiter
-        if self._chunks is not None and waiter is not None and waiter.done():
+        stream = self._stream
+        if stream is not None and waiter is not None and waiter.done():
+            self._stream = None
             ended = self._received and not self._framed  # a stream delimited by the close
-            self._end_stream(
-                None if ended else UpstreamConnectionError("connection lost mid-stream")
-            )
-        if waiter is None or waiter.done():
-            return
-        if not self._received and self.reused:
-            waiter.set_exception(_StaleConnection())
-        elif self._received and not self._framed and self.parser.get_status_code():
-            self._complete()  # a body delimited by the end of the connection
-        else:
-            reason = f": {exc}" if exc else ""
-            self._fail(
-                UpstreamConnectionError(f"connection closed before the response ended{reason}")
-            )
+            stream.feed(None if ended else UpstreamConnectionError("connection lost mid-stream"))
+        elif waiter is not None and not waiter.done():
+            if self._received and not self._framed and self.parser.get_status_code():
+                self._complete()  # a body delimited by the end of the connection
+            else:
+                reason = f": {exc}" if exc else ""
+                what = "ended" if self._received else "arrived"
+                self._fail(
+                    UpstreamConnectionError(f"connection closed before the response {what}{reason}")
+                )
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -103,48 +188,25 @@ class _Connection(asyncio.Protocol):
             self._framed = True
 
     def on_headers_complete(self) -> None:
-        if self._chunks is not None and self._waiter is not None and not self._waiter.done():
+        waiter = self._waiter
+        if self._stream is not None and waiter is not None and not waiter.done():
             status = self.parser.get_status_code()
-            self._waiter.set_result(Reply(status, b"", self._content_type, stream=self._stream()))
+            waiter.set_result(Reply(status, b"", self._content_type, stream=self._stream))
 
     def on_body(self, body: bytes) -> None:
-        if self._chunks is not None:
-            self._chunks.put_nowait(body)
+        if self._stream is not None:
+            self._stream.feed(body)
         else:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._chunks is not None:
-            self._end_stream(None)
-        else:
+        stream = self._stream
+        if stream is None:
             self._complete()
-
-    # streaming
-    def _end_stream(self, outcome: Exception | None) -> None:
-        chunks, self._chunks = self._chunks, None
-        if chunks is not None:
-            chunks.put_nowait(outcome)
-
-    async def _stream(self) -> AsyncGenerator[bytes, None]:
-        """The body as it arrives; closing the iterator early aborts the connection."""
-        chunks = self._chunks
-        assert chunks is not None
-        finished = False
-        try:
-            while True:
-                item = await chunks.get()
-                if item is None:
-                    finished = True
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            # A streamed connection is not reused: close it, or abort it if the reader left early.
-            if finished:
-                self.close()
-            else:
-                self.abort()
+            return
+        self._stream = None
+        stream.feed(None)
+        self.close()  # every chunk is queued; the connection is done, read or not
 
     # request side
     def _complete(self) -> None:
@@ -158,7 +220,9 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(reply)
 
     def _fail(self, error: Exception) -> None:
-        self._end_stream(error)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.feed(error)
         self.close()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -175,18 +239,68 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def send(self, head: bytes, body: bytes, stream: bool = False) -> asyncio.Future[Reply]:
-        assert self.transport is not None
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
-        self._chunks = asyncio.Queue() if stream else None
+        """Write the request; ``_NotSent`` when the write failed at once."""
+        transport = self.transport
+        assert transport is not None
         self._body = []
         self._content_type = None
         self._framed = False
         self._received = False
         if len(body) <= _COPY_LIMIT:
-            self.transport.write(head + body)  # one small copy beats a vectored write
+            transport.write(head + body)  # one small copy beats a vectored write
         else:
-            self.transport.writelines((head, body))
+            transport.writelines((head, body))
+        # asyncio and uvloop both try the socket at once and close the transport when that
+        # fails: the server had already reset the connection.
+        if transport.is_closing():
+            self.closed = True
+            raise _NotSent()
+        self._stream = _Stream(self) if stream else None
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
         return waiter
+
+
+class _Pool:
+    """One backend's connections: the idle ones, and slots for the ones in use (``limit``
+    in all), handed to waiting calls in turn."""
+
+    __slots__ = ("idle", "in_use", "limit", "name", "waiters")
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.in_use = 0
+        self.idle: deque[_Connection] = deque()  # oldest first
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_acquire(self) -> bool:
+        if self.in_use < self.limit and not self.waiters:
+            self.in_use += 1
+            return True
+        return False
+
+    async def acquire(self, within: float) -> None:
+        """Wait for a slot; ``TimeoutError`` after ``within`` seconds."""
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(within):
+                await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # a slot was handed over as the wait ended: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to the first waiting call
+                return
+        self.in_use -= 1
 
 
 class _HeadCache:
@@ -214,25 +328,40 @@ class _HeadCache:
 
 
 class FastTransport:
-    """Pooled keep-alive HTTP/1.1 connections per (scheme, host, port)."""
+    """Pooled keep-alive HTTP/1.1 connections per backend (scheme, host, port)."""
 
-    def __init__(self, max_connections: int = 1024, max_idle_per_host: int = 512) -> None:
-        self._limit = asyncio.Semaphore(max_connections) if max_connections > 0 else None
+    def __init__(
+        self,
+        max_connections: int = 1024,
+        max_idle_per_host: int = 512,
+        pool_timeout: float = 5.0,
+        idle_connection_seconds: float = 4.0,
+    ) -> None:
+        self._max_connections = max_connections if max_connections > 0 else 2**62
         self._max_idle = max_idle_per_host
-        self._idle: dict[PoolKey, deque[_Connection]] = {}
+        self._pool_timeout = pool_timeout
+        self._idle_seconds = idle_connection_seconds
+        self._pools: dict[PoolKey, _Pool] = {}
         self._ssl: ssl.SSLContext | None = None
         self._open: set[_Connection] = set()
         self._heads = _HeadCache()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
 
     async def start(self) -> None:
-        return None
+        self._closed = False
 
     async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connection in list(self._open):
             connection.close()
         self._open.clear()
-        self._idle.clear()
+        self._pools.clear()
 
+    # connections
     async def _connect(self, target: ServiceTarget) -> _Connection:
         loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
@@ -246,76 +375,131 @@ class FastTransport:
         self._open.add(connection)
         return connection
 
-    def _release(self, key: PoolKey, connection: _Connection) -> None:
-        if connection.closed:
-            self._open.discard(connection)
-            return
-        idle = self._idle.setdefault(key, deque())
-        if len(idle) >= self._max_idle:
-            connection.close()
-            self._open.discard(connection)
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
+
+    def _checkout(self, pool: _Pool) -> _Connection | None:
+        """The most recently used idle connection that is open and not expired."""
+        idle = pool.idle
+        if not idle:
+            return None
+        horizon = time.monotonic() - self._idle_seconds
+        while idle:
+            connection = idle.pop()
+            if connection.idle_since <= horizon:  # expired, and so is every older one
+                self._discard(connection)
+                while idle:
+                    self._discard(idle.pop())
+                return None
+            if connection.usable:
+                return connection
+            self._discard(connection)
+        return None
+
+    def _checkin(self, pool: _Pool, connection: _Connection) -> None:
+        idle = pool.idle
+        if not connection.usable or self._closed or len(idle) >= self._max_idle:
+            self._discard(connection)
             return
         connection.reused = True
+        connection.idle_since = time.monotonic()
         idle.append(connection)
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self._idle_seconds, self._sweep)
 
+    def _sweep(self) -> None:
+        """Close the expired idle connections (checkout never uses them anyway); runs while
+        any connection is idle, every ``idle_connection_seconds``."""
+        self._sweeper = None
+        horizon = time.monotonic() - self._idle_seconds
+        waiting = False
+        for pool in self._pools.values():
+            idle = pool.idle
+            while idle and (idle[0].idle_since <= horizon or not idle[0].usable):
+                self._discard(idle.popleft())
+            waiting = waiting or bool(idle)
+        if waiting and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self._idle_seconds, self._sweep)
+
+    # calls
     async def _exchange(
-        self, key: PoolKey, target: ServiceTarget, head: bytes, body: bytes, stream: bool
+        self, pool: _Pool, target: ServiceTarget, head: bytes, body: bytes, stream: bool
     ) -> Reply:
-        idle = self._idle.get(key)
-        connection = None
-        while idle:
-            candidate = idle.pop()
-            if not candidate.closed:
-                connection = candidate
+        connection = self._checkout(pool)
+        attempts = 0
+        while True:
+            attempts += 1
+            if connection is None:
+                connection = await self._connect(target)
+            try:
+                waiter = connection.send(head, body, stream)
                 break
-            self._open.discard(candidate)
-        if connection is None:
-            connection = await self._connect(target)
+            except _NotSent:
+                self._discard(connection)
+                if not connection.reused:
+                    raise UpstreamConnectionError(
+                        "connection closed before the request was written"
+                    ) from None
+                # Never reached the server: send it on a new connection (the pool's other
+                # idle connections may be as stale).
+                connection = None
         try:
-            reply = await connection.send(head, body, stream)
+            reply = await waiter
         except BaseException:
             connection.abort()
             self._open.discard(connection)
             raise
         if stream:
             self._open.discard(connection)  # the reply's stream owns and closes it
+            # The connection keeps its slot until it is gone.
+            if connection.lost:
+                pool.release()
+            else:
+                connection.on_lost = pool.release
         else:
-            self._release(key, connection)
-        return reply
+            self._checkin(pool, connection)
+            pool.release()
+        return reply if attempts == 1 else dataclasses.replace(reply, attempts=attempts)
 
     async def _send(self, call: StepCall) -> Reply:
         target = call.target
         key = (target.scheme, target.host, target.port)
+        pool = self._pools.get(key)
+        if pool is None:
+            host = f"[{target.host}]" if ":" in target.host else target.host
+            pool = _Pool(f"{target.scheme}://{host}:{target.port}", self._max_connections)
+            self._pools[key] = pool
+        if not pool.try_acquire():
+            try:
+                await pool.acquire(self._pool_timeout)
+            except TimeoutError:
+                raise UpstreamOverloaded(
+                    f'Post "{target.url}": no connection to {pool.name} became free within '
+                    f"{self._pool_timeout} s ({pool.in_use} in use)"
+                ) from None
         head = self._heads.head(target, call.headers, len(call.body))
         try:
-            return await self._exchange(key, target, head, call.body, call.stream)
-        except _StaleConnection:
-            reply = await self._exchange(key, target, head, call.body, call.stream)
-            return dataclasses.replace(reply, attempts=2)
-
-    async def _limited(self, call: StepCall) -> Reply:
-        if self._limit is None:
-            return await self._send(call)
-        async with self._limit:
-            return await self._send(call)
+            return await self._exchange(pool, target, head, call.body, call.stream)
+        except BaseException:
+            pool.release()
+            raise
 
     async def send(self, call: StepCall) -> Reply:
         url = call.target.url
         try:
             if call.timeout is None:
-                return await self._limited(call)
+                return await self._send(call)
             async with asyncio.timeout(call.timeout):
-                return await self._limited(call)
+                return await self._send(call)
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f'Post "{url}": context deadline exceeded (timeout {call.timeout} s)'
             ) from exc
         except UpstreamConnectionError as exc:
             raise UpstreamConnectionError(f'Post "{url}": {exc.cause}') from exc
-        except _StaleConnection as exc:
-            raise UpstreamConnectionError(
-                f'Post "{url}": connection closed twice in a row'
-            ) from exc
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise UpstreamConnectionError(

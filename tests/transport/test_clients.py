@@ -4,6 +4,7 @@ answers in every framing (and misbehaves on request), and the aiohttp-based loca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import socket
@@ -121,6 +122,8 @@ class RawServer:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             return
+        except asyncio.CancelledError:
+            return  # stopped by the fixture; ending normally keeps Python 3.11's server quiet
         finally:
             writer.close()
 
@@ -216,21 +219,21 @@ async def test_connection_refused_names_the_url(transport: Any) -> None:
         await transport.send(call(f"http://127.0.0.1:{port}/x"))
 
 
-async def test_fast_client_retries_once_on_a_reused_connection_the_server_dropped(
-    raw_server: RawServer,
+async def test_a_request_the_server_read_and_dropped_is_not_sent_again(
+    transport: Any, raw_server: RawServer
 ) -> None:
-    transport = FastTransport()
-    try:
-        first = await transport.send(call(raw_server.url("/drop-reused"), b"1"))
-        second = await transport.send(call(raw_server.url("/drop-reused"), b"2"))
-    finally:
-        await transport.close()
-    assert (first.body, second.body) == (b"1", b"2")
-    assert (first.attempts, second.attempts) == (1, 2)
+    """The server read the second request on its keep-alive connection and closed it: it may
+    have acted on it, so (as Go's net/http for a POST) the call fails and nothing is resent."""
+    first = await transport.send(call(raw_server.url("/drop-reused"), b"1"))
+    with pytest.raises(UpstreamConnectionError, match=raw_server.url("/drop-reused")):
+        await transport.send(call(raw_server.url("/drop-reused"), b"2"))
+    third = await transport.send(call(raw_server.url("/drop-reused"), b"3"))
+    assert (first.body, first.attempts, third.body, third.attempts) == (b"1", 1, b"3", 1)
+    assert [body for _, _, body in raw_server.requests] == [b"1", b"2", b"3"]
     assert raw_server.connections == 2
 
 
-async def test_a_retry_is_counted_in_the_metrics(raw_server: RawServer) -> None:
+async def test_a_failed_call_is_not_counted_as_a_retry(raw_server: RawServer) -> None:
     metrics = RouterMetrics()
     inner = FastTransport()
     transport = MetricsTransport(inner, metrics)
@@ -239,11 +242,13 @@ async def test_a_retry_is_counted_in_the_metrics(raw_server: RawServer) -> None:
             step = dataclasses.replace(
                 call(raw_server.url("/drop-reused"), body), graph="g", node="root", step="s"
             )
-            await transport.send(step)
+            with contextlib.suppress(UpstreamConnectionError):
+                await transport.send(step)
     finally:
         await inner.close()
     labels = {"graph": "g", "node": "root", "step": "s"}
-    assert metrics.registry.get_sample_value("infergraph_retries_total", labels) == 2
+    assert metrics.registry.get_sample_value("infergraph_retries_total", labels) is None
+    assert len(raw_server.requests) == 3
 
 
 @pytest.fixture(scope="module")

@@ -69,10 +69,10 @@ class AiohttpServer:
         if request.version < (1, 0):
             # aiohttp would answer in HTTP/0.9's own version: answer as HTTP/1.1, then close.
             if request.transport is not None:
-                body = error_body("only HTTP/1.0 and HTTP/1.1 are served (not HTTP/0.9)")
+                cause = error_body("only HTTP/1.0 and HTTP/1.1 are served (not HTTP/0.9)")
                 request.transport.write(
                     b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(cause), cause)
                 )
                 request.transport.close()
             return web.Response(status=400)

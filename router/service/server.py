@@ -285,20 +285,25 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("unexpected error in the request handler")
             response = Response(500, error_body("internal error in the router"), "application/json")
-        if self.closed:
-            return
-        if response.abort:
-            self._abort()
-            return
-        if not keep_alive or self.server.shutting_down:
-            self.closing = True
         try:
+            if self.closed:
+                return
+            if response.abort:
+                self._abort()
+                return
+            if not keep_alive or self.server.shutting_down:
+                self.closing = True
             if response.stream is not None:
                 await self._write_stream(request, response)
             else:
                 self._write_whole(request, response)
         except (ConnectionError, asyncio.CancelledError):
             return
+        finally:
+            if response.stream is not None:
+                # Never relayed or cut short (the client left): closing the stream closes
+                # the upstream call, so the model server stops generating.
+                await response.stream.aclose()
         self._next()
 
     def _fields(self, response: Response) -> list[tuple[bytes, bytes]]:

@@ -11,7 +11,6 @@ sends a POST only once: it retries only idempotent methods on a reused connectio
 
 from __future__ import annotations
 
-import collections.abc
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,9 +22,10 @@ from infergraph.router.engine.errors import (
     UpstreamTimeout,
 )
 from infergraph.router.engine.transport import Reply, StepCall
+from infergraph.router.http.streams import ChunkStream
 
 
-class _BodyStream(collections.abc.AsyncGenerator[bytes, None]):
+class _BodyStream(ChunkStream):
     """A streamed body as it arrives. Closing the stream closes the response (and so its
     connection) even if it was never read."""
 
@@ -53,13 +53,6 @@ class _BodyStream(collections.abc.AsyncGenerator[bytes, None]):
             await self.aclose()
             raise StopAsyncIteration
         return chunk
-
-    async def asend(self, value: None) -> bytes:
-        return await self.__anext__()
-
-    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
-        await self.aclose()
-        raise typ if isinstance(typ, BaseException) else typ() if val is None else val
 
     async def aclose(self) -> None:
         if not self._done:

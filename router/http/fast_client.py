@@ -40,6 +40,7 @@ from infergraph.router.engine.errors import (
     UpstreamTimeout,
 )
 from infergraph.router.engine.transport import Headers, Reply, ServiceTarget, StepCall
+from infergraph.router.http.streams import ChunkStream
 
 PoolKey = tuple[str, str, int]
 _COPY_LIMIT = 64 * 1024
@@ -49,7 +50,7 @@ class _NotSent(Exception):
     """The request's write failed at once: not a byte of it left this process."""
 
 
-class _Stream(collections.abc.AsyncGenerator[bytes, None]):
+class _Stream(ChunkStream):
     """A streamed reply body, made when its request is sent: the chunks the connection feeds
     in as they arrive, then ``None`` (the end) or an exception.
 
@@ -86,13 +87,6 @@ class _Stream(collections.abc.AsyncGenerator[bytes, None]):
             raise StopAsyncIteration
         self._connection.abort()
         raise item
-
-    async def asend(self, value: None) -> bytes:
-        return await self.__anext__()
-
-    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
-        await self.aclose()
-        raise typ if isinstance(typ, BaseException) else typ() if val is None else val
 
     async def aclose(self) -> None:
         if not self._done:

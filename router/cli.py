@@ -12,13 +12,21 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
+from typing import cast, get_args
 
 from infergraph.router.engine.errors import GraphSpecError
 from infergraph.router.observability import logs
 from infergraph.router.service import main
 from infergraph.router.service.registry import load_file
-from infergraph.router.settings import GraphSource, OtlpProtocol, RouterSettings, SettingsError
+from infergraph.router.settings import (
+    Client,
+    GraphSource,
+    OtlpProtocol,
+    RouterSettings,
+    Server,
+    SettingsError,
+    SpanExport,
+)
 
 log = logging.getLogger("infergraph")
 
@@ -68,7 +76,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--server",
-        choices=("fast", "aiohttp"),
+        choices=get_args(Server),
         default="fast",
         help="HTTP server: the router's own on httptools (fast) or aiohttp's low-level server",
     )
@@ -79,7 +87,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--client",
-        choices=("fast", "aiohttp"),
+        choices=get_args(Client),
         default="fast",
         help="downstream HTTP client: the router's own (fast) or aiohttp's ClientSession",
     )
@@ -105,7 +113,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--span-export",
-        choices=("process", "thread"),
+        choices=get_args(SpanExport),
         default="process",
         help="encode and send spans in a child process (default, off the event loop's GIL) or "
         "in a thread of the router (OpenTelemetry's BatchSpanProcessor)",

@@ -4,6 +4,13 @@ A condition starting with ``$`` is JSONPath (jsonpath-ng's extended grammar, so 
 ``$.predictions[?(@.label == "dog")]`` work) and matches when it selects at least one value.
 Any other condition is a GJSON path, with KServe's meaning: the body is valid JSON and the path
 exists in it (``null`` and ``false`` values exist). An empty condition never matches.
+
+Go's gjson reads the body's bytes as they are, so a body with bytes that are not UTF-8 inside
+its strings is valid and its paths exist as usual; pygjson needs text, so such a body is read as
+the text Go sees (``Payload.gjson_text``: one U+FFFD per stray byte). A condition that cannot be
+evaluated on a body gjson calls valid (a JSONPath condition on a body that cannot be decoded,
+such as one that is not UTF-8; a JSONPath selection too deep to walk) raises ``Unevaluable``
+with the reason; the router type decides whose fault that is.
 """
 
 from __future__ import annotations
@@ -13,11 +20,16 @@ from typing import Any, Protocol
 import pygjson
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 
+from infergraph.router.engine import jsontext
 from infergraph.router.engine.payload import NotJSON, Payload
 
 
 class ConditionSyntaxError(ValueError):
     """A condition that cannot be compiled."""
+
+
+class Unevaluable(ValueError):
+    """A condition that cannot be evaluated on a body (which gjson calls valid JSON)."""
 
 
 class Condition(Protocol):
@@ -29,15 +41,31 @@ class Condition(Protocol):
 class GJSONCondition:
     """A GJSON path, as KServe evaluates conditions."""
 
-    __slots__ = ("_path", "source")
+    __slots__ = ("_path", "_validates", "source")
 
     def __init__(self, source: str) -> None:
         _check_gjson_syntax(source)
+        try:
+            self._path = pygjson.compile(source)
+        except Exception as exc:  # a lone surrogate (UnicodeEncodeError), or worse
+            raise ConditionSyntaxError(f"GJSON path {source!r} does not compile: {exc}") from exc
         self.source = source
-        self._path = pygjson.compile(source)
+        # The @valid modifier validates recursively on the native stack (see jsontext).
+        self._validates = "@valid" in source
 
     def matches(self, body: Payload) -> bool:
-        return body.is_json() and bool(pygjson.get_bytes(body.raw, self._path).exists())
+        if not body.is_json():
+            return False
+        if self._validates and not jsontext.shallow(body.raw):
+            raise Unevaluable(
+                f"the body nests over {jsontext.NATIVE_DEPTH} levels deep, too deep for the "
+                f"@valid modifier of {self.source!r}"
+            )
+        try:
+            result = pygjson.get_bytes(body.raw, self._path)
+        except UnicodeDecodeError:
+            result = pygjson.get(body.gjson_text(), self._path)
+        return bool(result.exists())
 
     def __repr__(self) -> str:
         return f"GJSONCondition({self.source!r})"
@@ -56,13 +84,21 @@ class JSONPathCondition:
         self.source = source
 
     def matches(self, body: Payload) -> bool:
-        try:
-            document = body.json()
-        except NotJSON:
+        if not body.is_json():
             return False
         try:
+            document = body.json()
+        except NotJSON as exc:
+            raise Unevaluable(
+                f"{exc}, so the JSONPath condition {self.source!r} cannot be read"
+            ) from exc
+        try:
             return bool(self._expr.find(document))
-        except (TypeError, ValueError, KeyError, AttributeError):
+        except RecursionError as exc:
+            raise Unevaluable(
+                f"the body nests too deeply for the JSONPath condition {self.source!r}"
+            ) from exc
+        except Exception:
             # A filter comparing values of different types (e.g. "a" > 1) selects nothing.
             return False
 

@@ -4,6 +4,9 @@ The result is ``{"<step name or index>": <step body>, ...}`` with status 200, so
 included. Each body must be a JSON object (or ``null``). A Hard step with a non-2xx status
 decides the result (the first such step in step order) and the branches still running are
 cancelled; any branch error fails the ensemble at once and cancels the rest.
+
+Bodies are checked with ``jsontext.valid``, which is safe at any depth (a model echoing a client
+body nested a million levels deep must not crash the router), and kept as they are.
 """
 
 from __future__ import annotations
@@ -11,9 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-import orjson
-import pygjson
-
+from infergraph.router.engine import jsontext
 from infergraph.router.engine.errors import EnsembleMergeError
 from infergraph.router.engine.mapping import input_from_node
 from infergraph.router.engine.transport import Reply
@@ -30,7 +31,7 @@ JSON = "application/json"
 def object_body(step: StepPlan, reply: Reply) -> bytes:
     """The body if it is a JSON object or ``null``, else ``EnsembleMergeError``."""
     body = reply.body.strip()
-    if body == b"null" or (body[:1] == b"{" and pygjson.validate(body)):
+    if body == b"null" or (body[:1] == b"{" and jsontext.valid(body)):
         return body
     kind = "empty" if not body else "not a JSON object"
     raise EnsembleMergeError(
@@ -40,7 +41,7 @@ def object_body(step: StepPlan, reply: Reply) -> bytes:
 
 def merge(keyed: list[tuple[str, bytes]]) -> bytes:
     """Concatenate already-validated JSON bodies into one object without re-encoding them."""
-    parts = [orjson.dumps(key) + b":" + body for key, body in keyed]
+    parts = [jsontext.dumps(key) + b":" + body for key, body in keyed]
     return b"{" + b",".join(parts) + b"}"
 
 
@@ -78,3 +79,6 @@ async def run(
             if ctx.observer is not None:
                 cancelled = [s for s, t in zip(node.steps, tasks, strict=True) if t in running]
                 ctx.observer.branches_cancelled(node, cancelled)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # seen: a second branch failing too is not "never retrieved"

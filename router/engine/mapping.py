@@ -9,10 +9,19 @@
   Names, shapes, datatypes and data are kept.
 - ``request``: a template for the whole body. Any string in it that starts with ``$request``,
   ``$response`` or ``$steps.`` is replaced by what it selects (``$$`` starts a literal ``$``).
+
+What a client sends can make a mapping fail, never crash: a request that cannot be decoded
+(not JSON, not UTF-8, nested deeper than the engine reads), a selection that cannot be evaluated
+on it (a filter comparing a string with a number, a recursive descent too deep for Python) or a
+value that cannot be encoded is a ``RequestMappingError`` (400) naming the reason; the same from a
+model's response is a ``MappingError`` (500). Documents too deep for orjson are decoded and
+encoded by ``jsontext``'s iterative fallback.
 """
 
 from __future__ import annotations
 
+import datetime
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +29,15 @@ from typing import Any
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 
 from infergraph.router.engine.errors import MappingError, RequestMappingError
+from infergraph.router.engine.jsontext import EncodeError
 from infergraph.router.engine.payload import NotJSON, Payload
 from infergraph.router.engine.transport import Reply
 
 ROOTS = ("$request", "$response", "$steps.")
+# How deep a request template may nest, and how many values it may hold (its own structure,
+# not what selections insert; YAML aliases can make a small text a huge tree).
+TEMPLATE_DEPTH = 64
+TEMPLATE_SIZE = 100_000
 
 
 class MappingSyntaxError(ValueError):
@@ -39,12 +53,24 @@ class Sources:
     earlier: Mapping[str, Reply] | None = None
 
 
+def _error(client_side: bool) -> type[MappingError | RequestMappingError]:
+    return RequestMappingError if client_side else MappingError
+
+
 def _document(payload: Payload, what: str, client_side: bool) -> Any:
     try:
         return payload.json()
     except NotJSON as exc:
-        error = RequestMappingError if client_side else MappingError
-        raise error(f"{what} is not JSON, so it cannot be mapped") from exc
+        raise _error(client_side)(
+            f"{what} cannot be read as JSON, so it cannot be mapped: {exc}"
+        ) from exc
+
+
+def _encoded(value: Any, what: str, client_side: bool) -> Payload:
+    try:
+        return Payload.of_json(value)
+    except EncodeError as exc:
+        raise _error(client_side)(f"{what} cannot be written as JSON: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,22 +87,39 @@ class Selection:
         origin = self._origin(sources)
         if self.expr is None:
             return origin
-        return Payload.of_json(self.value(sources, origin))
+        return _encoded(
+            self.value(sources, origin), f"what {self.source} selected", self.client_side(sources)
+        )
+
+    def client_side(self, sources: Sources) -> bool:
+        """Whether this selects from the node input (the client's), not from a model's reply."""
+        return self.root == "request" or (self.root == "response" and sources.previous is None)
 
     def value(self, sources: Sources, origin: Payload | None = None) -> Any:
         origin = origin or self._origin(sources)
-        client_side = self.root == "request"
-        document = _document(origin, f"the {self._describe()}", client_side)
+        client_side = self.client_side(sources)
+        document = _document(origin, f"the {self._describe(client_side)}", client_side)
         if self.expr is None:
             return document
-        matches = [match.value for match in self.expr.find(document)]
+        try:
+            matches = [match.value for match in self.expr.find(document)]
+        except RecursionError as exc:
+            raise _error(client_side)(
+                f"{self.source}: the {self._describe(client_side)} nests too deeply to search"
+            ) from exc
+        except Exception as exc:  # jsonpath-ng evaluating filters and functions on client data
+            raise _error(client_side)(
+                f"{self.source} cannot be evaluated on the {self._describe(client_side)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         if not matches:
-            error = RequestMappingError if client_side else MappingError
-            raise error(f"{self.source} selected nothing from the {self._describe()}")
+            raise _error(client_side)(
+                f"{self.source} selected nothing from the {self._describe(client_side)}"
+            )
         return matches[0] if len(matches) == 1 else matches
 
-    def _describe(self) -> str:
-        if self.root == "request":
+    def _describe(self, client_side: bool) -> str:
+        if client_side:
             return "request"
         if self.root == "response":
             return "previous response"
@@ -160,7 +203,40 @@ class Template:
         return fill(self.tree)
 
 
+def _check_template(tree: Any) -> None:
+    """Reject, without recursion, a template nesting deeper than ``TEMPLATE_DEPTH``, larger than
+    ``TEMPLATE_SIZE`` values, or holding a literal JSON cannot carry (YAML gives bytes, sets,
+    non-finite floats and huge integers; its dates are written as strings)."""
+    pending: list[tuple[Any, int]] = [(tree, 1)]
+    size = 0
+    while pending:
+        node, level = pending.pop()
+        size += 1
+        if size > TEMPLATE_SIZE:
+            raise MappingSyntaxError(f"the request template holds over {TEMPLATE_SIZE} values")
+        if isinstance(node, dict | list):
+            if level > TEMPLATE_DEPTH:
+                raise MappingSyntaxError(f"the request template nests over {TEMPLATE_DEPTH} levels")
+            children = node.values() if isinstance(node, dict) else node
+            pending.extend((child, level + 1) for child in children)
+        elif isinstance(node, bool | str | datetime.date | datetime.time) or node is None:
+            continue  # orjson writes dates and times as RFC 3339 strings
+        elif isinstance(node, int):
+            if not -(2**63) <= node < 2**64:
+                raise MappingSyntaxError("the request template holds an integer beyond 64 bits")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise MappingSyntaxError(f"the request template holds {node}, which JSON lacks")
+        else:
+            raise MappingSyntaxError(
+                f"the request template holds a {type(node).__name__} ({node!r}), which JSON "
+                "lacks (quote it)"
+            )
+
+
 def compile_template(tree: Any) -> Template:
+    _check_template(tree)
+
     def compile_node(node: Any) -> Any:
         if isinstance(node, str):
             if node.startswith("$$"):
@@ -183,19 +259,24 @@ class OutputsToInputs:
 
     renames: tuple[tuple[str, str], ...] | None  # None keeps every output under its own name
 
-    def apply(self, payload: Payload) -> Payload:
-        document = _document(payload, "the v2 response", client_side=False)
+    def apply(self, payload: Payload, client_side: bool = False) -> Payload:
+        """Convert ``payload``; ``client_side`` when it is the request (the node input, not a
+        model's reply), whose faults are the client's (400) rather than the model's (500)."""
+        what = "the request" if client_side else "the v2 response"
+        document = _document(payload, what, client_side)
         outputs = document.get("outputs") if isinstance(document, dict) else None
         if not isinstance(outputs, list):
-            raise MappingError("outputsToInputs: the response has no v2 outputs list")
-        by_name = {o.get("name"): o for o in outputs if isinstance(o, dict)}
+            raise _error(client_side)(f"outputsToInputs: {what} has no v2 outputs list")
+        by_name = {
+            o["name"]: o for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str)
+        }
         if self.renames is None:
             chosen = [(name, name) for name in by_name]
         else:
             missing = [old for old, _ in self.renames if old not in by_name]
             if missing:
-                raise MappingError(
-                    f"outputsToInputs: the response has no output named {', '.join(missing)}"
+                raise _error(client_side)(
+                    f"outputsToInputs: {what} has no output named {', '.join(missing)}"
                     f" (it has {', '.join(str(n) for n in by_name)})"
                 )
             chosen = list(self.renames)
@@ -209,7 +290,7 @@ class OutputsToInputs:
         request: dict[str, Any] = {"inputs": inputs}
         if "id" in document:
             request["id"] = document["id"]
-        return Payload.of_json(request)
+        return _encoded(request, "outputsToInputs: the v2 request", client_side)
 
 
 def compile_outputs_to_inputs(setting: bool | dict[str, str]) -> OutputsToInputs | None:
@@ -223,11 +304,16 @@ def compile_outputs_to_inputs(setting: bool | dict[str, str]) -> OutputsToInputs
 
 
 def predictions_to_instances(payload: Payload) -> Payload:
-    """``{"predictions": [...], ...}`` becomes ``{"instances": [...]}``; the rest is kept."""
-    document = payload.object_with("predictions")
+    """``{"predictions": [...], ...}`` becomes ``{"instances": [...]}`` (the other fields are
+    dropped); any other input passes unchanged, as KServe's ``json.Unmarshal`` failing leaves it.
+
+    As Go's encoding/json, bytes that are not UTF-8 read as U+FFFD and lone surrogate escapes
+    as U+FFFD; documents too deep for orjson are read (up to ``jsontext.MAX_DEPTH``).
+    """
+    document = payload.object_with("predictions", lossy_utf8=True)
     predictions = document["predictions"] if document is not None else None
     if isinstance(predictions, list) and predictions:
-        return Payload.of_json({"instances": predictions})
+        return _encoded({"instances": predictions}, "mapPredictionsToInstances", True)
     return payload
 
 
@@ -257,12 +343,14 @@ class StepInput:
 
     def build(self, sources: Sources) -> Payload:
         if self.template is not None:
-            return Payload.of_json(self.template.build(sources))
+            client_side = all(s.client_side(sources) for s in self.template.selections)
+            return _encoded(self.template.build(sources), "the request template", client_side)
         payload = sources.request if self.data is None else self.data.payload(sources)
         if self.map_predictions_to_instances:
             payload = predictions_to_instances(payload)
         if self.outputs_to_inputs is not None:
-            payload = self.outputs_to_inputs.apply(payload)
+            from_request = self.data is None or self.data.client_side(sources)
+            payload = self.outputs_to_inputs.apply(payload, from_request)
         return payload
 
 

@@ -1,61 +1,95 @@
-"""A request or response body as raw bytes, parsed at most once and only when a node needs it."""
+"""A request or response body as raw bytes, parsed at most once and only when a node needs it.
+
+Reading goes through ``jsontext``, so no body (invalid UTF-8, nesting thousands of levels deep,
+lone surrogate escapes, numbers beyond a double) makes the engine raise anything but
+``NotJSON`` with a reason.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-import pygjson
+from infergraph.router.engine import jsontext
+from infergraph.router.engine.jsontext import NotJSON, TooDeep
+
+__all__ = ["NotJSON", "Payload", "TooDeep"]
 
 _UNPARSED = object()
-
-
-class NotJSON(ValueError):
-    """The body is not a valid JSON document."""
 
 
 class Payload:
     """Bytes that travel between steps untouched, with a lazily cached JSON view."""
 
-    __slots__ = ("_parsed", "_valid", "raw")
+    __slots__ = ("_error", "_parsed", "_text", "_valid", "raw")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self._parsed: Any = _UNPARSED
         self._valid: bool | None = None
+        self._error: NotJSON | None = None  # why ``json()`` failed, or ``TooDeep``
+        self._text: str | None = None
 
     def is_json(self) -> bool:
-        """Whether the body is one valid JSON document (without building Python objects)."""
+        """Whether the body is one valid JSON document as Go's gjson sees it (bytes inside
+        strings are not checked as UTF-8), without building Python objects."""
         if self._valid is None:
-            self._valid = self._parsed is not _UNPARSED or pygjson.validate(self.raw)
+            if self._parsed is not _UNPARSED:
+                self._valid = True
+            else:
+                try:
+                    self._valid = jsontext.validate(self.raw)
+                except TooDeep as exc:
+                    self._error = exc
+                    self._valid = False
         return self._valid
 
+    @property
+    def too_deep(self) -> TooDeep | None:
+        """Set when the body nests deeper than the engine reads (found by ``is_json``/``json``)."""
+        return self._error if isinstance(self._error, TooDeep) else None
+
     def json(self) -> Any:
-        """The decoded body; raises ``NotJSON`` when it is not JSON."""
+        """The decoded body; raises ``NotJSON`` (with the reason) when it cannot be decoded."""
         if self._parsed is _UNPARSED:
+            if self._error is not None:
+                raise self._error
             try:
-                self._parsed = orjson.loads(self.raw)
-            except orjson.JSONDecodeError as exc:
-                self._valid = False
-                raise NotJSON(str(exc)) from exc
+                self._parsed = jsontext.loads(self.raw)
+            except NotJSON as exc:
+                self._error = exc
+                raise
             self._valid = True
         return self._parsed
 
-    def object_with(self, key: str) -> dict[str, Any] | None:
+    def gjson_text(self) -> str:
+        """The body as the text Go's gjson sees, for bodies that are not UTF-8: each byte that is
+        not part of a UTF-8 sequence reads as U+FFFD (see ``jsontext.go_text``)."""
+        if self._text is None:
+            self._text = jsontext.go_text(self.raw)
+        return self._text
+
+    def object_with(self, key: str, *, lossy_utf8: bool = False) -> dict[str, Any] | None:
         """The decoded body if it is a JSON object that has ``key``; skips parsing when the raw
-        bytes do not even mention it."""
+        bytes do not even mention it. With ``lossy_utf8`` a body whose only fault is bytes that
+        are not UTF-8 is decoded as Go's encoding/json does (one U+FFFD per such byte)."""
         if f'"{key}"'.encode() not in self.raw:
             return None
         try:
             document = self.json()
-        except NotJSON:
-            return None
+        except NotJSON as exc:
+            if not (lossy_utf8 and exc.utf8):
+                return None
+            try:
+                document = jsontext.loads(self.raw, lossy_utf8=True)
+            except NotJSON:
+                return None
         return document if isinstance(document, dict) and key in document else None
 
     @classmethod
     def of_json(cls, value: Any) -> Payload:
-        """A payload encoding ``value``, with the decoded value already cached."""
-        payload = cls(orjson.dumps(value))
+        """A payload encoding ``value``, with the decoded value already cached; raises
+        ``jsontext.EncodeError`` for a value JSON cannot hold."""
+        payload = cls(jsontext.dumps(value))
         payload._parsed = value
         payload._valid = True
         return payload

@@ -3,6 +3,10 @@
 Compilation resolves node references, compiles conditions, parses step URLs and checks weights.
 Every problem is collected (not only the first) and raised together as ``GraphSpecError``, each
 naming its node and step, so an invalid graph never reaches the request path.
+
+Nodes may nest ``MAX_NESTING`` levels deep: the engine runs a nested node as a nested coroutine,
+and some 330 levels would exhaust Python's recursion limit on every request (KServe's Go router
+has no such limit, but no real graph comes near it).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from infergraph.router.protocols import (
 )
 
 ROOT = "root"
+MAX_NESTING = 100
 
 
 class RouterType(enum.StrEnum):
@@ -304,6 +309,11 @@ class _Compiler:
             return None
         router = self.spec.nodes.get(name)
         if router is None:
+            return None
+        if len(self.visiting) >= MAX_NESTING:
+            chain = " -> ".join([*self.visiting[:3], "...", *self.visiting[-2:], name])
+            self.problem(f"nodes nest more than {MAX_NESTING} levels deep: {chain}", name)
+            self.failed.add(name)
             return None
         self.visiting.append(name)
         steps: list[StepPlan] = []

@@ -1,9 +1,14 @@
-"""Sequence: steps run in order, each on the node input or on the previous step's response."""
+"""Sequence: steps run in order, each on the node input or on the previous step's response.
+
+A step's condition reads the previous response: when that is not JSON, or is JSON the
+condition cannot read, the answer is KServe's 500 ``invalid response`` (the model's fault).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from infergraph.router.engine.conditions import Unevaluable
 from infergraph.router.engine.errors import InvalidResponse
 from infergraph.router.engine.mapping import Sources
 from infergraph.router.engine.payload import Payload
@@ -26,7 +31,11 @@ async def run(
             body = Payload(previous.body if previous is not None else b"")
             if not body.is_json():
                 raise InvalidResponse()
-            if not step.condition.matches(body):
+            try:
+                matched = step.condition.matches(body)
+            except Unevaluable as exc:
+                raise InvalidResponse() from exc
+            if not matched:
                 assert previous is not None
                 return Reply(200, previous.body, previous.content_type)
         if step.input.passthrough:

@@ -3,6 +3,10 @@
 A spec is read from the JSON KServe passes with ``--graph-json``, or from a YAML/JSON document
 holding either the bare ``spec`` or a whole custom resource. Fields KServe also passes for the
 router pod (resources, affinity, replicas, ...) are accepted and ignored.
+
+Whatever the text, reading it ends in a spec or in ``GraphSpecError``: YAML's own failures (a
+timestamp with month 13 raises ``ValueError``, deep nesting ``RecursionError``) are reported as
+problems too.
 """
 
 from __future__ import annotations
@@ -47,13 +51,17 @@ class InferenceRouter(_Model):
     steps: list[InferenceStep] = Field(default_factory=list)
 
 
-class RouterTimeouts(_Model):
-    """KServe's ``routerTimeouts`` in seconds; 0 means no timeout."""
+def _seconds(alias: str) -> Any:
+    return Field(default=None, alias=alias, ge=0, allow_inf_nan=False)
 
-    server_read: float | None = Field(default=None, alias="serverRead", ge=0)
-    server_write: float | None = Field(default=None, alias="serverWrite", ge=0)
-    server_idle: float | None = Field(default=None, alias="serverIdle", ge=0)
-    service_client: float | None = Field(default=None, alias="serviceClient", ge=0)
+
+class RouterTimeouts(_Model):
+    """KServe's ``routerTimeouts`` in seconds; 0 means no timeout (infinity is not a number)."""
+
+    server_read: float | None = _seconds("serverRead")
+    server_write: float | None = _seconds("serverWrite")
+    server_idle: float | None = _seconds("serverIdle")
+    service_client: float | None = _seconds("serviceClient")
 
 
 class InferenceGraphSpec(_Model):
@@ -114,6 +122,9 @@ def load_text(text: str | bytes, *, default_name: str, source: str | None = None
     except orjson.JSONDecodeError:
         try:
             document = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        except RecursionError as exc:
+            problem = SpecProblem("not valid JSON or YAML: it nests too deeply")
+            raise GraphSpecError([problem], source) from exc
+        except Exception as exc:  # YAMLError, and ValueError from a timestamp like 2024-13-45
             raise GraphSpecError([SpecProblem(f"not valid JSON or YAML: {exc}")], source) from exc
     return parse_spec(document, default_name=default_name, source=source)

@@ -1,10 +1,16 @@
-"""Switch: the first step whose condition matches the node input runs; its reply is the node's."""
+"""Switch: the first step whose condition matches the node input runs; its reply is the node's.
+
+Input that is not JSON matches nothing (KServe's 404 at the root). Input that is JSON to gjson
+but that a condition cannot read (a JSONPath condition on a body that is not UTF-8, a body nested
+deeper than the engine reads) is the client's to fix: 400 with the reason.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from infergraph.router.engine.errors import NoRouteMatched
+from infergraph.router.engine.conditions import Unevaluable
+from infergraph.router.engine.errors import BadRequest, NoRouteMatched
 from infergraph.router.engine.mapping import input_from_node
 
 if TYPE_CHECKING:
@@ -19,8 +25,15 @@ def choose(node: NodePlan, payload: Payload) -> StepPlan:
     """The step to run, or ``NoRouteMatched`` (also when the input is not JSON)."""
     if payload.is_json():
         for step in node.steps:
-            if step.condition is not None and step.condition.matches(payload):
-                return step
+            if step.condition is None:
+                continue
+            try:
+                if step.condition.matches(payload):
+                    return step
+            except Unevaluable as exc:
+                raise BadRequest(f"Switch {node.name!r}, step {step.key!r}: {exc}") from exc
+    elif (too_deep := payload.too_deep) is not None:
+        raise BadRequest(f"Switch {node.name!r}: {too_deep}")
     raise NoRouteMatched()
 
 

@@ -16,8 +16,8 @@ from collections.abc import AsyncGenerator
 from contextlib import ExitStack, aclosing
 
 import orjson
-import pygjson
 
+from infergraph.router.engine import jsontext
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import DeadlineExceeded, GraphRequestError
 from infergraph.router.engine.headers import HeaderPolicy
@@ -49,7 +49,7 @@ def _content_type(reply: Reply) -> str:
     declared = reply.content_type
     if declared is not None and declared.startswith(JSON):
         return declared
-    if reply.body and pygjson.validate(reply.body):
+    if reply.body and jsontext.valid(reply.body):
         return JSON
     return declared or "application/octet-stream"
 

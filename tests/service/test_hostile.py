@@ -236,13 +236,13 @@ def test_pipelined_requests_are_answered_in_order(
 def test_shutdown_after_the_drain_lets_in_flight_requests_finish(
     server: str, clean_predictor: Predictor, tmp_path: Path
 ) -> None:
-    """SIGTERM with a 2-s request in flight and --drain-seconds 0.5: the request still gets its
-    200 (it used to get an empty reply), new connections are refused after the drain, and the
-    process exits 0 once the request is done."""
+    """SIGTERM with a 5-s request in flight and --drain-seconds 0.5: the request still gets its
+    200 (it used to get an empty reply once the drain and a 1-s grace were over), new
+    connections are refused after the drain, and the process exits 0 once the request is done."""
     p = clean_predictor
     port = processes.free_port()
     spec = graph(
-        {"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("slow", delay=2)}]}}
+        {"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("slow", delay=5)}]}}
     )
     router = processes.router(
         port,
@@ -260,12 +260,12 @@ def test_shutdown_after_the_drain_lets_in_flight_requests_finish(
             time.sleep(0.02)
         idle = hostile.connect(port)  # an idle keep-alive connection is closed at shutdown
         router.signal(signal.SIGTERM)
-        time.sleep(1.0)  # past the drain, before the request is done
+        time.sleep(2.0)  # past the drain and the old 1-s grace, before the request is done
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         assert hostile.closed_within(idle, 1) is not None
         idle.close()
-        in_flight.join(5)
+        in_flight.join(10)
         assert results == [200]
         assert router.process is not None
         assert router.process.wait(10) == 0

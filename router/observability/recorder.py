@@ -61,6 +61,7 @@ class RequestRecorder:
     __slots__ = (
         "_errors",
         "_metrics",
+        "_open",
         "_scope",
         "_span",
         "_started",
@@ -86,6 +87,7 @@ class RequestRecorder:
         self.access_log = access_log
         self.status = 500
         self._started = 0.0
+        self._open = False  # kept open past the handler (a streamed reply) by keep_open
         self.upstream = UpstreamTime() if metrics is not None else None
 
     def __enter__(self) -> RequestRecorder:
@@ -106,12 +108,29 @@ class RequestRecorder:
     def answered(self, status: int) -> None:
         self.status = status
 
+    def keep_open(self) -> None:
+        """The reply is streamed: leaving the ``with`` block does not end the recording; the
+        relay of the stream ends it with ``close``."""
+        self._open = True
+
     def __exit__(
         self,
         kind: type[BaseException] | None,
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._open and kind is None:
+            return
+        self.close(kind, error, traceback)
+
+    def close(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """End the recording, as the request ended (``kind`` is the exception, if any)."""
+        self._open = False
         elapsed = time.perf_counter() - self._started
         if kind is not None and issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
             self.status = CLIENT_CLOSED

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sys
 from collections.abc import AsyncGenerator
-from contextlib import ExitStack, aclosing
 
 import orjson
 
@@ -24,6 +22,7 @@ from infergraph.router.engine.headers import HeaderPolicy
 from infergraph.router.engine.plan import GraphPlan
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, Transport
+from infergraph.router.http.streams import ChunkStream
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.deadlines import Deadlines
@@ -54,22 +53,44 @@ def _content_type(reply: Reply) -> str:
     return declared or "application/octet-stream"
 
 
-async def _relay(
-    chunks: AsyncGenerator[bytes, None], recorder: RequestRecorder, scope: ExitStack
-) -> AsyncGenerator[bytes, None]:
+class _Relay(ChunkStream):
     """A streamed step reply (server-sent events), chunk by chunk as it arrives; the request's
-    recording ends with the stream. If the client goes away, closing this closes ``chunks``
-    and so the upstream call: the model server stops generating."""
-    try:
-        async with aclosing(chunks):
-            async for chunk in chunks:
-                yield chunk
-    except GraphRequestError as error:
-        log.error("stream from the model server broke off: %s", error.cause)
-        recorder.failed(error)
-        raise
-    finally:
-        scope.__exit__(*sys.exc_info())
+    recording ends with it. Closing it, even before the first chunk (the client left before
+    the reply could start), closes the upstream call, so the model server stops generating,
+    and records the request as the client's leaving."""
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], recorder: RequestRecorder) -> None:
+        self._chunks = chunks
+        self._recorder = recorder
+        self._done = False
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            await self._finish(None)
+            raise
+        except GraphRequestError as error:
+            log.error("stream from the model server broke off: %s", error.cause)
+            self._recorder.failed(error)
+            await self._finish(error)
+            raise
+        except BaseException as error:  # cancelled: the client went away
+            await self._finish(error)
+            raise
+
+    async def aclose(self) -> None:
+        if not self._done:
+            await self._finish(GeneratorExit())
+
+    async def _finish(self, error: BaseException | None) -> None:
+        self._done = True
+        try:
+            await self._chunks.aclose()
+        finally:
+            self._recorder.close(type(error) if error is not None else None, error, None)
 
 
 class RouterService:
@@ -118,14 +139,13 @@ class RouterService:
             observer=self.telemetry.observer(plan.name),
             calls=recorder.upstream,
         )
-        scope = ExitStack()
-        scope.enter_context(recorder)
-        with scope:
+        with recorder:
             response = await self._respond(request, plan, ctx, recorder)
             recorder.answered(response.status)
             if response.stream is not None:
                 # The recording goes on while the stream is relayed: _relay ends it.
-                stream = _relay(response.stream, recorder, scope.pop_all())
+                recorder.keep_open()
+                stream = _Relay(response.stream, recorder)
                 return Response(
                     response.status,
                     content_type=response.content_type,

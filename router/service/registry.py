@@ -15,6 +15,7 @@ from pathlib import Path
 
 from infergraph.router.engine.errors import GraphNotFound, GraphSpecError
 from infergraph.router.engine.plan import GraphPlan, load_plan
+from infergraph.router.service import inotify
 from infergraph.router.settings import GraphSource
 
 log = logging.getLogger("infergraph.router.registry")
@@ -138,10 +139,30 @@ class GraphRegistry:
             return False
         if found is None:
             found = dir_fingerprints(directory)
+        return self._merge(found, complete=True)
+
+    def update_files(self, names: set[str]) -> bool:
+        """Look again at these files of ``--graph-dir`` only (inotify named them)."""
+        directory = self.source.graph_dir
+        if directory is None:
+            return False
+        updates = {
+            directory / name: fingerprint(directory / name)
+            for name in names
+            if not name.startswith(".") and name.endswith(GRAPH_SUFFIXES)
+        }
+        return self._merge(updates, complete=False) if updates else False
+
+    def _merge(self, found: dict[Path, Fingerprint | None], *, complete: bool) -> bool:
+        """Apply files and their fingerprints (None: the file is gone). ``complete``: ``found``
+        is the whole directory, so files missing from it are gone too."""
         changed = False
-        files: dict[Path, _Loaded] = {}
+        files: dict[Path, _Loaded] = {} if complete else dict(self._files)
         for path, current in found.items():
             previous = self._files.get(path)
+            if current is None and not complete:
+                changed |= files.pop(path, None) is not None
+                continue
             if previous is not None and previous.fingerprint == current:
                 files[path] = previous
                 continue
@@ -156,25 +177,58 @@ class GraphRegistry:
                     )
                     files[path] = _Loaded(previous.plan, current)
                 else:
+                    files.pop(path, None)
                     log.error("skipping invalid graph file: %s", exc)
         changed |= set(files) != set(self._files)
         by_name: dict[str, GraphPlan] = {}
-        for path, loaded in files.items():
-            name = loaded.plan.name
+        for path in sorted(files):
+            name = files[path].plan.name
             if name in by_name:
                 log.error(
                     "%s: graph name %r is already served from another file; skipped", path, name
                 )
                 continue
-            by_name[name] = loaded.plan
+            by_name[name] = files[path].plan
         self._files = files
         self._by_name = by_name
         return changed
 
     async def watch(self, interval: float) -> None:
-        """Poll the graph file(s) until cancelled."""
-        if self.source.graph_file is None and self.source.graph_dir is None:
+        """Reload when the graph file(s) change, until cancelled: on inotify's word where the
+        kernel has it, else by polling every ``interval`` seconds."""
+        source = self.source
+        directory = source.graph_dir
+        if directory is None and source.graph_file is not None:
+            directory = source.graph_file.parent
+        if directory is None:
             return
+        changes: asyncio.Queue[set[str] | None] = asyncio.Queue()
+        watcher = inotify.Watcher.open(directory, changes.put_nowait)
+        if watcher is None:
+            log.info("inotify is not available: polling graph files every %.1f s", interval)
+            await self._poll(interval)
+            return
+        try:
+            while True:
+                names = await changes.get()
+                try:
+                    await self._changed(names)
+                except OSError as exc:
+                    log.error("cannot check graph files for changes: %s", exc)
+        finally:
+            watcher.close()
+
+    async def _changed(self, names: set[str] | None) -> None:
+        if self.source.graph_file is not None:
+            self.reload_single()  # cheap: one stat; a ConfigMap swaps its ..data link
+        elif names is None or any(name.startswith(".") for name in names):
+            assert self.source.graph_dir is not None
+            found = await asyncio.to_thread(dir_fingerprints, self.source.graph_dir)
+            self.rescan_dir(found)
+        else:
+            self.update_files(names)
+
+    async def _poll(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:

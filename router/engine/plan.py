@@ -91,6 +91,9 @@ class NodePlan:
     name: str
     router_type: RouterType
     steps: tuple[StepPlan, ...]
+    # Steps of a Sequence whose replies a later step selects (``$steps.<name>``): only these
+    # are kept once the next step has run, so large bodies are not held longer than needed.
+    referenced: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +352,18 @@ class _Compiler:
         if broken or router.router_type not in RouterType._value2member_map_:
             self.failed.add(name)
             return None
-        plan = NodePlan(name=name, router_type=RouterType(router.router_type), steps=tuple(steps))
+        referenced = frozenset(
+            selection.step
+            for step_plan in steps
+            for selection in step_plan.input.selections
+            if selection.root == "steps" and selection.step is not None
+        )
+        plan = NodePlan(
+            name=name,
+            router_type=RouterType(router.router_type),
+            steps=tuple(steps),
+            referenced=referenced,
+        )
         self.built[name] = plan
         return plan
 

@@ -45,6 +45,8 @@ async def run(
         reply = await run_step(step, step_input, ctx, final and step.index == last)
         if step.hard and not reply.ok:
             return reply
-        previous = earlier[step.key] = reply
+        previous = reply
+        if step.key in node.referenced:
+            earlier[step.key] = reply
     assert previous is not None
     return previous

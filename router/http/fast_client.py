@@ -40,6 +40,7 @@ from infergraph.router.engine.errors import (
     UpstreamTimeout,
 )
 from infergraph.router.engine.transport import Headers, Reply, ServiceTarget, StepCall
+from infergraph.router.http.bodies import BodyBuffer
 from infergraph.router.http.streams import ChunkStream
 
 PoolKey = tuple[str, str, int]
@@ -123,7 +124,7 @@ class _Connection(asyncio.Protocol):
         # Called once when the connection is lost (a streamed reply gives its slot back).
         self.on_lost: collections.abc.Callable[[], None] | None = None
         self._waiter: asyncio.Future[Reply] | None = None
-        self._body: list[bytes] = []
+        self._body = BodyBuffer()
         self._content_type: str | None = None
         self._framed = False  # Content-Length or chunked: the message has a known end
         self._received = False
@@ -206,8 +207,7 @@ class _Connection(asyncio.Protocol):
     def _complete(self) -> None:
         waiter = self._waiter
         status = self.parser.get_status_code()
-        body = self._body
-        reply = Reply(status, body[0] if len(body) == 1 else b"".join(body), self._content_type)
+        reply = Reply(status, self._body.value(), self._content_type)
         if not self.parser.should_keep_alive() or not self._framed:
             self.close()
         if waiter is not None and not waiter.done():
@@ -236,7 +236,7 @@ class _Connection(asyncio.Protocol):
         """Write the request; ``_NotSent`` when the write failed at once."""
         transport = self.transport
         assert transport is not None
-        self._body = []
+        self._body = BodyBuffer()
         self._content_type = None
         self._framed = False
         self._received = False

@@ -36,6 +36,7 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
+from infergraph.router.http.bodies import BodyBuffer
 from infergraph.router.service.messages import Request, Response
 
 log = logging.getLogger("infergraph.router")
@@ -128,8 +129,7 @@ class _Connection(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
-        self._body: list[bytes] = []
-        self._body_bytes = 0
+        self._body = BodyBuffer()
         self._path = ""
         self._method = ""
 
@@ -227,15 +227,13 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        self._body_bytes += len(body)
         limit = self.limits.max_body_bytes
-        if self._body_bytes > limit:
+        if self._body.size + len(body) > limit:
             raise self._refused(413, f"request body is over the limit of {limit} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(self._method, self._path, tuple(self._headers), body)
+        request = Request(self._method, self._path, tuple(self._headers), self._body.value())
         keep_alive = self.parser.should_keep_alive()
         self.deadline = None
         self.receiving = False

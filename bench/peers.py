@@ -29,10 +29,12 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,9 @@ from infergraph.testing.paths import CACHE
 
 KSERVE_ROUTER = CACHE / "bin" / "kserve-router-v0.20.0"
 RAY_PYTHON = CACHE / "venvs" / "ray-2.60.0" / "bin" / "python"
+VEGETA = CACHE / "bin" / "vegeta-v12.13.0"
 KSERVE_PORT = 8080  # KServe's router has no port flag
+RATES = (1000, 2000, 4000)  # fixed offered rates (requests/s), well below saturation here
 CONNECTIONS = (1, 32, 64)
 BUDGETS = ("single core", "all cores")
 
@@ -87,6 +91,7 @@ class Peers:
         self.workdir = workdir
         self.script = post_script(workdir / "post.lua", BODY)
         self.rows: list[dict[str, Any]] = []
+        self.rates: list[dict[str, Any]] = []
         self.scale: dict[str, Any] = {}
         self.notes: list[str] = []
         self.started = time.monotonic()
@@ -102,6 +107,56 @@ class Peers:
             row.update(system=system, budget=budget, graph=graph, connections=connections)
             row["cpu_us"] = cpu / row["requests"] * 1e6
             self.rows.append(row)
+
+    def offered(self, system: str, graph: str, url: str, group: int) -> None:
+        """CPU per request at fixed offered rates (vegeta on the predictor's core 1, the system
+        pinned to core 0): what a user pays below saturation, where wake-ups dominate."""
+        body = self.workdir / "body.json"
+        body.write_text(BODY)
+        targets = self.workdir / "targets.txt"
+        targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body}\n")
+        for rate in RATES:
+            duration = max(2, round(self.args.duration))
+            before = cpu_seconds(group)
+            attack = subprocess.run(
+                pinned(
+                    [
+                        str(VEGETA),
+                        "attack",
+                        f"-rate={rate}/s",
+                        f"-duration={duration}s",
+                        f"-targets={targets}",
+                        "-keepalive=true",
+                    ],
+                    1,
+                ),
+                capture_output=True,
+                check=True,
+                timeout=duration + 30,
+            )
+            cpu = cpu_seconds(group) - before
+            report = json.loads(
+                subprocess.run(
+                    [str(VEGETA), "report", "-type=json"],
+                    input=attack.stdout,
+                    capture_output=True,
+                    check=True,
+                    timeout=60,
+                ).stdout
+            )
+            requests = report["requests"]
+            if report["success"] < 1.0:
+                raise RuntimeError(f"vegeta saw failures against {url} at {rate}/s: {report}")
+            self.rates.append(
+                {
+                    "system": system,
+                    "graph": graph,
+                    "rate": rate,
+                    "cpu_us": cpu / requests * 1e6,
+                    "p50_ms": report["latencies"]["50th"] / 1e6,
+                    "p99_ms": report["latencies"]["99th"] / 1e6,
+                }
+            )
 
     # -- systems -----------------------------------------------------------------------------
 
@@ -131,6 +186,8 @@ class Peers:
             with router:
                 time.sleep(0.5)  # every worker bound
                 self.drive(system, budget, graph, f"http://127.0.0.1:{port}/", router.pid)
+                if budget == "single core" and not tracing and VEGETA.exists():
+                    self.offered(system, graph, f"http://127.0.0.1:{port}/", router.pid)
 
     def kserve(self, budget: str) -> None:
         if not KSERVE_ROUTER.exists():
@@ -148,7 +205,10 @@ class Peers:
                 log_path=self.workdir / f"kserve-{graph}.log",
             )
             with router.start():
-                self.drive("kserve", budget, graph, f"http://127.0.0.1:{KSERVE_PORT}/", router.pid)
+                url = f"http://127.0.0.1:{KSERVE_PORT}/"
+                self.drive("kserve", budget, graph, url, router.pid)
+                if budget == "single core" and VEGETA.exists():
+                    self.offered("kserve", graph, url, router.pid)
 
     def ray(self, budget: str) -> None:
         if not RAY_PYTHON.exists():
@@ -340,9 +400,11 @@ class Peers:
     def write(self) -> Path:
         base, meta = results_base(self.args.out, "peers-", self.args.duration)
         meta.update(calls_per_request=CALLS_PER_REQUEST, notes=self.notes)
-        document = {"meta": meta, "rows": self.rows, "scale": self.scale}
+        document = {"meta": meta, "rows": self.rows, "rates": self.rates, "scale": self.scale}
         base.with_suffix(".json").write_text(json.dumps(document, indent=2))
-        base.with_suffix(".md").write_text(report(meta["date"], self.rows, self.scale, self.notes))
+        base.with_suffix(".md").write_text(
+            report(meta["date"], self.rows, self.scale, self.notes, self.rates)
+        )
         if self.rows:
             chart(self.rows, base.with_suffix(".png"))
         return base
@@ -375,12 +437,39 @@ COLUMNS = (
 )
 
 
-def report(stamp: str, rows: list[dict[str, Any]], scale: dict[str, Any], notes: list[str]) -> str:
+def report(
+    stamp: str,
+    rows: list[dict[str, Any]],
+    scale: dict[str, Any],
+    notes: list[str],
+    rates: Sequence[dict[str, Any]] = (),
+) -> str:
     lines = [f"# Peers benchmark {stamp}", ""]
+    lines += [
+        "Saturation runs: wrk unpinned (it may run on either core, the same for every system);",
+        "`single core`: the system pinned to core 0, the predictor to core 1.",
+        "",
+    ]
     lines += ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         cells = [fmt.format(row[key]) if key in row else "" for _, key, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
+    if rates:
+        lines += [
+            "",
+            "## Fixed offered rates",
+            "",
+            "vegeta on core 1 with the predictor, the system pinned to core 0; CPU per request is",
+            "the system's whole process group.",
+            "",
+            "| system | graph | rate/s | CPU µs/req | p50 ms | p99 ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rates:
+            lines.append(
+                f"| {r['system']} | {r['graph']} | {r['rate']} | {r['cpu_us']:.0f} | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+            )
     lines += ["", "## Scale", "", "```json", json.dumps(scale, indent=2), "```"]
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
@@ -433,7 +522,7 @@ def main() -> int:
         return 2
     peers = Peers(args, Path(tempfile.mkdtemp(prefix="infergraph-peers-")))
     peers.run()
-    print(report("", peers.rows, peers.scale, peers.notes))
+    print(report("", peers.rows, peers.scale, peers.notes, peers.rates))
     print(f"written: {peers.write()}.json, .md (and .png with system rows)")
     return 0
 

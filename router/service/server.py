@@ -147,7 +147,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.server.connections.discard(self)
         if self.writable is not None and not self.writable.done():
-            self.writable.set_exception(ConnectionResetError("the client went away"))
+            self.writable.set_result(None)  # a writer waiting to drain wakes up (and is cancelled)
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client went away: stop the work done for it
         self.server.connection_closed()

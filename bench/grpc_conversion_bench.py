@@ -1,6 +1,7 @@
 """The v2-grpc step's conversions, old (tritonclient + numpy) against new (protobuf from JSON).
 
-In process, no server: for a [1,4] and a [64,128] FP32 request it times, with
+In process, no server: for a [1,4] FP32 request (flat data, as the router bench's Triton body)
+and a [64,128] one (nested data) it times, with
 ``time.process_time`` over many iterations, the router CPU of
 
 - ``request``: JSON v2 body -> ``ModelInferRequest`` (old: ``request_from_json``'s InferInput
@@ -8,8 +9,10 @@ In process, no server: for a [1,4] and a [64,128] FP32 request it times, with
 - ``response``: ``ModelInferResponse`` -> JSON v2 body (old: through ``InferResult`` and numpy).
 
 The old code is ``git show <rev>:router/http/v2_grpc.py`` (default HEAD) imported from a
-temporary file; the new code is the working tree's. Each figure is the best of ``--rounds``
-rounds, in microseconds per call. Usage: ``.venv/bin/python bench/grpc_conversion_bench.py``.
+temporary file; the new code is the working tree's. Once the new code is committed, pass
+``--revision b9b1dd7`` (the last commit of the tritonclient path). Each figure is the best
+of ``--rounds`` rounds, in microseconds per call.
+Usage: ``.venv/bin/python bench/grpc_conversion_bench.py``.
 """
 
 from __future__ import annotations
@@ -47,15 +50,21 @@ def old_module(revision: str) -> ModuleType:
     path = directory / "old_v2_grpc.py"
     path.write_bytes(source)
     spec = importlib.util.spec_from_file_location("old_v2_grpc", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def request_body(shape: list[int]) -> bytes:
+    """A request of ``shape``: [1,4] as the router bench's Triton body (flat), others nested."""
     rows, columns = shape
-    data = [[(r * columns + c) * 0.37 - 1.5 for c in range(columns)] for r in range(rows)]
+    data: list[Any] = [
+        [(r * columns + c) * 0.37 - 1.5 for c in range(columns)] for r in range(rows)
+    ]
+    if rows == 1:
+        data = data[0]
     return orjson.dumps(
         {"id": "bench", "inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": data}]}
     )

@@ -1,7 +1,7 @@
 """The v2-grpc step's conversions, in process: JSON v2 -> ``ModelInferRequest`` -> JSON v2.
 
-No server: requests are read as tritonclient puts them on the wire (a stub stands in for the
-gRPC service stub of a real ``tritonclient.grpc.aio`` client), and responses are
+No server: requests are read as the step puts them on the wire (a stub stands in for the
+``GRPCInferenceService`` stub of the transport's channel to the target), and responses are
 ``ModelInferResponse`` messages built here, with typed ``contents`` or ``raw_output_contents``.
 Expected values are written out (``struct`` little-endian packing, not numpy).
 """
@@ -88,7 +88,7 @@ async def send(
     step_timeout: float | None = 5.0,
     model_version: str | None = None,
 ) -> Reply:
-    """``GrpcV2Transport.send`` with the real tritonclient client, whose stub is ``stub``."""
+    """``GrpcV2Transport.send`` through the transport's own channel, whose stub is ``stub``."""
     transport = GrpcV2Transport()
     call = StepCall(
         target=parse_target(URL),
@@ -99,7 +99,7 @@ async def send(
         model="m",
         model_version=model_version,
     )
-    transport._client(call)._client_stub = stub
+    transport._client(call).stub = stub
     try:
         return await transport.send(call)
     finally:

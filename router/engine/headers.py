@@ -34,6 +34,7 @@ HOP_BY_HOP = frozenset(
         "Expect",
     }
 )
+JSON_ONLY: Headers = (("Content-Type", "application/json"),)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -83,16 +84,17 @@ class HeaderPolicy:
     def forward(self, incoming: Iterable[tuple[str, str]]) -> Headers:
         """The headers for each step: the propagated ones, plus a JSON content type if none."""
         patterns = self.patterns
+        if patterns is None:  # PROPAGATE_HEADERS unset, KServe's default: nothing forwarded
+            return JSON_ONLY
         selected: list[tuple[str, str]] = []
-        if patterns is not None:
-            incoming = tuple(incoming)
-            nominated = _connection_nominated(incoming)
-            for name, value in incoming:
-                canonical = canonical_name(name)
-                if canonical in HOP_BY_HOP or (nominated and canonical in nominated):
-                    continue
-                if not patterns or any(p.search(canonical) for p in patterns):
-                    selected.append((canonical, value))
+        incoming = tuple(incoming)
+        nominated = _connection_nominated(incoming)
+        for name, value in incoming:
+            canonical = canonical_name(name)
+            if canonical in HOP_BY_HOP or (nominated and canonical in nominated):
+                continue
+            if not patterns or any(p.search(canonical) for p in patterns):
+                selected.append((canonical, value))
         if not any(name == "Content-Type" for name, _ in selected):
             selected.append(("Content-Type", "application/json"))
         return tuple(selected)

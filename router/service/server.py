@@ -195,12 +195,15 @@ class _Connection(asyncio.Protocol):
         if parser.get_http_version() not in ("1.0", "1.1"):
             raise self._refused(400, "only HTTP/1.0 and HTTP/1.1 are served (not HTTP/0.9)")
         self._method = parser.get_method().decode("latin-1")
-        raw = b"".join(self._url)
-        try:
-            url = httptools.parse_url(raw)
-        except httptools.HttpParserInvalidURLError as exc:
-            raise self._refused(400, f"invalid request target: {exc}") from exc
-        path = (url.path or b"/").decode("latin-1")
+        raw = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        if raw.startswith(b"/") and b"?" not in raw and b"#" not in raw:
+            path = raw.decode("latin-1")  # origin-form without a query: the path itself
+        else:
+            try:
+                url = httptools.parse_url(raw)
+            except httptools.HttpParserInvalidURLError as exc:
+                raise self._refused(400, f"invalid request target: {exc}") from exc
+            path = (url.path or b"/").decode("latin-1")
         if "%" in path:
             try:
                 path = _unquote(path)

@@ -102,6 +102,23 @@ class StepCall:
     node: str = ""
     step: str = ""
 
+    def with_headers(self, headers: Headers) -> StepCall:
+        """The same call with other headers (built directly: ``dataclasses.replace`` inspects
+        the fields on every call, and this is on every traced call's path)."""
+        return StepCall(
+            self.target,
+            self.body,
+            headers,
+            self.timeout,
+            self.protocol,
+            self.model,
+            self.model_version,
+            self.stream,
+            self.graph,
+            self.node,
+            self.step,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:

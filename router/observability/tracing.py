@@ -9,7 +9,6 @@ sampler, service name). With tracing off none of this is installed, so it costs 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -153,7 +152,7 @@ def _with_trace_headers(call: StepCall) -> StepCall:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     headers = tuple(h for h in call.headers if h[0].lower() not in TRACE_HEADERS)
-    return dataclasses.replace(call, headers=headers + tuple(carrier.items()))
+    return call.with_headers(headers + tuple(carrier.items()))
 
 
 class server_span:

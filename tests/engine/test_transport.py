@@ -1,0 +1,29 @@
+"""``StepCall.with_headers`` keeps every other field (it is written out by hand for speed, so a
+field added later must be added there too: this test names the one forgotten)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from infergraph.router.engine.transport import StepCall, parse_target
+
+
+def test_with_headers_changes_only_the_headers() -> None:
+    call = StepCall(
+        target=parse_target("http://m:9/v2/models/x/infer"),
+        body=b"{}",
+        headers=(("A", "1"),),
+        timeout=2.5,
+        protocol="v2",
+        model="x",
+        model_version="3",
+        stream=True,
+        graph="g",
+        node="n",
+        step="s",
+    )
+    changed = call.with_headers((("B", "2"),))
+    for field in dataclasses.fields(StepCall):
+        expected = (("B", "2"),) if field.name == "headers" else getattr(call, field.name)
+        assert getattr(changed, field.name) == expected, field.name
+    assert len(dataclasses.fields(StepCall)) == 11, "a new StepCall field: add it to with_headers"

@@ -18,11 +18,15 @@ Usage: ``make bench`` (or ``.venv/bin/python bench/router_bench.py --duration 5 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import socket
+import statistics
 import sys
 import sysconfig
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +57,12 @@ class Bench:
         self.workdir = workdir
         self.script = post_script(workdir / "post.lua", BODY)
         self.rows: list[dict[str, Any]] = []
+        self.sse: dict[str, Any] = {}
         self.started = time.monotonic()
         self.step = 0
         self.steps = (
             len(args.graphs) * len(args.clients)
-            + 1
+            + 2
             + (3 if args.triton else 0)
             + (4 if args.telemetry else 0)
         )
@@ -128,10 +133,51 @@ class Bench:
             for graph in self.args.graphs:
                 for client in self.args.clients:
                     self.through_router(graph, client, predictor.pid)
+            self.streams()
             if self.args.telemetry:
                 self.telemetry_costs(predictor.pid)
         if self.args.triton:
             self.triton()
+
+    def streams(self, events: int = 20, interval: float = 0.01, rounds: int = 30) -> None:
+        """Server-sent events from the local streaming predictor, direct and through a Switch
+        to an ``openai`` step: time to the first event and the gaps between events."""
+        self.progress("server-sent events: direct and through a Switch")
+        url = f"http://127.0.0.1:{PREDICTOR_PORT}/step/llm?events={events}&interval={interval}"
+        spec = json.dumps(
+            {
+                "nodes": {
+                    "root": {
+                        "routerType": "Switch",
+                        "steps": [{"serviceUrl": url, "protocol": "openai", "condition": "prompt"}],
+                    }
+                }
+            }
+        )
+        port = processes.free_port()
+        router = processes.router(
+            port,
+            "--graph-json",
+            spec,
+            extra=("--drain-seconds", "0", "--log-level", "WARNING"),
+            log_path=self.workdir / "router-sse.log",
+        )
+        router.argv = pinned(router.argv, 0)
+        with router:
+            for label, target in (("direct", url), ("router", f"http://127.0.0.1:{port}/")):
+                first, gaps = [], []
+                for _ in range(rounds):
+                    arrivals = sse_arrivals(target)
+                    first.append(arrivals[0])
+                    gaps += [b - a for a, b in itertools.pairwise(arrivals)]
+                self.sse[label] = {
+                    "first_event_ms_p50": round(statistics.median(first) * 1000, 3),
+                    "gap_ms_p50": round(statistics.median(gaps) * 1000, 3),
+                    "gap_ms_max": round(max(gaps) * 1000, 3),
+                }
+        self.sse["first_event_router_minus_direct_ms"] = round(
+            self.sse["router"]["first_event_ms_p50"] - self.sse["direct"]["first_event_ms_p50"], 3
+        )
 
     def telemetry_costs(self, predictor_pid: int) -> None:
         """The 1-step graph with metrics off, and with tracing on into a local Jaeger (every
@@ -196,10 +242,11 @@ class Bench:
         base, meta = results_base(self.args.out, "", self.args.duration)
         meta["repeats"] = self.args.repeats
         base.with_suffix(".json").write_text(
-            json.dumps({"meta": meta, "rows": self.rows}, indent=2)
+            json.dumps({"meta": meta, "rows": self.rows, "sse": self.sse}, indent=2)
         )
+        streams = f"\n## Server-sent events\n\n```json\n{json.dumps(self.sse, indent=2)}\n```\n"
         base.with_suffix(".md").write_text(
-            f"# Router benchmark {meta['date']}\n\n{render(self.rows)}\n"
+            f"# Router benchmark {meta['date']}\n\n{render(self.rows)}\n{streams}"
         )
         return base
 
@@ -247,6 +294,27 @@ COLUMNS = (
     ("ratio", "ratio", "{:.2f}"),
     ("span exporter µs/req", "exporter_us", "{:.0f}"),
 )
+
+
+def sse_arrivals(url: str) -> list[float]:
+    """Seconds from sending a streaming request until each event's chunk arrived."""
+    parts = urllib.parse.urlsplit(url)
+    body = b'{"prompt": "hello", "stream": true}'
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        started = time.perf_counter()
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        arrivals = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            arrivals += [time.perf_counter() - started] * chunk.count(b"data: ")
+    return arrivals
 
 
 def render(rows: list[dict[str, Any]]) -> str:

@@ -228,7 +228,8 @@ def test_pipelined_requests_are_answered_in_order(
     bodies = [b'{"n": %d}' % i for i in range(5)]
     with hostile.connect(port) as sock:
         sock.sendall(b"".join(hostile.post(body=body) for body in bodies))
-        answers = [hostile.read_response(sock) for _ in bodies]
+        reader = hostile.ResponseReader(sock)  # the answers may share a segment
+        answers = [reader.read() for _ in bodies]
     assert [json.loads(a.body)["input"]["n"] for a in answers if a is not None] == list(range(5))
 
 

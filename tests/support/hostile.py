@@ -28,37 +28,47 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
-def read_response(sock: socket.socket) -> RawResponse | None:
-    """One response read off ``sock`` (Content-Length or chunked bodies); None if the server
-    closed the connection before a whole response head arrived."""
-    data = b""
-    while HEAD_END not in data:
+class ResponseReader:
+    """Responses read off one socket in turn: bytes that belong to the next response (a server
+    answering pipelined requests may send several in one segment) are kept for it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _more(self) -> bool:
         try:
-            chunk = sock.recv(65536)
+            chunk = self.sock.recv(65536)
         except ConnectionResetError:
-            return None
-        if not chunk:
-            return None
-        data += chunk
-    head, _, rest = data.partition(HEAD_END)
-    status = int(head.split(b" ", 2)[1])
-    response = RawResponse(status, head, b"")
-    length = response.header("Content-Length")
-    if length is not None:
-        while len(rest) < int(length):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-        response.body = rest[: int(length)]
-    elif (response.header("Transfer-Encoding") or "").lower() == "chunked":
-        while not rest.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-        response.body = _dechunk(rest)
-    return response
+            return False
+        self.buffer += chunk
+        return bool(chunk)
+
+    def read(self) -> RawResponse | None:
+        """The next response (Content-Length or chunked body); None if the server closed the
+        connection before a whole response head arrived."""
+        while HEAD_END not in self.buffer:
+            if not self._more():
+                return None
+        head, _, self.buffer = self.buffer.partition(HEAD_END)
+        response = RawResponse(int(head.split(b" ", 2)[1]), head, b"")
+        length = response.header("Content-Length")
+        if length is not None:
+            while len(self.buffer) < int(length) and self._more():
+                pass
+            response.body, self.buffer = self.buffer[: int(length)], self.buffer[int(length) :]
+        elif (response.header("Transfer-Encoding") or "").lower() == "chunked":
+            while b"0\r\n\r\n" not in self.buffer and self._more():
+                pass
+            end = self.buffer.index(b"0\r\n\r\n") + 5 if b"0\r\n\r\n" in self.buffer else None
+            raw, self.buffer = self.buffer[:end], self.buffer[end:] if end else b""
+            response.body = _dechunk(raw)
+        return response
+
+
+def read_response(sock: socket.socket) -> RawResponse | None:
+    """One response read off ``sock`` (for several in turn, use one ``ResponseReader``)."""
+    return ResponseReader(sock).read()
 
 
 def _dechunk(data: bytes) -> bytes:

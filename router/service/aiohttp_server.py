@@ -16,8 +16,8 @@ from contextlib import aclosing
 
 from aiohttp import web, web_server
 
-from infergraph.router.service.messages import Request, Response
-from infergraph.router.service.server import Limits, error_body
+from infergraph.router.service.messages import Request, Response, error_body
+from infergraph.router.service.server import Limits
 
 Handler = Callable[[Request], Awaitable[Response]]
 JSON = "application/json"

@@ -13,8 +13,6 @@ import logging
 import random
 from collections.abc import AsyncGenerator
 
-import orjson
-
 from infergraph.router.engine import jsontext
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import DeadlineExceeded, GraphRequestError
@@ -26,7 +24,7 @@ from infergraph.router.http.streams import ChunkStream
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.deadlines import Deadlines
-from infergraph.router.service.messages import Request, Response
+from infergraph.router.service.messages import Request, Response, error_body
 from infergraph.router.service.registry import GraphRegistry
 from infergraph.router.settings import RouterSettings
 
@@ -40,8 +38,7 @@ STREAM_HEADERS = (("Cache-Control", "no-cache"),)
 
 
 def error_response(error: GraphRequestError) -> Response:
-    body = orjson.dumps({"error": "Failed to process request", "cause": error.cause})
-    return Response(error.status, body, JSON)
+    return Response(error.status, error_body(error.cause), JSON)
 
 
 def _content_type(reply: Reply) -> str:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+import orjson
+
 Headers = tuple[tuple[str, str], ...]
+
+
+def error_body(cause: str) -> bytes:
+    """KServe's error body, for every error the router renders (handler and servers alike)."""
+    return orjson.dumps({"error": "Failed to process request", "cause": cause})
 
 
 @dataclass(frozen=True, slots=True)

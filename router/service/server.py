@@ -34,10 +34,9 @@ from http import HTTPStatus
 from urllib.parse import unquote
 
 import httptools
-import orjson
 
 from infergraph.router.http.bodies import BodyBuffer
-from infergraph.router.service.messages import Request, Response
+from infergraph.router.service.messages import Request, Response, error_body
 
 log = logging.getLogger("infergraph.router")
 
@@ -88,10 +87,6 @@ def _head(status: int, fields: list[tuple[bytes, bytes]], close: bool) -> bytes:
 
 def _latin1(value: str) -> bytes:
     return value.encode("latin-1", "replace")
-
-
-def error_body(cause: str) -> bytes:
-    return orjson.dumps({"error": "Failed to process request", "cause": cause})
 
 
 class _Refused(Exception):

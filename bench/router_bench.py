@@ -163,21 +163,26 @@ class Bench:
             log_path=self.workdir / "router-sse.log",
         )
         router.argv = pinned(router.argv, 0)
+        targets = {"direct": url, "router": f"http://127.0.0.1:{port}/"}
+        first: dict[str, list[float]] = {label: [] for label in targets}
+        gaps: dict[str, list[float]] = {label: [] for label in targets}
         with router:
-            for label, target in (("direct", url), ("router", f"http://127.0.0.1:{port}/")):
-                first, gaps = [], []
-                for _ in range(rounds):
+            # Direct and routed streams alternate, so both see the same machine: here a process
+            # idle for tens of milliseconds takes milliseconds to wake (see sse_wake_floor).
+            for _ in range(rounds):
+                for label, target in targets.items():
                     arrivals = sse_arrivals(target)
-                    first.append(arrivals[0])
-                    gaps += [b - a for a, b in itertools.pairwise(arrivals)]
-                self.sse[label] = {
-                    "first_event_ms_p50": round(statistics.median(first) * 1000, 3),
-                    "gap_ms_p50": round(statistics.median(gaps) * 1000, 3),
-                    "gap_ms_max": round(max(gaps) * 1000, 3),
-                }
-        self.sse["first_event_router_minus_direct_ms"] = round(
-            self.sse["router"]["first_event_ms_p50"] - self.sse["direct"]["first_event_ms_p50"], 3
-        )
+                    first[label].append(arrivals[0])
+                    gaps[label] += [b - a for a, b in itertools.pairwise(arrivals)]
+        for label in targets:
+            self.sse[label] = {
+                "first_event_ms_p50": round(statistics.median(first[label]) * 1000, 3),
+                "gap_ms_p50": round(statistics.median(gaps[label]) * 1000, 3),
+                "gap_ms_max": round(max(gaps[label]) * 1000, 3),
+            }
+        paired = [r - d for d, r in zip(first["direct"], first["router"], strict=True)]
+        self.sse["first_event_router_minus_direct_ms"] = round(statistics.median(paired) * 1000, 3)
+        self.sse["wake_floor_ms"] = wake_floor(url)
 
     def telemetry_costs(self, predictor_pid: int) -> None:
         """The 1-step graph with metrics off, and with tracing on into a local Jaeger (every
@@ -315,6 +320,19 @@ def sse_arrivals(url: str) -> list[float]:
                 break
             arrivals += [time.perf_counter() - started] * chunk.count(b"data: ")
     return arrivals
+
+
+def wake_floor(url: str, pauses: tuple[float, ...] = (0.0, 0.05, 0.2)) -> dict[str, float]:
+    """Median time to the first byte of a direct streaming call after the machine sat idle
+    for each pause: what waking idle processes costs here, apart from any router."""
+    floor = {}
+    for pause in pauses:
+        heads = []
+        for _ in range(10):
+            time.sleep(pause)
+            heads.append(sse_arrivals(url)[0])
+        floor[f"after_{int(pause * 1000)}ms_idle"] = round(statistics.median(heads) * 1000, 3)
+    return floor
 
 
 def render(rows: list[dict[str, Any]]) -> str:

@@ -27,6 +27,7 @@ import asyncio
 import collections.abc
 import contextlib
 import dataclasses
+import functools
 import ssl
 import time
 from collections import deque
@@ -55,8 +56,11 @@ class _Stream(ChunkStream):
     """A streamed reply body, made when its request is sent: the chunks the connection feeds
     in as they arrive, then ``None`` (the end) or an exception.
 
-    A streamed connection is never reused. Reading to the end closes it; closing the stream
-    before that (even before reading anything) aborts it, so the model server stops.
+    Once the whole message has arrived, the stream lets go of its connection: a framed,
+    keep-alive reply gives it back to the pool (as Go's client does once a body is read to its
+    end), so the next streamed call needs no new TCP connection. Closing the stream before the
+    message ends (even before reading anything) aborts the connection, so the model server
+    stops.
     """
 
     __slots__ = ("_chunks", "_connection", "_done")
@@ -68,6 +72,10 @@ class _Stream(ChunkStream):
 
     def feed(self, item: bytes | Exception | None) -> None:
         self._chunks.put_nowait(item)
+
+    def release(self) -> None:
+        """The message has arrived whole: the connection is no longer this stream's."""
+        self._connection = None
 
     def __aiter__(self) -> _Stream:
         return self
@@ -83,16 +91,21 @@ class _Stream(ChunkStream):
         if isinstance(item, bytes):
             return item
         self._done = True
+        connection, self._connection = self._connection, None
         if item is None:
-            self._connection.close()
+            if connection is not None:
+                connection.close()
             raise StopAsyncIteration
-        self._connection.abort()
+        if connection is not None:
+            connection.abort()
         raise item
 
     async def aclose(self) -> None:
         if not self._done:
             self._done = True
-            self._connection.abort()
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                connection.abort()
 
 
 class _Connection(asyncio.Protocol):
@@ -104,13 +117,15 @@ class _Connection(asyncio.Protocol):
         "_framed",
         "_received",
         "_stream",
+        "_streaming",
         "_waiter",
         "closed",
         "idle_since",
         "lost",
-        "on_lost",
+        "on_stream_end",
         "parser",
         "reused",
+        "stream_end",
         "transport",
     )
 
@@ -121,14 +136,18 @@ class _Connection(asyncio.Protocol):
         self.lost = False  # connection_lost has run
         self.reused = False
         self.idle_since = 0.0
-        # Called once when the connection is lost (a streamed reply gives its slot back).
-        self.on_lost: collections.abc.Callable[[], None] | None = None
+        # How the last streamed reply ended: None while it runs (or for a plain reply), True
+        # when it arrived whole on a connection fit for reuse, False when the connection is
+        # gone. ``on_stream_end`` hears it once, when set by then.
+        self.stream_end: bool | None = None
+        self.on_stream_end: collections.abc.Callable[[bool], None] | None = None
         self._waiter: asyncio.Future[Reply] | None = None
         self._body = BodyBuffer()
         self._content_type: str | None = None
         self._framed = False  # Content-Length or chunked: the message has a known end
         self._received = False
         self._stream: _Stream | None = None  # the streamed reply still being fed
+        self._streaming = False  # the current request asked for a streamed reply
 
     @property
     def usable(self) -> bool:
@@ -170,9 +189,8 @@ class _Connection(asyncio.Protocol):
                 self._fail(
                     UpstreamConnectionError(f"connection closed before the response {what}{reason}")
                 )
-        on_lost, self.on_lost = self.on_lost, None
-        if on_lost is not None:
-            on_lost()
+        if self._streaming and self.stream_end is None:
+            self._end_stream(False)
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -200,8 +218,18 @@ class _Connection(asyncio.Protocol):
             self._complete()
             return
         self._stream = None
-        stream.feed(None)
-        self.close()  # every chunk is queued; the connection is done, read or not
+        stream.release()
+        stream.feed(None)  # every chunk is queued; the connection is done, read or not
+        if self.parser.should_keep_alive() and self._framed:
+            self._end_stream(True)
+        else:
+            self.close()  # connection_lost ends the stream's hold on it
+
+    def _end_stream(self, reusable: bool) -> None:
+        self.stream_end = reusable
+        on_end, self.on_stream_end = self.on_stream_end, None
+        if on_end is not None:
+            on_end(reusable)
 
     # request side
     def _complete(self) -> None:
@@ -250,6 +278,8 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             raise _NotSent()
         self._stream = _Stream(self) if stream else None
+        self._streaming = stream
+        self.stream_end = None
         self._waiter = waiter = asyncio.get_running_loop().create_future()
         return waiter
 
@@ -447,16 +477,23 @@ class FastTransport:
             self._open.discard(connection)
             raise
         if stream:
-            self._open.discard(connection)  # the reply's stream owns and closes it
-            # The connection keeps its slot until it is gone.
-            if connection.lost:
-                pool.release()
+            # The connection keeps its slot until the stream lets go of it.
+            end = functools.partial(self._stream_ended, pool, connection)
+            if connection.stream_end is None:
+                connection.on_stream_end = end
             else:
-                connection.on_lost = pool.release
+                end(connection.stream_end)
         else:
             self._checkin(pool, connection)
             pool.release()
         return reply if attempts == 1 else dataclasses.replace(reply, attempts=attempts)
+
+    def _stream_ended(self, pool: _Pool, connection: _Connection, reusable: bool) -> None:
+        if reusable:
+            self._checkin(pool, connection)
+        else:
+            self._open.discard(connection)
+        pool.release()
 
     async def _send(self, call: StepCall) -> Reply:
         target = call.target

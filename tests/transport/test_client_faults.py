@@ -138,6 +138,27 @@ async def test_a_stream_holds_its_connection_until_it_ends(client: Client) -> No
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+async def test_a_stream_read_to_its_end_leaves_its_connection_for_the_next_call(
+    client: Client,
+) -> None:
+    """As Go's client does once a body reaches EOF: no TCP connection per streamed call. A
+    stream left early is aborted, so its connection is not reused."""
+    async with FaultServer() as server, transport(client) as http:
+        url = server.url("/sse?events=2&interval_ms=10")
+        for _ in range(3):
+            assert await read_stream(await http.send(call(url, stream=True))) == faults.sse_body(2)
+        assert (await http.send(call(server.url("/ok")))).status == 200
+        assert server.connections == 1
+        reply = await http.send(call(url, stream=True))
+        assert reply.stream is not None
+        await reply.stream.__anext__()
+        await reply.stream.aclose()
+        assert await read_stream(await http.send(call(url, stream=True))) == faults.sse_body(2)
+        assert server.connections == 2
+        assert server.counts["/sse"] == 5
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 async def test_a_post_the_server_read_is_never_sent_again(client: Client) -> None:
     """The server reads the second request of every connection, then closes without an
     answer: as Go's net/http, the client reports it and does not send the POST again."""

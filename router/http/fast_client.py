@@ -66,7 +66,7 @@ class _Stream(ChunkStream):
     __slots__ = ("_chunks", "_connection", "_done")
 
     def __init__(self, connection: _Connection) -> None:
-        self._connection = connection
+        self._connection: _Connection | None = connection
         self._chunks: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self._done = False
 

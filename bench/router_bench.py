@@ -47,6 +47,7 @@ from infergraph.testing.loadgen import (
     preflight,
     results_base,
     span_exporter,
+    warm_up,
 )
 from infergraph.testing.paths import CACHE
 
@@ -114,6 +115,7 @@ class Bench:
             exporter = span_exporter(router.pid)
             if exporter is not None:
                 pids["exporter"] = exporter
+            warm_up(f"http://127.0.0.1:{port}/", self.script, pids)
             for connections in (1, 32):
                 row = self.series(f"http://127.0.0.1:{port}/", pids, connections)
                 calls = row["requests"] * CALLS_PER_REQUEST[graph]

@@ -115,8 +115,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--span-export",
         choices=get_args(SpanExport),
         default="process",
-        help="encode and send spans in a child process (default, off the event loop's GIL) or "
-        "in a thread of the router (OpenTelemetry's BatchSpanProcessor)",
+        help="encode and send spans in a child process (default, off the event loop's GIL, "
+        "with the router's own OTLP encoding; process-sdk: the SDK's encoding there) or in a "
+        "thread of the router (OpenTelemetry's BatchSpanProcessor)",
     )
     p.set_defaults(run=run_router)
     v = sub.add_parser("validate", help="check graph files; exit 1 if any is invalid")

@@ -15,7 +15,7 @@ Client = Literal["fast", "aiohttp"]
 Server = Literal["fast", "aiohttp"]
 # "process": spans are encoded and sent by a child process (off the event loop's GIL);
 # "thread": the SDK's BatchSpanProcessor in this process.
-SpanExport = Literal["process", "thread"]
+SpanExport = Literal["process", "process-sdk", "thread"]
 # The OTLP transports OpenTelemetry's Python exporters implement.
 OtlpProtocol = Literal["http/protobuf", "grpc"]
 

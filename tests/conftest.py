@@ -64,4 +64,8 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
         log_path=work / "jaeger.log",
     )
     with server.start(timeout=60):
-        yield Jaeger(f"http://127.0.0.1:{ports['otlp_http']}", f"http://127.0.0.1:{ports['query']}")
+        yield Jaeger(
+            f"http://127.0.0.1:{ports['otlp_http']}",
+            f"http://127.0.0.1:{ports['query']}",
+            f"http://127.0.0.1:{ports['otlp_grpc']}",
+        )

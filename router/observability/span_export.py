@@ -4,9 +4,12 @@ The SDK's ``BatchSpanProcessor`` encodes spans to OTLP protobuf in a thread of t
 process, holding the GIL the event loop needs: measured, that was about a third of the router's
 CPU with every request sampled, and the cause of p99 spikes. Here an ended ``LightSpan`` (a plain
 tuple) is pickled onto a deque; a writer thread sends what is queued in batches down a pipe to a
-child process (``python -m`` this module) that rebuilds SDK spans and exports them with the
-standard OTLP exporter, configured as usual by the ``OTEL_EXPORTER_OTLP_*`` variables it
-inherits. Encoding and network I/O cost the child's CPU, not the router's.
+child process (``python -m`` this module) that encodes them to OTLP protobuf itself
+(``otlp.TraceEncoder``, a tenth of the SDK's cost per span) and sends them with the standard
+OTLP exporter's client, configured as usual by the ``OTEL_EXPORTER_OTLP_*`` variables it
+inherits. ``--span-export process-sdk`` (or an exporter without that seam) rebuilds SDK spans
+and exports them the SDK's way instead. Encoding and network I/O cost the child's CPU, not the
+router's.
 
 If the queue is full (the child cannot keep up) spans are dropped and counted, never blocking a
 request; if the child dies the router logs it once and goes on without exporting.
@@ -28,12 +31,17 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GRPCSpanExporter,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from infergraph.router.observability.otlp import TraceEncoder
 from infergraph.router.observability.spans import LightTracer, SpanValues
 from infergraph.router.observability.tracing import make_exporter, make_provider
 from infergraph.router.settings import OtlpProtocol, SpanExport
@@ -78,6 +86,7 @@ class SpanShipper:
         protocol: str,
         service_name: str,
         *,
+        encoding: str = "lean",
         interval: float = 0.5,
         max_queue: int = 32768,
     ) -> None:
@@ -91,7 +100,7 @@ class SpanShipper:
         self._stop = threading.Event()
         self._broken = False
         self._child = subprocess.Popen(
-            [sys.executable, "-P", "-m", __name__, protocol, service_name],
+            [sys.executable, "-P", "-m", __name__, protocol, service_name, encoding],
             stdin=subprocess.PIPE,
             start_new_session=True,  # signals to the router's group must not cut the last spans
         )
@@ -149,11 +158,13 @@ def make_tracer(
 ) -> tuple[trace.Tracer, Callable[[], None]]:
     """The router's tracer and the function that flushes it at exit.
 
-    ``process``: light spans, exported by a child process; ``thread``: the SDK's spans and its
+    ``process``: light spans, encoded and exported by a child process (``process-sdk``: which
+    rebuilds SDK spans and uses the SDK's encoder); ``thread``: the SDK's spans and its
     ``BatchSpanProcessor`` in this process. Both sample as ``OTEL_TRACES_SAMPLER`` says.
     """
-    if how == "process":
-        shipper = SpanShipper(protocol, service_name)
+    if how in ("process", "process-sdk"):
+        encoding = "sdk" if how == "process-sdk" else "lean"
+        shipper = SpanShipper(protocol, service_name, encoding=encoding)
         sampler = TracerProvider().sampler  # the SDK's reading of OTEL_TRACES_SAMPLER(_ARG)
         return LightTracer(sampler, shipper.submit), shipper.shutdown
     provider = make_provider(service_name, BatchSpanProcessor(make_exporter(protocol)))
@@ -169,15 +180,64 @@ def _read_frames(stream: IO[bytes]) -> Any:
         yield pickle.loads(stream.read(size))
 
 
+class _EncodedGRPCExporter(GRPCSpanExporter):
+    """The SDK's gRPC exporter (endpoint, headers, TLS, compression, retries as ``OTEL_*``
+    say) sending requests already encoded: ``(payload, span count)``."""
+
+    def _translate_data(self, data: Any) -> ExportTraceServiceRequest:
+        request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(data[0])
+        return request
+
+    def _count_data(self, data: Any) -> int:
+        return int(data[1])
+
+
+class EncodedSender:
+    """Sends ``TraceEncoder`` output with the SDK exporter's own client for the protocol."""
+
+    def __init__(self, protocol: str) -> None:
+        self.exporter: SpanExporter = (
+            _EncodedGRPCExporter() if protocol == "grpc" else make_exporter(protocol)
+        )
+        self._grpc = protocol == "grpc"
+
+    @staticmethod
+    def supported(protocol: str) -> bool:
+        """Whether the installed exporter has the seam used here (else: the SDK path)."""
+        if protocol == "grpc":
+            return hasattr(GRPCSpanExporter, "_export")
+        client = getattr(make_exporter(protocol), "_client", None)
+        return callable(getattr(client, "export", None))
+
+    def send(self, payload: bytes, count: int) -> bool:
+        if self._grpc:
+            result = self.exporter._export((payload, count))  # type: ignore[attr-defined]
+            return bool(result == SpanExportResult.SUCCESS)
+        client = self.exporter._client  # type: ignore[attr-defined]
+        return bool(client.export(payload).success)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
 def main(argv: list[str]) -> int:
     """The exporter child: spans from stdin to OTLP until stdin closes."""
-    protocol, service_name = argv
+    protocol, service_name, encoding = argv
     # This process finishes when the router closes the pipe, after its last spans.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Background work: where it shares a core with the router, the router goes first.
     os.nice(10)
-    exporter = make_exporter(protocol)
     resource = Resource.create({"service.name": service_name})
+    if encoding == "lean" and EncodedSender.supported(protocol):
+        sender, encoder = EncodedSender(protocol), TraceEncoder(resource)
+        for batch in _read_frames(sys.stdin.buffer):
+            for start in range(0, len(batch), EXPORT_BATCH):
+                values = [pickle.loads(raw) for raw in batch[start : start + EXPORT_BATCH]]
+                if not sender.send(encoder.encode(values), len(values)):
+                    log.warning("an export of %d spans failed", len(values))
+        sender.shutdown()
+        return 0
+    exporter = make_exporter(protocol)  # the SDK's spans and encoder
     for batch in _read_frames(sys.stdin.buffer):
         spans = [rebuild(pickle.loads(raw), resource) for raw in batch]
         for start in range(0, len(spans), EXPORT_BATCH):

@@ -20,7 +20,7 @@ SOURCE = GraphSource(graph_json='{"nodes": {}}')
     [
         ({"client": "curl"}, "downstream client must be one of fast, aiohttp"),
         ({"server": "nginx"}, "server must be one of fast, aiohttp"),
-        ({"span_export": "disk"}, "span export must be one of process, thread"),
+        ({"span_export": "disk"}, "span export must be one of process, process-sdk, thread"),
         ({"otlp_protocol": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
         ({"workers": 0}, "--workers"),
         ({"workers": 2, "port": 0}, "fixed --port"),

@@ -13,6 +13,7 @@ from typing import Any
 class Jaeger:
     otlp_http: str  # e.g. http://127.0.0.1:4318
     query: str  # e.g. http://127.0.0.1:16686
+    otlp_grpc: str = ""  # e.g. http://127.0.0.1:4317
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
         """The spans Jaeger holds for a trace, each with its service name."""

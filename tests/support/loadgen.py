@@ -9,6 +9,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,21 @@ def span_exporter(router_pid: int) -> int | None:
     """The router's span exporter child (its own process group), if tracing started one."""
     found = processes.children_of(router_pid, b"span_export")
     return found[0] if found else None
+
+
+def warm_up(url: str, script: Path, pids: dict[str, int], seconds: float = 1.0) -> None:
+    """Load for ``seconds`` (results dropped), then wait until every process in ``pids`` has
+    stopped spending CPU (the span exporter child imports its libraries after the router is
+    ready): the first measured run then sees neither start-up."""
+    run_wrk(url, 8, seconds, script)
+    deadline = time.monotonic() + 15
+    last = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        if all(now[name] - last[name] < 0.01 for name in pids):
+            return
+        last = now
 
 
 def results_base(out: Path, prefix: str, duration: float) -> tuple[Path, dict[str, Any]]:

@@ -101,8 +101,11 @@ class StepCall:
     graph: str = ""
     node: str = ""
     step: str = ""
+    # Headers that differ on every call (the trace context), sent after ``headers``: kept
+    # apart so transports can reuse what they built for ``headers``.
+    trace_headers: Headers = ()
 
-    def with_headers(self, headers: Headers) -> StepCall:
+    def with_headers(self, headers: Headers, trace_headers: Headers = ()) -> StepCall:
         """The same call with other headers (built directly: ``dataclasses.replace`` inspects
         the fields on every call, and this is on every traced call's path)."""
         return StepCall(
@@ -117,7 +120,12 @@ class StepCall:
             self.graph,
             self.node,
             self.step,
+            trace_headers,
         )
+
+    def all_headers(self) -> Headers:
+        """``headers`` then ``trace_headers``: what goes on the wire."""
+        return self.headers + self.trace_headers if self.trace_headers else self.headers
 
 
 @dataclass(frozen=True, slots=True)

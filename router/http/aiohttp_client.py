@@ -129,7 +129,7 @@ class AiohttpTransport:
         queue = _Queue()
         options: dict[str, Any] = {
             "data": call.body,
-            "headers": list(call.headers),
+            "headers": list(call.all_headers()),
             "timeout": timeout,
             "trace_request_ctx": queue,
         }

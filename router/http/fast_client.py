@@ -335,7 +335,11 @@ class _HeadCache:
         self._lines: dict[str, bytes] = {}
         self._headers: dict[Headers, bytes] = {}
 
-    def head(self, target: ServiceTarget, headers: Headers, length: int) -> bytes:
+    def head(
+        self, target: ServiceTarget, headers: Headers, length: int, uncached: Headers = ()
+    ) -> bytes:
+        """The request head; ``uncached`` (the trace context, new on every call) goes after
+        the cached header block."""
         line = self._lines.get(target.url)
         if line is None:
             line = f"POST {target.path} HTTP/1.1\r\nHost: {target.authority}\r\n".encode("latin-1")
@@ -348,6 +352,8 @@ class _HeadCache:
             if len(self._headers) >= self._size:
                 self._headers.clear()
             self._headers[headers] = block
+        if uncached:
+            block += "".join(f"{name}: {value}\r\n" for name, value in uncached).encode("latin-1")
         return b"%sContent-Length: %d\r\n%s\r\n" % (line, length, block)
 
 
@@ -511,7 +517,7 @@ class FastTransport:
                     f'Post "{target.url}": no connection to {pool.name} became free within '
                     f"{self._pool_timeout} s ({pool.in_use} in use)"
                 ) from None
-        head = self._heads.head(target, call.headers, len(call.body))
+        head = self._heads.head(target, call.headers, len(call.body), call.trace_headers)
         try:
             return await self._exchange(pool, target, head, call.body, call.stream)
         except BaseException:

@@ -621,7 +621,7 @@ class GrpcV2Transport:
             request = request_from_json(call.body, call.model or "", call.model_version or "")
         except InvalidV2Request as exc:
             return _error(exc.status, exc.cause)
-        headers = {n.lower(): v for n, v in call.headers if n.lower() != "content-type"}
+        headers = {n.lower(): v for n, v in call.all_headers() if n.lower() != "content-type"}
         metadata = tuple(headers.items())
         model_infer: Callable[..., Any] = self._client(call).stub.ModelInfer
         try:

@@ -12,6 +12,8 @@ the API's context like any other.
 
 from __future__ import annotations
 
+import random
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,7 +23,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, TraceIdRatioBased
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -32,6 +34,15 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 from opentelemetry.util.types import Attributes, AttributeValue
+
+
+def _span_id() -> int:
+    """A random, valid span id (as the SDK's ``RandomIdGenerator``)."""
+    while True:
+        span_id = random.getrandbits(64)
+        if span_id:
+            return span_id
+
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
@@ -143,14 +154,91 @@ class LightSpan(trace.Span):
         )
 
 
+_PARENT_DELEGATES = (
+    ",remoteParentSampled:AlwaysOnSampler,remoteParentNotSampled:AlwaysOffSampler"
+    ",localParentSampled:AlwaysOnSampler,localParentNotSampled:AlwaysOffSampler}"
+)
+_RATIO = re.compile(r"TraceIdRatioBased\{([^}]*)\}")
+_ID_LIMIT = (1 << 64) - 1
+
+# A sampling decision made without the SDK's objects: the parent's span context (invalid for a
+# root) and the trace id give sampled or not; the trace state is always the parent's.
+Decide = Callable[[SpanContext, int], bool]
+
+
+def _root_rule(description: str) -> Callable[[int], bool] | None:
+    """Whether a trace id is sampled, for the SDK's root samplers, from their descriptions."""
+    if description == "AlwaysOnSampler":
+        return lambda trace_id: True
+    if description == "AlwaysOffSampler":
+        return lambda trace_id: False
+    match = _RATIO.fullmatch(description)
+    if match is None:
+        return None
+    bound = TraceIdRatioBased.get_bound_for_rate(float(match.group(1)))
+    return lambda trace_id: trace_id & _ID_LIMIT < bound
+
+
+def decision_rule(sampler: Sampler) -> Decide | None:
+    """The sampler's decision as a plain function, for the samplers ``OTEL_TRACES_SAMPLER``
+    names (always_on, always_off, traceidratio and their parentbased_ forms with the default
+    delegates); None for any other sampler, which is then asked itself."""
+    description = sampler.get_description()
+    if description.startswith("ParentBased{root:") and description.endswith(_PARENT_DELEGATES):
+        root = _root_rule(description[len("ParentBased{root:") : -len(_PARENT_DELEGATES)])
+        if root is None:
+            return None
+        sampled_root = root
+
+        def parent_based(parent: SpanContext, trace_id: int) -> bool:
+            if parent.is_valid:
+                return parent.trace_flags.sampled
+            return sampled_root(trace_id)
+
+        return parent_based
+    rule = _root_rule(description)
+    if rule is None:
+        return None
+    sampled = rule
+    return lambda parent, trace_id: sampled(trace_id)
+
+
 class LightTracer(trace.Tracer):
-    """Starts ``LightSpan``s, sampled by ``sampler`` (the SDK's, from ``OTEL_TRACES_SAMPLER``)."""
+    """Starts ``LightSpan``s, sampled by ``sampler`` (the SDK's, from ``OTEL_TRACES_SAMPLER``).
+
+    For the samplers the environment can name, the decision is made by ``decision_rule``
+    (the same outcome without the SDK's context and result objects); a child of a recording
+    ``LightSpan`` started with ``child`` needs no context lookup at all."""
 
     def __init__(self, sampler: Sampler, sink: Sink, scope: str = "infergraph.router") -> None:
         self.sampler = sampler
         self.sink = sink
         self.scope = scope
         self.ids = RandomIdGenerator()
+        self._decide = decision_rule(sampler)
+
+    def child(
+        self, parent: LightSpan, name: str, kind: SpanKind, attributes: dict[str, Any]
+    ) -> trace.Span:
+        """A span under ``parent`` (recording, so sampled), as ``start_span`` would start it
+        with ``parent`` current."""
+        context = parent.get_span_context()
+        if self._decide is None:
+            return self.start_span(name, trace.set_span_in_context(parent), kind, attributes)
+        if not self._decide(context, context.trace_id):
+            return NonRecordingSpan(
+                SpanContext(context.trace_id, _span_id(), False, NOT_SAMPLED, context.trace_state)
+            )
+        return LightSpan(
+            self.sink,
+            name,
+            context=SpanContext(context.trace_id, _span_id(), False, SAMPLED, context.trace_state),
+            parent=context,
+            kind=kind,
+            attributes=attributes,
+            start=time.time_ns(),
+            scope=self.scope,
+        )
 
     def start_span(  # noqa: PLR0917 (the API's signature)
         self,
@@ -165,6 +253,24 @@ class LightTracer(trace.Tracer):
     ) -> trace.Span:
         parent = trace.get_current_span(context).get_span_context()
         trace_id = parent.trace_id if parent.is_valid else self.ids.generate_trace_id()
+        if self._decide is not None and not links:
+            sampled = self._decide(parent, trace_id)
+            state = parent.trace_state if parent.is_valid else None
+            span_context = SpanContext(
+                trace_id, _span_id(), False, SAMPLED if sampled else NOT_SAMPLED, state
+            )
+            if not sampled:
+                return NonRecordingSpan(span_context)
+            return LightSpan(
+                self.sink,
+                name,
+                context=span_context,
+                parent=parent if parent.is_valid else None,
+                kind=kind,
+                attributes=dict(attributes) if attributes else {},
+                start=start_time or time.time_ns(),
+                scope=self.scope,
+            )
         sampling = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
         span_context = SpanContext(
             trace_id,

@@ -12,8 +12,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GRPCSpanExporter,
 )
@@ -28,6 +29,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from infergraph.router.engine.errors import GraphRequestError
 from infergraph.router.engine.plan import NodePlan, RouterType, StepPlan
 from infergraph.router.engine.transport import Reply, StepCall, Transport
+from infergraph.router.observability.spans import LightSpan, LightTracer
 
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
@@ -47,6 +49,16 @@ def make_provider(service_name: str, processor: SpanProcessor) -> TracerProvider
     return provider
 
 
+def _start_child(
+    tracer: trace.Tracer, parent: Span, name: str, kind: SpanKind, attributes: dict[str, Any]
+) -> Span:
+    """A span under ``parent``, the current span: without a context lookup when both are the
+    light tracer's."""
+    if isinstance(parent, LightSpan) and isinstance(tracer, LightTracer):
+        return tracer.child(parent, name, kind, attributes)
+    return tracer.start_span(name, kind=kind, attributes=attributes)
+
+
 class TracingObserver:
     """Node spans, as children of the current span (the request's, or the parent node's)."""
 
@@ -54,7 +66,8 @@ class TracingObserver:
         self.tracer = tracer
 
     def node_started(self, node: NodePlan) -> object:
-        if not trace.get_current_span().is_recording():
+        current = trace.get_current_span()
+        if not current.is_recording():
             return None  # an unsampled request: no spans below it either
         attributes: dict[str, Any] = {
             "infergraph.node": node.name,
@@ -62,7 +75,9 @@ class TracingObserver:
         }
         if node.router_type is RouterType.ENSEMBLE:
             attributes["infergraph.branches"] = [s.key for s in node.steps]
-        span = self.tracer.start_span(f"node {node.name}", attributes=attributes)
+        span = _start_child(
+            self.tracer, current, f"node {node.name}", SpanKind.INTERNAL, attributes
+        )
         token = otel_context.attach(trace.set_span_in_context(span))
         return span, token
 
@@ -113,10 +128,11 @@ class TracingTransport:
         self.tracer = tracer
 
     async def send(self, call: StepCall) -> Reply:
-        if not trace.get_current_span().is_recording():
+        current = trace.get_current_span()
+        if not current.is_recording():
             # An unsampled request: no client span, but the model server still learns the
             # trace (and that it is not sampled) from the caller's context.
-            return await self.inner.send(_with_trace_headers(call))
+            return await self.inner.send(_with_trace_headers(call, current))
         attributes: dict[str, Any] = {
             "url.full": call.target.url,
             "infergraph.step": call.step,
@@ -124,12 +140,10 @@ class TracingTransport:
             "infergraph.attempt": 1,
             "http.request.body.size": len(call.body),
         }
-        span = self.tracer.start_span(
-            f"step {call.step}", kind=SpanKind.CLIENT, attributes=attributes
-        )
+        span = _start_child(self.tracer, current, f"step {call.step}", SpanKind.CLIENT, attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            reply = await self.inner.send(_with_trace_headers(call))
+            reply = await self.inner.send(_with_trace_headers(call, span))
             span.set_attribute("http.response.status_code", reply.status)
             if reply.attempts > 1:
                 span.set_attribute("infergraph.attempt", reply.attempts)
@@ -146,13 +160,50 @@ class TracingTransport:
             span.end()
 
 
-def _with_trace_headers(call: StepCall) -> StepCall:
-    """The call with ``traceparent``/``tracestate`` for the current span (replacing any the
-    client sent, which named the caller's span, not ours)."""
+# The fields of the default propagators (W3C trace context and baggage). With them in place,
+# the trace headers are written and read here directly; with any others, by the API.
+_W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
+_BAGGAGE = W3CBaggagePropagator()
+
+
+_checked: list[Any] = [None, False]  # the global propagator last looked at, and the answer
+
+
+def _w3c_propagation() -> bool:
+    textmap = propagate.get_global_textmap()
+    if textmap is not _checked[0]:
+        _checked[:] = [textmap, textmap.fields == _W3C_FIELDS]
+    return bool(_checked[1])
+
+
+def _with_trace_headers(call: StepCall, span: Span) -> StepCall:
+    """The call with ``traceparent``/``tracestate`` for ``span``, the current span (replacing
+    any the client sent, which named the caller's span, not ours)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    headers = tuple(h for h in call.headers if h[0].lower() not in TRACE_HEADERS)
-    return call.with_headers(headers + tuple(carrier.items()))
+    if _w3c_propagation():
+        context = span.get_span_context()
+        if context.is_valid:  # as TraceContextTextMapPropagator.inject writes them
+            carrier["traceparent"] = (
+                f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+            )
+            if context.trace_state:
+                carrier["tracestate"] = context.trace_state.to_header()
+        if baggage.get_all():
+            _BAGGAGE.inject(carrier)
+    else:
+        propagate.inject(carrier)
+    headers = call.headers
+    if any(name.lower() in TRACE_HEADERS for name, _ in headers):
+        headers = tuple(h for h in headers if h[0].lower() not in TRACE_HEADERS)
+    return call.with_headers(headers, tuple(carrier.items()))
+
+
+def _extract(headers: Mapping[str, str]) -> otel_context.Context | None:
+    """The caller's context from the request's headers (by lower-case name); None, the
+    current context, when it sent none of the default propagators' headers."""
+    if _w3c_propagation() and not _W3C_FIELDS.intersection(headers):
+        return None
+    return propagate.extract(headers)
 
 
 class server_span:
@@ -166,7 +217,7 @@ class server_span:
     ) -> None:
         self.span = tracer.start_span(
             f"graph {graph}",
-            context=propagate.extract(headers),
+            context=_extract(headers),
             kind=SpanKind.SERVER,
             attributes={
                 "infergraph.graph": graph,

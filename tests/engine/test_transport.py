@@ -21,9 +21,12 @@ def test_with_headers_changes_only_the_headers() -> None:
         graph="g",
         node="n",
         step="s",
+        trace_headers=(("traceparent", "old"),),
     )
-    changed = call.with_headers((("B", "2"),))
+    new = {"headers": (("B", "2"),), "trace_headers": (("traceparent", "00-1-2-01"),)}
+    changed = call.with_headers(new["headers"], new["trace_headers"])
     for field in dataclasses.fields(StepCall):
-        expected = (("B", "2"),) if field.name == "headers" else getattr(call, field.name)
+        expected = new.get(field.name, getattr(call, field.name))
         assert getattr(changed, field.name) == expected, field.name
-    assert len(dataclasses.fields(StepCall)) == 11, "a new StepCall field: add it to with_headers"
+    assert changed.all_headers() == (("B", "2"), ("traceparent", "00-1-2-01"))
+    assert len(dataclasses.fields(StepCall)) == 12, "a new StepCall field: add it to with_headers"

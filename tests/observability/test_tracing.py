@@ -116,7 +116,7 @@ async def test_one_trace_server_node_and_client_spans(spans: Any) -> None:
     assert attrs(client)["http.response.status_code"] == 200
     assert attrs(client)["http.request.body.size"] == len(b'{"animal":"dog"}')
     # Each call carries its own client span as the parent of what the model server does.
-    sent = {call.step: dict(call.headers) for call in fake.calls}
+    sent = {call.step: dict(call.all_headers()) for call in fake.calls}
     for step in ("dog", "last"):
         span = named[f"step {step}"]
         assert sent[step]["traceparent"] == f"00-{CALLER_TRACE}-{span.context.span_id:016x}-01"
@@ -176,6 +176,6 @@ async def test_unsampled_request_records_nothing_but_still_propagates(spans: Any
     with server_span(tracer, unsampled, "g", "/"):
         await run_graph(graph, b"{}", ctx)
     assert tuple(exporter.get_finished_spans()) == ()
-    sent = dict(fake.calls[0].headers)["traceparent"]
+    sent = dict(fake.calls[0].all_headers())["traceparent"]
     assert sent.startswith(f"00-{CALLER_TRACE}-")
     assert sent.endswith("-00")  # the model server is told not to sample either

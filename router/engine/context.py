@@ -23,3 +23,6 @@ class ExecutionContext:
     # when each step call starts and ends); None when nothing watches.
     observer: Observer | None = None
     calls: CallWatcher | None = None
+    # The trace context every step call carries when the request's telemetry fixed it for
+    # the whole request (an unsampled trace: no spans per call).
+    trace_headers: Headers = ()

@@ -77,6 +77,7 @@ async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, fina
         graph=ctx.graph,
         node=step.owner,
         step=step.key,
+        trace_headers=ctx.trace_headers,
     )
     watcher = ctx.calls
     if watcher is None:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from opentelemetry.trace import StatusCode
 
 from infergraph.router.engine.errors import GraphRequestError
+from infergraph.router.engine.transport import Headers
+from infergraph.router.observability.tracing import trace_headers, without_trace_headers
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -68,6 +70,8 @@ class RequestRecorder:
         "access_log",
         "graph",
         "status",
+        "trace_headers",
+        "traced",
         "upstream",
     )
 
@@ -89,6 +93,17 @@ class RequestRecorder:
         self._started = 0.0
         self._open = False  # kept open past the handler (a streamed reply) by keep_open
         self.upstream = UpstreamTime() if metrics is not None else None
+        # Spans per node and call only for a sampled request. An unsampled one carries the
+        # same trace context on every call, made once here.
+        self.traced = scope is not None and scope.sampled
+        self.trace_headers: Headers = (
+            trace_headers(scope.span) if scope is not None and not self.traced else ()
+        )
+
+    def outgoing(self, headers: Headers) -> Headers:
+        """The headers forwarded to every step: without the client's trace context when the
+        request's own goes in ``trace_headers``."""
+        return without_trace_headers(headers) if self.trace_headers else headers
 
     def __enter__(self) -> RequestRecorder:
         self._started = time.perf_counter()

@@ -27,32 +27,38 @@ class Telemetry:
     metrics: RouterMetrics | None = None
     access_log: bool = False
     shutdown: Callable[[], None] | None = None  # flushes the span exporter
-    _observers: dict[str, Observer | None] = field(default_factory=dict)
+    # The transport without the tracing layer, for requests that are not sampled.
+    untraced: Transport | None = None
+    _observers: dict[tuple[str, bool], Observer | None] = field(default_factory=dict)
 
     def close(self) -> None:
         if self.shutdown is not None:
             self.shutdown()
 
-    def observer(self, graph: str) -> Observer | None:
-        """The engine observer for requests to ``graph`` (None when nothing observes)."""
-        if graph not in self._observers:
+    def observer(self, graph: str, traced: bool = True) -> Observer | None:
+        """The engine observer for requests to ``graph`` (None when nothing observes);
+        ``traced``: the request is sampled, so its nodes get spans."""
+        key = (graph, traced)
+        if key not in self._observers:
             observers: list[Observer] = []
-            if self.tracer is not None:
+            if self.tracer is not None and traced:
                 observers.append(TracingObserver(self.tracer))
             if self.metrics is not None:
                 observers.append(self.metrics.observer(graph))
-            self._observers[graph] = (
+            self._observers[key] = (
                 None
                 if not observers
                 else observers[0]
                 if len(observers) == 1
                 else Observers(observers)
             )
-        return self._observers[graph]
+        return self._observers[key]
 
     def wrap(self, transport: Transport) -> Transport:
+        """The transport with the telemetry layers; ``untraced`` is left without tracing."""
         if self.metrics is not None:
             transport = MetricsTransport(transport, self.metrics)
+        self.untraced = transport
         if self.tracer is not None:
             transport = TracingTransport(transport, self.tracer)
         return transport

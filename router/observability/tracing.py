@@ -176,9 +176,9 @@ def _w3c_propagation() -> bool:
     return bool(_checked[1])
 
 
-def _with_trace_headers(call: StepCall, span: Span) -> StepCall:
-    """The call with ``traceparent``/``tracestate`` for ``span``, the current span (replacing
-    any the client sent, which named the caller's span, not ours)."""
+def trace_headers(span: Span) -> tuple[tuple[str, str], ...]:
+    """The trace context headers for ``span`` (with the current context's baggage), as the
+    global propagator writes them."""
     carrier: dict[str, str] = {}
     if _w3c_propagation():
         context = span.get_span_context()
@@ -191,11 +191,21 @@ def _with_trace_headers(call: StepCall, span: Span) -> StepCall:
         if baggage.get_all():
             _BAGGAGE.inject(carrier)
     else:
-        propagate.inject(carrier)
-    headers = call.headers
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return tuple(carrier.items())
+
+
+def _with_trace_headers(call: StepCall, span: Span) -> StepCall:
+    """The call with ``traceparent``/``tracestate`` for ``span``, the current span (replacing
+    any the client sent, which named the caller's span, not ours)."""
+    return call.with_headers(without_trace_headers(call.headers), trace_headers(span))
+
+
+def without_trace_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``headers`` without the trace context headers (the client's name the caller's span)."""
     if any(name.lower() in TRACE_HEADERS for name, _ in headers):
-        headers = tuple(h for h in headers if h[0].lower() not in TRACE_HEADERS)
-    return call.with_headers(headers, tuple(carrier.items()))
+        return tuple(h for h in headers if h[0].lower() not in TRACE_HEADERS)
+    return headers
 
 
 def _extract(headers: Mapping[str, str]) -> otel_context.Context | None:
@@ -226,6 +236,10 @@ class server_span:
             },
         )
         self.token: object = None
+
+    @property
+    def sampled(self) -> bool:
+        return self.span.is_recording()
 
     def __enter__(self) -> Span:
         self.token = otel_context.attach(trace.set_span_in_context(self.span))

@@ -105,6 +105,7 @@ class RouterService:
         self.registry = registry
         self.telemetry = telemetry or Telemetry()
         self.transport = self.telemetry.wrap(transport)
+        self.untraced = self.telemetry.untraced or self.transport
         self.headers = HeaderPolicy.from_setting(settings.propagate_headers)
         self.rng = rng or random.Random()
         self.draining = False
@@ -127,14 +128,16 @@ class RouterService:
         except GraphRequestError as error:
             return error_response(error)
         recorder = self.telemetry.recorder(plan.name, request.header_map, path)
+        traced = recorder.traced
         ctx = ExecutionContext(
-            transport=self.transport,
-            headers=self.headers.forward(request.headers),
+            transport=self.transport if traced else self.untraced,
+            headers=recorder.outgoing(self.headers.forward(request.headers)),
             service_timeout=plan.timeouts.service_client,
             rng=self.rng,
             graph=plan.name,
-            observer=self.telemetry.observer(plan.name),
+            observer=self.telemetry.observer(plan.name, traced),
             calls=recorder.upstream,
+            trace_headers=recorder.trace_headers,
         )
         with recorder:
             response = await self._respond(request, plan, ctx, recorder)

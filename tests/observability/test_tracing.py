@@ -22,7 +22,12 @@ from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.observability.span_export import rebuild
 from infergraph.router.observability.spans import LightTracer, SpanValues
+from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.observability.tracing import TracingObserver, TracingTransport, server_span
+from infergraph.router.service.handler import RouterService
+from infergraph.router.service.messages import Request
+from infergraph.router.service.registry import GraphRegistry
+from infergraph.router.settings import GraphSource, RouterSettings
 from infergraph.testing.fakes import FakeTransport, plan, reply, url
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -179,3 +184,50 @@ async def test_unsampled_request_records_nothing_but_still_propagates(spans: Any
     sent = dict(fake.calls[0].all_headers())["traceparent"]
     assert sent.startswith(f"00-{CALLER_TRACE}-")
     assert sent.endswith("-00")  # the model server is told not to sample either
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+async def test_through_the_handler_every_call_carries_the_requests_trace_context(
+    spans: Any, sampled: bool
+) -> None:
+    """Sampled: each call names its own client span. Unsampled: no spans, and every call
+    names the request's span with the not-sampled flag. Either way the client's own
+    traceparent, forwarded by PROPAGATE_HEADERS, is replaced, never sent beside ours."""
+    tracer, exporter = spans
+    fake = FakeTransport()
+    spec = orjson.dumps(
+        {
+            "nodes": {
+                "root": {
+                    "routerType": "Sequence",
+                    "steps": [{"serviceUrl": url("a")}, {"serviceUrl": url("b")}],
+                }
+            }
+        }
+    ).decode()
+    settings = RouterSettings(source=GraphSource(graph_json=spec), propagate_headers="")
+    registry = GraphRegistry(settings.source)
+    registry.load()
+    service = RouterService(settings, registry, fake, telemetry=Telemetry(tracer=tracer))
+    flag = "01" if sampled else "00"
+    caller = f"00-{CALLER_TRACE}-00f067aa0ba902b7-{flag}"
+    headers = (("Content-Type", "application/json"), ("traceparent", caller))
+    response = await service.handle(Request("POST", "/", headers, b"{}"))
+    assert response.status == 200
+    sent = [[v for k, v in c.all_headers() if k.lower() == "traceparent"] for c in fake.calls]
+    assert [len(values) for values in sent] == [1, 1]
+    parents = [values[0] for values in sent]
+    assert all(p.startswith(f"00-{CALLER_TRACE}-") and p.endswith(f"-{flag}") for p in parents)
+    assert caller not in parents
+    finished = list(exporter.get_finished_spans())
+    if sampled:
+        clients = {
+            s.name: f"{s.context.span_id:016x}" for s in finished if s.name.startswith("step")
+        }
+        assert [p.split("-")[2] for p in parents] == [
+            clients["step 0"],
+            clients["step 1"],
+        ]
+    else:
+        assert finished == []
+        assert parents[0] == parents[1]  # one context, made once for the request

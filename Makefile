@@ -23,6 +23,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python bench/readme.py --check || (echo "README's benchmark section is stale: run bench/readme.py" && exit 1)
 
 # The code, the tests and the benchmarks, as one strict program (infergraph.* resolves through
 # src/infergraph, the tests' own modules relative to the repository).
@@ -54,12 +55,15 @@ unit: $(STAMP)
 
 test: lint typecheck contracts pyright components kube jaeger unit
 
-# The peers benchmark (issue 6): infergraph, KServe's router, Ray Serve; results in bench/results.
-bench: $(STAMP) jaeger
+# The whole benchmark (about 15 minutes): the peers (infergraph, KServe's router, Ray Serve),
+# the router's own costs, then the README's benchmark section from the results.
+bench: $(STAMP) jaeger components
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	bash bench/install_peers.sh $(TOOLS_CACHE)
 	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python bench/peers.py
+	$(BIN)/python bench/router_bench.py --repeats 1 --duration 3 --clients fast
+	$(BIN)/python bench/readme.py
 
 # The router's own costs: its two HTTP clients, metrics and tracing, Triton REST and gRPC.
 bench-router: $(STAMP) components jaeger

@@ -8,7 +8,6 @@ replicas per graph.
 
 - ``direct``: the predictor called straight (one call; the floor for a 1-call graph);
 - ``infergraph``: tracing off (metrics on, the default);
-- ``infergraph tracing``: every request traced and exported to a local Jaeger (single core);
 - ``kserve``: KServe's router v0.20.0 built from the Go module proxy (bench/install_peers.sh);
 - ``ray serve``: the graphs as Ray Serve applications (bench/ray_graphs.py), in their own venv.
 
@@ -16,7 +15,7 @@ For every graph in graphs/bench-*.yaml, wrk drives each system at concurrency 1,
 per request is the system's whole process group (for Ray: every Ray process) from /proc. Each
 row also has its ratio to infergraph's figure for the same graph, budget and concurrency.
 
-Scale: 1,000 graphs in one router (start-up, memory, latency against a one-graph router), a
+Scale: 10,000 graphs in one router (start-up, memory, latency against a one-graph router), a
 10 MiB request through a 3-step Sequence (MB/s, peak memory per in-flight request), and a
 64-way Ensemble (latency against its slowest branch).
 
@@ -61,7 +60,6 @@ from infergraph.testing.loadgen import (
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
 
-from infergraph.testing.jaeger import JAEGER_CONFIG
 from infergraph.testing.paths import CACHE
 
 KSERVE_ROUTER = CACHE / "bin" / "kserve-router-v0.20.0"
@@ -165,8 +163,8 @@ class Peers:
         url = f"http://127.0.0.1:{PREDICTOR_PORT}/echo"
         self.drive("direct", "single core", "echo", url, self.predictor_pid)
 
-    def infergraph(self, budget: str, *, tracing: dict[str, str] | None = None) -> None:
-        system = "infergraph tracing" if tracing else "infergraph"
+    def infergraph(self, budget: str) -> None:
+        system = "infergraph"
         for graph in self.args.graphs:
             self.progress(f"{system}, {budget}: {graph}")
             port = processes.free_port()
@@ -178,7 +176,6 @@ class Peers:
                 "--graph",
                 str(ROOT / "graphs" / f"bench-{graph}.yaml"),
                 extra=tuple(extra),
-                env=tracing,
                 log_path=self.workdir / f"infergraph-{graph}.log",
             )
             if budget == "single core":
@@ -186,7 +183,7 @@ class Peers:
             with router:
                 time.sleep(0.5)  # every worker bound
                 self.drive(system, budget, graph, f"http://127.0.0.1:{port}/", router.pid)
-                if budget == "single core" and not tracing and VEGETA.exists():
+                if budget == "single core" and VEGETA.exists():
                     self.offered(system, graph, f"http://127.0.0.1:{port}/", router.pid)
 
     def kserve(self, budget: str) -> None:
@@ -243,22 +240,9 @@ class Peers:
                 url = f"http://127.0.0.1:{port}/{graph}"
                 self.drive("ray serve", budget, graph, url, server.pid)
 
-    def jaeger_env(self) -> tuple[processes.ServerProcess, dict[str, str]]:
-        ports = {
-            k: processes.free_port() for k in ("query", "query_grpc", "otlp_grpc", "otlp_http")
-        }
-        config = self.workdir / "jaeger.yaml"
-        config.write_text(JAEGER_CONFIG % ports)
-        jaeger = processes.ServerProcess(
-            [str(CACHE / "bin" / "jaeger-v1.76.0"), "--config", str(config)],
-            f"http://127.0.0.1:{ports['query']}/api/services",
-            log_path=self.workdir / "jaeger.log",
-        )
-        return jaeger, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['otlp_http']}"}
-
     # -- scale -------------------------------------------------------------------------------
 
-    def many_graphs(self, count: int = 1000) -> None:
+    def many_graphs(self, count: int = 10_000) -> None:
         self.progress(f"scale: {count} graphs in one router")
         folder = self.workdir / "graphs"
         folder.mkdir()
@@ -370,9 +354,6 @@ class Peers:
                 self.kserve(budget)
                 if self.args.ray:
                     self.ray(budget)
-            jaeger, env = self.jaeger_env()
-            with jaeger.start(timeout=60):
-                self.infergraph("single core", tracing=env)
             if self.args.scale:
                 self.scale_runs()
         self.add_ratios()

@@ -1,0 +1,52 @@
+"""The benchmark's verdicts: each target is judged met or not from the figures, and is said to
+be unmeasured when its figures are missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infergraph.testing.targets import evaluate, table
+
+
+def router_doc(off: float, traced: float, exporter: float, ratio: float) -> dict[str, Any]:
+    base = {"graph": "sequence-1", "connections": 32, "rps": 1.0, "p99_ms": 1.0}
+    rows = [
+        {**base, "system": "infergraph/fast", "router_us": off, "ratio": ratio},
+        {**base, "connections": 1, "system": "infergraph/fast", "router_us": off, "ratio": ratio},
+        {**base, "system": "infergraph/fast tracing on", "router_us": traced,
+         "exporter_us": exporter, "ratio": 2.0},
+    ]  # fmt: skip
+    return {"rows": rows}
+
+
+def peers_doc(ours_rps: float, their_rps: float) -> dict[str, Any]:
+    rows = []
+    for system, rps, p99 in (("infergraph", ours_rps, 2.0), ("kserve", their_rps, 3.0)):
+        for connections in (1, 32):
+            rows.append(
+                {"system": system, "budget": "single core", "graph": "switch",
+                 "connections": connections, "rps": rps, "p99_ms": p99, "cpu_us": 50.0}
+            )  # fmt: skip
+    return {"rows": rows, "rates": [], "scale": {}}
+
+
+def verdicts(peers: Any, router: Any) -> dict[str, bool | None]:
+    return {v.target: v.met for v in evaluate(peers, router)}
+
+
+def test_targets_are_met_or_not_from_the_figures() -> None:
+    good = verdicts(peers_doc(3000, 1000), router_doc(off=100, traced=110, exporter=10, ratio=0.9))
+    assert good["tracing, every request sampled"] is True  # +20%
+    assert good["router CPU per request vs the predictor's"] is True
+    assert good["throughput vs KServe's router, c=32"] is True
+    bad = verdicts(peers_doc(1400, 1000), router_doc(off=100, traced=120, exporter=10, ratio=1.1))
+    assert bad["tracing, every request sampled"] is False  # +30%
+    assert bad["router CPU per request vs the predictor's"] is False
+    assert bad["throughput vs KServe's router, c=32"] is False  # 1.4x
+    assert bad["throughput vs KServe's router, c=1"] is True
+
+
+def test_missing_figures_are_not_measured_never_met() -> None:
+    empty = verdicts(None, None)
+    assert set(empty.values()) == {None}
+    assert "not measured" in table(evaluate(None, None))

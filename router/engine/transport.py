@@ -81,7 +81,11 @@ def parse_target(url: str) -> ServiceTarget:
     )
 
 
-@dataclass(frozen=True, slots=True)
+# StepCall and Reply (like the service's Request and Response) are made on every call, so they
+# are not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
+# about 1 µs for StepCall alone. Nothing changes one after it is made; copies go through
+# ``with_headers`` or ``dataclasses.replace``.
+@dataclass(slots=True)
 class StepCall:
     """One downstream call: where, what, with which headers, and how long it may take.
 
@@ -128,7 +132,7 @@ class StepCall:
         return self.headers + self.trace_headers if self.trace_headers else self.headers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """A step's (or node's) outcome: status and raw body, passed on as bytes."""
 

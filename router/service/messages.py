@@ -19,7 +19,8 @@ def error_body(cause: str) -> bytes:
     return orjson.dumps({"error": "Failed to process request", "cause": cause})
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as the engine's StepCall and Reply: made per request, never changed after.
+@dataclass(slots=True)
 class Request:
     """One whole request: the server has read the body before the handler runs."""
 
@@ -43,7 +44,7 @@ class Request:
         return found
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     """What the handler answers.
 

@@ -56,15 +56,16 @@ def _peers_table(peers: dict[str, Any], connections: int) -> list[str]:
 def _rates_table(peers: dict[str, Any]) -> list[str]:
     rates = peers.get("rates") or []
     lines = [
-        "| graph | rate req/s | infergraph CPU µs/req | KServe's CPU µs/req |",
+        "| graph | rate req/s | infergraph CPU µs/req (2xx) | KServe's CPU µs/req (2xx) |",
         "|---|---|---|---|",
     ]
     for ours in (r for r in rates if r["system"] == "infergraph"):
         theirs = targets._find(rates, system="kserve", graph=ours["graph"], rate=ours["rate"])
         if theirs is not None:
             lines.append(
-                f"| {ours['graph']} | {ours['rate']} | {ours['cpu_us']:.0f} | "
-                f"{theirs['cpu_us']:.0f} |"
+                f"| {ours['graph']} | {ours['rate']} | {ours['cpu_us']:.0f} "
+                f"({ours.get('success', 1.0):.1%}) | {theirs['cpu_us']:.0f} "
+                f"({theirs.get('success', 1.0):.1%}) |"
             )
     return lines
 

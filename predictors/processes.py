@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -45,6 +45,14 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
 class ServerProcess:
     """A child process serving HTTP on loopback, started and stopped synchronously."""
 
@@ -55,11 +63,15 @@ class ServerProcess:
         *,
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        probe: Callable[[str], bool] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.ready_url = ready_url
         self.env = child_env(env)
         self.log_path = log_path
+        # Whether ready_url answers 200 (default: asked from here; a process in another network
+        # namespace is asked from in there).
+        self.probe = probe or _answers
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Self:
@@ -83,12 +95,8 @@ class ServerProcess:
                     f"{self.argv[:3]} exited with {self.process.returncode} before it was ready"
                     f"{f'; see {self.log_path}' if self.log_path else ''}"
                 )
-            try:
-                with urllib.request.urlopen(self.ready_url, timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if self.probe(self.ready_url):
+                return self
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"{self.argv[:3]} not ready at {self.ready_url} after {timeout} s")

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import cast, get_args
 
 from infergraph.router.engine.errors import GraphSpecError
-from infergraph.router.observability import logs
-from infergraph.router.service import main
 from infergraph.router.service.registry import load_file
 from infergraph.router.settings import (
     Client,
@@ -189,6 +187,11 @@ def validate(files: list[Path]) -> int:
 
 
 def run_router(args: argparse.Namespace) -> int:
+    # The serving stack (infergraph[router]) is imported only to serve: the operator's image
+    # runs this command line without it.
+    from infergraph.router.observability import logs  # noqa: PLC0415
+    from infergraph.router.service import main  # noqa: PLC0415
+
     logs.configure(args.log_level, args.log_format == "json")
     try:
         settings = settings_from_args(args)
@@ -200,3 +203,6 @@ def run_router(args: argparse.Namespace) -> int:
     except GraphSpecError as exc:
         log.error("%s", exc)
         return 1
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2

@@ -19,7 +19,7 @@ from infergraph.router.service.handler import RouterService
 from infergraph.router.service.lifecycle import serve
 from infergraph.router.service.registry import GraphRegistry
 from infergraph.router.service.workers import run_workers
-from infergraph.router.settings import RouterSettings
+from infergraph.router.settings import RouterSettings, SettingsError
 
 
 def make_telemetry(settings: RouterSettings, registry: GraphRegistry) -> Telemetry:
@@ -64,7 +64,15 @@ def run(settings: RouterSettings) -> int:
     gc.freeze()
 
     if settings.workers > 1:
-        shared = Path(tempfile.mkdtemp(prefix="infergraph-metrics-"))
+        try:
+            shared = Path(tempfile.mkdtemp(prefix="infergraph-metrics-"))
+        except OSError as error:
+            # A read-only root filesystem (as KServe runs router pods) without a volume there.
+            raise SettingsError(
+                f"--workers {settings.workers} keeps the workers' shared metrics in a temporary "
+                f"directory (TMPDIR, else /tmp), and none can be written ({error}): mount a "
+                "writable volume (an emptyDir at /tmp) or point TMPDIR at one"
+            ) from error
         settings = dataclasses.replace(settings, metrics_dir=shared)
         try:
             return run_workers(settings.workers, partial(serve_one, settings, registry))

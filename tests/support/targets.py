@@ -113,9 +113,16 @@ def against_kserve(peers: dict[str, Any] | None) -> list[Verdict]:
         theirs = _find(rates, system="kserve", graph=ours["graph"], rate=ours["rate"])
         if theirs is None:
             continue
+        ok, their_ok = ours.get("success", 1.0), theirs.get("success", 1.0)
+        cell = f"{ours['graph']}@{ours['rate']} "
+        if ok < 1.0 or their_ok < 1.0:
+            # A rate a system cannot serve: the one that served all of it is ahead.
+            met = met and ok >= their_ok
+            cells.append(cell + f"answered {ok:.0%} vs {their_ok:.0%}")
+            continue
         ratio = ours["cpu_us"] / theirs["cpu_us"]
         met = met and ratio <= 1.0
-        cells.append(f"{ours['graph']}@{ours['rate']} {ratio:.2f}x")
+        cells.append(cell + f"{ratio:.2f}x")
     if cells:
         verdicts.append(Verdict(label, wanted, ", ".join(cells), PINNED_LOAD, met))
     else:

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_CACHE ?= $(HOME)/.cache/infergraph
 
-.PHONY: demo test lint typecheck contracts pyright components kube jaeger unit bench bench-router install clean
+.PHONY: demo test lint typecheck contracts pyright components kube jaeger images unit bench bench-router install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,10 +50,14 @@ jaeger:
 kube:
 	tests/kube/build.sh $(TOOLS_CACHE)
 
+# The router and operator images, built with podman on a local Debian base (cached).
+images:
+	tests/images/build.sh $(TOOLS_CACHE)
+
 unit: $(STAMP)
 	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python -m pytest
 
-test: lint typecheck contracts pyright components kube jaeger unit
+test: lint typecheck contracts pyright components kube jaeger images unit
 
 # The whole benchmark (about 15 minutes): the peers (infergraph, KServe's router, Ray Serve),
 # the router's own costs, then the README's benchmark section from the results.

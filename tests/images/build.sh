@@ -45,9 +45,10 @@ base_image() {
   if [ ! -f "$tar" ]; then
     local mirror
     mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-    mmdebstrap --quiet --variant=minbase --include="$PACKAGES" "$SUITE" "$tar.tmp" \
+    # mmdebstrap picks its output format from the name: keep the .tar ending.
+    mmdebstrap --quiet --variant=minbase --include="$PACKAGES" "$SUITE" "$tar.part.tar" \
       "${mirror:-http://deb.debian.org/debian}"
-    mv "$tar.tmp" "$tar"
+    mv "$tar.part.tar" "$tar"
   fi
   podman import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -72,7 +73,11 @@ base_image
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 git -C "$REPO" ls-files -co --exclude-standard | (cd "$REPO" && tar -cf - -T -) | tar -C "$context" -xf -
-hash=$(cd "$context" && find . -type f -o -type l | LC_ALL=C sort | xargs sha256sum 2>/dev/null \
+# The tag is the hash of what the Dockerfiles copy (and of the Dockerfiles and this script).
+hash=$( (cd "$context" && find pyproject.toml README.md src router predictors operator \
+    deploy/Dockerfile.router deploy/Dockerfile.operator tests/images/build.sh \
+    \( -type f -o -type l \) -print0 | LC_ALL=C sort -z \
+    | xargs -0 -I{} sh -c 'printf "%s\n" "{}"; if [ -L "{}" ]; then readlink "{}"; else cat "{}"; fi') \
   | sha256sum | cut -c1-16)
 for part in router operator; do
   build "$part" "$context" "localhost/infergraph/$part:$hash"

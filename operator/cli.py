@@ -25,6 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scope.add_argument("--all-namespaces", action="store_true", help="watch the whole cluster")
     o.add_argument("--router-image", default=None, help="image of the graph routers it deploys")
     o.add_argument("--otlp-endpoint", default=None, help="OTLP endpoint set on the routers")
+    o.add_argument(
+        "--default-deployment-mode",
+        choices=("Serverless", "Standard", "RawDeployment"),
+        default="Serverless",
+        help="for graphs without the serving.kserve.io/deploymentMode annotation: Knative "
+        "Services (Serverless, the default) or Deployments, Services and HPAs (Standard; "
+        "RawDeployment is its former name)",
+    )
     o.add_argument("--webhook-port", type=int, default=None, help="serve the admission webhook")
     o.add_argument("--webhook-host", default=None, help="host name the API server calls it at")
     o.add_argument("--webhook-addr", default=None, help="address the webhook server binds")
@@ -59,6 +67,7 @@ def run_operator(args: argparse.Namespace) -> int:
         clusterwide=args.all_namespaces,
         router_image=args.router_image,
         otlp_endpoint=args.otlp_endpoint,
+        default_mode=args.default_deployment_mode,
         webhook_port=args.webhook_port,
         webhook_host=args.webhook_host,
         webhook_addr=args.webhook_addr,

@@ -22,6 +22,7 @@ from infergraph.operator import graphs
 from infergraph.operator.knative import GRAPH_LABEL, MANAGED_BY, PREDICTOR_LABEL
 from infergraph.operator.reconcile import OperatorSettings, Reconciler
 from infergraph.operator.resources import GROUP, VERSION
+from infergraph.operator.standard import IG_LABEL
 
 FINALIZER = f"{GROUP}/finalizer"
 WEBHOOK_CONFIGURATION = f"validate.{GROUP}"
@@ -94,6 +95,15 @@ def graph_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler_of(memo).reconcile_graph(dict(body))
 
 
+def router_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A Standard-mode router's Deployment changed (its availability is the graph's)."""
+    labels = body["metadata"].get("labels") or {}
+    if type == "DELETED" or GRAPH_LABEL not in labels:
+        return
+    reconciler = reconciler_of(memo)
+    reconciler.reconcile_graph(reconciler.graph(body["metadata"]["namespace"], labels[GRAPH_LABEL]))
+
+
 def knative_service_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     labels = body["metadata"].get("labels") or {}
     namespace = body["metadata"]["namespace"]
@@ -137,10 +147,23 @@ def build_registry(admission: kopf.WebhookServer | None = None) -> kopf.Operator
     kopf.on.resume(*inference_graphs, registry=registry)(graph_changed)
     kopf.on.create(*inference_graphs, registry=registry)(graph_changed)
     kopf.on.update(*inference_graphs, registry=registry, field="spec")(graph_changed)
+    # KServe's deployment-mode and autoscaler-class annotations choose what the graph becomes.
+    kopf.on.update(*inference_graphs, registry=registry, field="metadata.annotations")(
+        graph_changed
+    )
 
     kopf.on.event("serving.knative.dev", "v1", "services", registry=registry, labels=MANAGED_BY)(
         knative_service_changed
     )
+    # Only the Deployments made for Standard mode carry KServe's graph label (Knative's revision
+    # Deployments do not).
+    kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        registry=registry,
+        labels={**MANAGED_BY, IG_LABEL: kopf.PRESENT},
+    )(router_deployment_changed)
 
     if admission is not None:
         kopf.on.startup(registry=registry, id="serve_admission")(

@@ -6,7 +6,7 @@ import asyncio
 
 import kopf
 
-from infergraph.operator import handlers
+from infergraph.operator import handlers, standard
 from infergraph.operator.knative import ROUTER_IMAGE
 from infergraph.operator.reconcile import OperatorSettings
 
@@ -31,6 +31,7 @@ def run_operator(
     clusterwide: bool,
     router_image: str | None,
     otlp_endpoint: str | None,
+    default_mode: str = "Serverless",
     webhook_port: int | None = None,
     webhook_host: str | None = None,
     webhook_addr: str | None = None,
@@ -38,7 +39,9 @@ def run_operator(
     webhook_key: str | None = None,
 ) -> int:
     settings = OperatorSettings(
-        router_image=router_image or ROUTER_IMAGE, otlp_endpoint=otlp_endpoint
+        router_image=router_image or ROUTER_IMAGE,
+        otlp_endpoint=otlp_endpoint,
+        default_mode=standard.MODES[default_mode],
     )
     admission = webhook_server(
         port=webhook_port, host=webhook_host, addr=webhook_addr, cert=webhook_cert, key=webhook_key

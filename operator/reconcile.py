@@ -21,7 +21,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from infergraph.operator import graphs, knative
+from infergraph.operator import graphs, knative, standard
 from infergraph.operator.resources import (
     API_VERSION,
     GROUP,
@@ -43,6 +43,9 @@ class OperatorSettings:
 
     router_image: str = knative.ROUTER_IMAGE
     otlp_endpoint: str | None = None
+    # For objects without KServe's deployment-mode annotation (KServe's
+    # deploy.defaultDeploymentMode).
+    default_mode: standard.DeploymentMode = "Serverless"
 
     def router_env(self) -> dict[str, str]:
         """The environment of every graph router."""
@@ -163,9 +166,15 @@ def unresolved_graph_status(readiness: PredictorReadiness) -> dict[str, Any] | N
     return {"conditions": [condition(False, "PredictorsNotReady", message)]}
 
 
-def graph_status(service: dict[str, Any] | None, not_ready: list[str]) -> dict[str, Any]:
-    """A deployed graph's status: Ready when its router and all its Predictors are."""
-    ready, url, message = ksvc_ready(service)
+def graph_status(
+    service: dict[str, Any] | None,
+    not_ready: list[str],
+    router: tuple[bool, str | None, str] | None = None,
+) -> dict[str, Any]:
+    """A deployed graph's status: Ready when its router and all its Predictors are.
+
+    ``router`` is (ready, url, message) when it is not a Knative Service (Standard mode)."""
+    ready, url, message = router if router is not None else ksvc_ready(service)
     reasons = []
     if not ready:
         reasons.append(f"router: {message}")
@@ -201,6 +210,19 @@ def graph_config_map(
     }
 
 
+# Annotations of ours and of tools that are not copied from a graph onto its objects.
+_NOT_COPIED = ("kopf.zalando.org/", "kubectl.kubernetes.io/")
+
+
+def copied_metadata(body: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """The graph's labels and annotations, as KServe copies them onto Standard-mode objects."""
+    meta = body.get("metadata") or {}
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(_NOT_COPIED)
+    }
+    return dict(meta.get("labels") or {}), annotations
+
+
 def config_map_name(graph: str) -> str:
     """The name of the ConfigMap holding the resolved graph ``graph``."""
     return f"{graph}-graph"
@@ -210,6 +232,8 @@ class Reconciler:
     def __init__(self, api: client.ApiClient, settings: OperatorSettings) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
         self.settings = settings
 
     # reading
@@ -238,7 +262,72 @@ class Reconciler:
         )
         return cast("dict[str, Any]", body)
 
+    def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self.apps.api_client.sanitize_for_serialization(found)
+        return result
+
     # writing
+    def apply(self, manifest: dict[str, Any]) -> None:
+        """Server-side apply of a Deployment, Service or HPA."""
+        meta = manifest["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        options: dict[str, Any] = {"field_manager": MANAGER, "force": True, "_content_type": APPLY}
+        kind = manifest["kind"]
+        if kind == "Deployment":
+            self.apps.patch_namespaced_deployment(name, namespace, manifest, **options)
+        elif kind == "Service":
+            self.core.patch_namespaced_service(name, namespace, manifest, **options)
+        elif kind == "HorizontalPodAutoscaler":
+            self.autoscaling.patch_namespaced_horizontal_pod_autoscaler(
+                name, namespace, manifest, **options
+            )
+        else:
+            raise ValueError(f"cannot apply a {kind}")
+
+    def delete_ours(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an object this operator made for a graph (it carries the graph's label);
+        a missing one, or one someone else made, is left alone."""
+        readers = {
+            "ksvc": lambda: self.ksvc(namespace, name),
+            "Deployment": lambda: self.deployment(namespace, name),
+            "Service": lambda: self._read(self.core.read_namespaced_service, namespace, name),
+            "HorizontalPodAutoscaler": lambda: self._read(
+                self.autoscaling.read_namespaced_horizontal_pod_autoscaler, namespace, name
+            ),
+        }
+        found = readers[kind]()
+        labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+        if labels.get(knative.GRAPH_LABEL) != name:
+            return
+        try:
+            if kind == "ksvc":
+                self.custom.delete_namespaced_custom_object(*KSVC[:2], namespace, KSVC[2], name)
+            elif kind == "Deployment":
+                self.apps.delete_namespaced_deployment(name, namespace)
+            elif kind == "Service":
+                self.core.delete_namespaced_service(name, namespace)
+            else:
+                self.autoscaling.delete_namespaced_horizontal_pod_autoscaler(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def _read(self, read: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = read(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self.core.api_client.sanitize_for_serialization(found)
+        return result
+
     def apply_ksvc(self, service: dict[str, Any]) -> None:
         meta = service["metadata"]
         self.custom.patch_namespaced_custom_object(
@@ -329,24 +418,72 @@ class Reconciler:
             _content_type=APPLY,
         )
         settings = InferenceGraphSpec.model_validate(spec)
-        service = knative.router_service(
-            name,
-            namespace,
-            config_name,
-            settings,
-            owner,
-            image=self.settings.router_image,
-            timeout=settings.timeout,
-            server_write=settings.router_timeouts.server_write
-            if settings.router_timeouts
-            else None,
-            service_account=settings.service_account_name,
-            affinity=settings.affinity,
-            env=self.settings.router_env(),
-        )
-        self.apply_ksvc(service)
-        self.mirror_graph(namespace, name, readiness.not_ready)
+        server_write = settings.router_timeouts.server_write if settings.router_timeouts else None
+        labels, annotations = copied_metadata(body)
+        try:
+            mode = standard.deployment_mode(annotations, self.settings.default_mode)
+            hpa = standard.router_hpa(
+                name, namespace, settings, owner, labels=labels, annotations=annotations
+            )
+        except standard.ModeError as exc:
+            self.set_status("inferencegraphs", namespace, name, invalid_graph_status([str(exc)]))
+            return
+        if mode == "Standard":
+            deployment = standard.router_deployment(
+                name,
+                namespace,
+                config_name,
+                settings,
+                owner,
+                image=self.settings.router_image,
+                server_write=server_write,
+                service_account=settings.service_account_name,
+                affinity=settings.affinity,
+                env=self.settings.router_env(),
+                labels=labels,
+                annotations=annotations,
+            )
+            self.apply(deployment)
+            self.apply(
+                standard.router_k8s_service(
+                    name, namespace, owner, labels=labels, annotations=annotations
+                )
+            )
+            if hpa is not None:
+                self.apply(hpa)
+            else:
+                self.delete_ours("HorizontalPodAutoscaler", namespace, name)
+            self.delete_ours("ksvc", namespace, name)  # the graph left Serverless mode
+        else:
+            service = knative.router_service(
+                name,
+                namespace,
+                config_name,
+                settings,
+                owner,
+                image=self.settings.router_image,
+                timeout=settings.timeout,
+                server_write=server_write,
+                service_account=settings.service_account_name,
+                affinity=settings.affinity,
+                env=self.settings.router_env(),
+            )
+            self.apply_ksvc(service)
+            for kind in ("HorizontalPodAutoscaler", "Service", "Deployment"):
+                self.delete_ours(kind, namespace, name)  # the graph left Standard mode
+        self.mirror_graph(namespace, name, readiness.not_ready, mode)
 
-    def mirror_graph(self, namespace: str, name: str, not_ready: list[str]) -> None:
-        status = graph_status(self.ksvc(namespace, name), not_ready)
+    def mirror_graph(
+        self,
+        namespace: str,
+        name: str,
+        not_ready: list[str],
+        mode: standard.DeploymentMode = "Serverless",
+    ) -> None:
+        if mode == "Standard":
+            ready, message = standard.deployment_ready(self.deployment(namespace, name))
+            router = (ready, standard.cluster_url(name, namespace), message)
+            status = graph_status(None, not_ready, router)
+        else:
+            status = graph_status(self.ksvc(namespace, name), not_ready)
         self.set_status("inferencegraphs", namespace, name, status)

@@ -19,12 +19,14 @@ from infergraph.predictors import processes
 from infergraph.testing.harness import graph, request
 
 REPO = Path(__file__).resolve().parents[2]
+LOGS: dict[str, Path] = {}  # the router's log, for failure messages
 
 
 @pytest.fixture(scope="module")
 def router(vllm: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = processes.free_port()
     log = tmp_path_factory.mktemp("router") / "router.log"
+    LOGS["router"] = log
     with processes.router(
         port,
         "--graph",
@@ -146,7 +148,17 @@ def test_client_disconnect_mid_stream_stops_the_generation(router: int) -> None:
             metric("num_requests_running") == 0 or metric("generation_tokens_total") <= before
         ) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert metric("num_requests_running") == 1, "the generation never started"
+        if metric("num_requests_running") != 1:
+            client.setblocking(False)
+            try:
+                answered = client.recv(65536)
+            except BlockingIOError:
+                answered = b"(nothing)"
+            log = LOGS["router"].read_text()[-3000:]
+            raise AssertionError(
+                f"the generation never started; the router answered {answered[:600]!r}\n"
+                f"vLLM: {metrics_summary()}\nrouter log:\n{log}"
+            )
     deadline = time.monotonic() + 10
     while metric("num_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -404,3 +404,117 @@ def test_deleting_a_graph_finishes_and_owns_what_it_made(cluster: Cluster) -> No
         return False
 
     wait_for(gone, "the graph to be deleted (its finalizer released)")
+
+
+def annotate(cluster: Cluster, name: str, annotations: dict[str, str]) -> None:
+    custom(cluster).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencegraphs", name,
+        {"metadata": {"annotations": annotations}},
+    )  # fmt: skip
+
+
+def test_standard_mode_makes_a_deployment_service_and_hpa_then_back(cluster: Cluster) -> None:
+    """KServe's annotation on a graph: the real API server accepts the Deployment, Service and
+    HPA the operator applies; the graph is ready when the Deployment is Available (patched
+    here, as a controller-manager would; this tier has none); back to Serverless, the three go
+    and a Knative Service comes."""
+    ready_predictor(cluster, "std-model", "m")
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceGraph",
+        "metadata": {
+            "name": "std",
+            "labels": {"team": "vision"},
+            "annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"},
+        },
+        "spec": {**one_step_on("std-model"), "minReplicas": 2, "maxReplicas": 5},
+    }
+    custom(cluster).create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencegraphs", body
+    )
+    apps = client.AppsV1Api(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    autoscaling = client.AutoscalingV2Api(cluster.api)
+    deployment = wait_for(
+        lambda: apps.read_namespaced_deployment("std", NAMESPACE), "the router's Deployment"
+    )
+    assert deployment.metadata.labels["team"] == "vision"
+    assert deployment.metadata.labels["serving.kserve.io/inferencegraph"] == "std"
+    assert deployment.spec.selector.match_labels == {"app": "isvc.std"}
+    pod = deployment.spec.template.spec
+    assert pod.automount_service_account_token is False
+    assert pod.termination_grace_period_seconds == knative.router_grace_seconds(None)
+    assert pod.containers[0].readiness_probe.http_get.path == "/readyz"
+    service = wait_for(lambda: core.read_namespaced_service("std", NAMESPACE), "the Service")
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(80, 8080)]
+    hpa = wait_for(
+        lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler("std", NAMESPACE), "the HPA"
+    )
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 5)
+    assert hpa.spec.metrics[0].resource.name == "cpu"
+    assert hpa.spec.metrics[0].resource.target.average_utilization == 80
+    with pytest.raises(client.exceptions.ApiException) as no_ksvc:
+        get(cluster, "ksvc", "std")
+    assert no_ksvc.value.status == 404
+    status = wait_for(lambda: ready_condition(get(cluster, "inferencegraphs", "std")), "a status")
+    assert status["status"] == "False"
+
+    apps.patch_namespaced_deployment_status(
+        "std",
+        NAMESPACE,
+        {"status": {"conditions": [{"type": "Available", "status": "True",
+                                    "reason": "MinimumReplicasAvailable", "message": "up"}]}},
+    )  # fmt: skip
+
+    def ready() -> Any:
+        graph = get(cluster, "inferencegraphs", "std")
+        cond = ready_condition(graph)
+        return graph if cond and cond["status"] == "True" else None
+
+    graph = wait_for(ready, "the graph to be Ready from its Deployment")
+    assert graph["status"]["url"] == f"http://std.{NAMESPACE}.svc.cluster.local"
+
+    # The autoscaler class 'none': no HPA.
+    annotate(cluster, "std", {"serving.kserve.io/autoscalerClass": "none"})
+
+    def hpa_gone() -> bool:
+        try:
+            autoscaling.read_namespaced_horizontal_pod_autoscaler("std", NAMESPACE)
+        except client.exceptions.ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    wait_for(hpa_gone, "the HPA to go with autoscalerClass none")
+    assert apps.read_namespaced_deployment("std", NAMESPACE).spec.replicas == 2
+
+    # Back to Serverless.
+    annotate(cluster, "std", {"serving.kserve.io/deploymentMode": "Serverless"})
+    wait_for(lambda: get(cluster, "ksvc", "std"), "the Knative Service")
+
+    def standard_gone() -> bool:
+        for read in (apps.read_namespaced_deployment, core.read_namespaced_service):
+            try:
+                read("std", NAMESPACE)
+                return False
+            except client.exceptions.ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return True
+
+    wait_for(standard_gone, "the Deployment and Service to go")
+
+
+def test_an_unknown_deployment_mode_is_named_in_status(cluster: Cluster) -> None:
+    ready_predictor(cluster, "odd-model", "m")
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceGraph",
+        "metadata": {"name": "odd", "annotations": {"serving.kserve.io/deploymentMode": "Raw"}},
+        "spec": one_step_on("odd-model"),
+    }
+    custom(cluster).create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencegraphs", body
+    )
+    cond = wait_for(lambda: ready_condition(get(cluster, "inferencegraphs", "odd")), "a status")
+    assert cond["status"] == "False"
+    assert "'Raw' is not a deployment mode" in cond["message"]

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "all_namespaces": False,
     "router_image": None,
     "otlp_endpoint": None,
+    "default_deployment_mode": "Serverless",
     "webhook_port": None,
     "webhook_host": None,
     "webhook_addr": None,
@@ -67,6 +68,11 @@ OPERATOR_ARGS: list[tuple[str, list[str], dict[str, Any]]] = [
     ),
     ("--namespace repeats", ["--namespace", "a", "--namespace", "b"], {"namespace": ["a", "b"]}),
     ("the whole cluster", ["--all-namespaces"], {"all_namespaces": True}),
+    (
+        "KServe's Standard mode by default",
+        ["--default-deployment-mode", "RawDeployment"],
+        {"default_deployment_mode": "RawDeployment"},
+    ),
     ("a log level, in any case", ["--log-level", "debug"], {"log_level": "DEBUG"}),
 ]
 

@@ -62,8 +62,17 @@ RESOURCE_HANDLERS = [
         "{'app.kubernetes.io/managed-by': 'infergraph'}",
         "",
     ),
+    (
+        "event",
+        "router_deployment_changed",
+        "apps/v1/deployments",
+        "{'app.kubernetes.io/managed-by': 'infergraph', "
+        "'serving.kserve.io/inferencegraph': <MetaFilterToken.PRESENT: 1>}",
+        "",
+    ),
     ("resume", "graph_changed", GRAPHS, "", ""),
     ("resume", "predictor_changed", PREDICTORS, "", ""),
+    ("update", "graph_changed/metadata.annotations", GRAPHS, "metadata.annotations", ""),
     ("update", "graph_changed/spec", GRAPHS, "spec", ""),
     ("update", "predictor_changed/spec", PREDICTORS, "spec", ""),
 ]

@@ -121,13 +121,14 @@ async def test_stream_through_a_switch_relays_every_token(router: int) -> None:
 
 
 def test_client_disconnect_mid_stream_stops_the_generation(router: int) -> None:
-    """1800 tokens take vLLM seconds here; a client that leaves once generation is under way
-    must stop it (the router closes its upstream connection, and vLLM aborts the request)."""
-    control = metric("generation_tokens_total")
-    full = {"model": "tiny", "prompt": "hello", "max_tokens": 120, "ignore_eos": True}
-    assert request(router, full).status == 200
-    before = metric("generation_tokens_total")
-    assert before - control == 120  # the counter counts every generated token
+    """A client that leaves once tokens are flowing makes the router close its upstream
+    connection, and vLLM aborts the request: it stops running long before the 1800 tokens
+    asked for (vLLM does not count a client's disconnect among its aborted requests).
+
+    "Flowing" is judged from the stream itself (the client has received its first events),
+    not from vLLM's gauges, which lag: twice in CI a whole 1800-token generation finished
+    before the gauges showed it running, so waiting on them let the client leave too late."""
+    tokens_before = metric("generation_tokens_total")
     body = {
         "model": "tiny",
         "prompt": "hello",
@@ -141,32 +142,21 @@ def test_client_disconnect_mid_stream_stops_the_generation(router: int) -> None:
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw)
         )
-        # Under way: running, and its first tokens counted (an abort that reaches vLLM's
-        # engine before the request's first step is the one window this test is not about).
-        deadline = time.monotonic() + 10
-        while (
-            metric("num_requests_running") == 0 or metric("generation_tokens_total") <= before
-        ) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if metric("num_requests_running") != 1:
-            client.setblocking(False)
-            try:
-                answered = client.recv(65536)
-            except BlockingIOError:
-                answered = b"(nothing)"
-            log = LOGS["router"].read_text()[-3000:]
-            raise AssertionError(
-                f"the generation never started; the router answered {answered[:600]!r}\n"
-                f"vLLM: {metrics_summary()}\nrouter log:\n{log}"
-            )
+        received = b""
+        while received.count(b"data: ") < 3:
+            chunk = client.recv(65536)
+            assert chunk, f"the stream ended early: {received[-600:]!r}"
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n")
     deadline = time.monotonic() + 10
     while metric("num_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
-    generated = metric("generation_tokens_total") - before
+    time.sleep(0.5)  # the token counter catches up with the engine
+    generated = metric("generation_tokens_total") - tokens_before
     assert metric("num_requests_running") == 0
     assert generated < 1200, (
-        f"{generated} of 1800 tokens generated after the client left:\n{metrics_summary()}"
+        f"{generated} of 1800 tokens generated after the client left:\n{metrics_summary()}\n"
+        f"router log:\n{LOGS['router'].read_text()[-3000:]}"
     )
 
 

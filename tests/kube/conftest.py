@@ -22,10 +22,16 @@ import yaml
 from kubernetes import config
 
 from infergraph.predictors import processes
-from infergraph.testing.cluster import NAMESPACE, OPERATOR_USER, OTLP_ENDPOINT, Cluster
+from infergraph.testing.cluster import (
+    KUBE_VERSION,
+    NAMESPACE,
+    OPERATOR_USER,
+    OTLP_ENDPOINT,
+    Cluster,
+)
 from infergraph.testing.paths import CACHE, REPO
 
-KUBE_VERSION, ETCD_VERSION, KNATIVE_VERSION = "v1.36.3", "v3.6.16", "v0.50.0"
+ETCD_VERSION, KNATIVE_VERSION = "v3.6.16", "v0.50.0"
 
 
 def _binary(name: str) -> Path:

@@ -22,7 +22,7 @@ from infergraph.operator import graphs
 from infergraph.operator.knative import GRAPH_LABEL, MANAGED_BY, PREDICTOR_LABEL
 from infergraph.operator.reconcile import OperatorSettings, Reconciler
 from infergraph.operator.resources import GROUP, VERSION
-from infergraph.operator.standard import IG_LABEL
+from infergraph.operator.standard import MODE_LABEL
 
 FINALIZER = f"{GROUP}/finalizer"
 WEBHOOK_CONFIGURATION = f"validate.{GROUP}"
@@ -95,13 +95,21 @@ def graph_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler_of(memo).reconcile_graph(dict(body))
 
 
-def router_deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """A Standard-mode router's Deployment changed (its availability is the graph's)."""
+def standard_deployment_changed(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A Standard-mode Deployment changed: its availability is its graph's or Predictor's."""
     labels = body["metadata"].get("labels") or {}
-    if type == "DELETED" or GRAPH_LABEL not in labels:
+    namespace = body["metadata"]["namespace"]
+    if type == "DELETED":
         return
     reconciler = reconciler_of(memo)
-    reconciler.reconcile_graph(reconciler.graph(body["metadata"]["namespace"], labels[GRAPH_LABEL]))
+    if PREDICTOR_LABEL in labels:
+        name = labels[PREDICTOR_LABEL]
+        reconciler.mirror_predictor(namespace, name)
+        reconciler.refresh_graphs(namespace, name)
+    elif GRAPH_LABEL in labels:
+        reconciler.reconcile_graph(reconciler.graph(namespace, labels[GRAPH_LABEL]))
 
 
 def knative_service_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
@@ -141,6 +149,7 @@ def build_registry(admission: kopf.WebhookServer | None = None) -> kopf.Operator
     kopf.on.resume(*predictors, registry=registry)(predictor_changed)
     kopf.on.create(*predictors, registry=registry)(predictor_changed)
     kopf.on.update(*predictors, registry=registry, field="spec")(predictor_changed)
+    kopf.on.update(*predictors, registry=registry, field="metadata.annotations")(predictor_changed)
     kopf.on.delete(*predictors, registry=registry, optional=True)(predictor_deleted)
 
     inference_graphs = (GROUP, VERSION, "inferencegraphs")
@@ -155,15 +164,11 @@ def build_registry(admission: kopf.WebhookServer | None = None) -> kopf.Operator
     kopf.on.event("serving.knative.dev", "v1", "services", registry=registry, labels=MANAGED_BY)(
         knative_service_changed
     )
-    # Only the Deployments made for Standard mode carry KServe's graph label (Knative's revision
-    # Deployments do not).
-    kopf.on.event(
-        "apps",
-        "v1",
-        "deployments",
-        registry=registry,
-        labels={**MANAGED_BY, IG_LABEL: kopf.PRESENT},
-    )(router_deployment_changed)
+    # Only the Deployments made for Standard mode (not Knative's revision Deployments).
+    standard_mode = {**MANAGED_BY, MODE_LABEL: "Standard"}
+    kopf.on.event("apps", "v1", "deployments", registry=registry, labels=standard_mode)(
+        standard_deployment_changed
+    )
 
     if admission is not None:
         kopf.on.startup(registry=registry, id="serve_admission")(

@@ -103,13 +103,17 @@ def invalid_predictor_status(errors: list[str]) -> dict[str, Any]:
 
 
 def predictor_status(
-    spec: PredictorSpec, service: dict[str, Any] | None, extra: list[str] | None = None
+    spec: PredictorSpec,
+    service: dict[str, Any] | None,
+    extra: list[str] | None = None,
+    server: tuple[bool, str | None, str] | None = None,
 ) -> dict[str, Any]:
     """A Predictor's status from its Knative Service: URL, inference endpoint, readiness.
 
-    ``extra`` are messages appended to the condition's (warnings about the manifest).
+    ``extra`` are messages appended to the condition's (warnings about the manifest);
+    ``server`` is (ready, url, message) when it is not a Knative Service (Standard mode).
     """
-    ready, url, message = ksvc_ready(service)
+    ready, url, message = server if server is not None else ksvc_ready(service)
     status: dict[str, Any] = {"url": url}
     if url:
         endpoint_url, protocol = knative.inference_endpoint(url, spec)
@@ -117,7 +121,7 @@ def predictor_status(
             url=endpoint_url, protocol=protocol, model=spec.model.name
         ).model_dump(mode="json", exclude_none=True)
     message = "; ".join([m for m in [message, *(extra or [])] if m])
-    reason = "Ready" if ready else "KnativeServiceNotReady"
+    reason = "Ready" if ready else ("NotReady" if server is not None else "KnativeServiceNotReady")
     status["conditions"] = [condition(ready, reason, message)]
     return status
 
@@ -291,8 +295,8 @@ class Reconciler:
             raise ValueError(f"cannot apply a {kind}")
 
     def delete_ours(self, kind: str, namespace: str, name: str) -> None:
-        """Delete an object this operator made for a graph (it carries the graph's label);
-        a missing one, or one someone else made, is left alone."""
+        """Delete an object this operator made for a graph or Predictor (it carries that
+        label); a missing one, or one someone else made, is left alone."""
         readers = {
             "ksvc": lambda: self.ksvc(namespace, name),
             "Deployment": lambda: self.deployment(namespace, name),
@@ -303,7 +307,7 @@ class Reconciler:
         }
         found = readers[kind]()
         labels = ((found or {}).get("metadata") or {}).get("labels") or {}
-        if labels.get(knative.GRAPH_LABEL) != name:
+        if name not in (labels.get(knative.GRAPH_LABEL), labels.get(knative.PREDICTOR_LABEL)):
             return
         try:
             if kind == "ksvc":
@@ -355,6 +359,33 @@ class Reconciler:
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         spec = PredictorSpec.model_validate(body.get("spec") or {})
+        owner = owner_reference(body)
+        labels, annotations = copied_metadata(body)
+        try:
+            mode = standard.deployment_mode(annotations, self.settings.default_mode)
+            hpa = standard.hpa(name, namespace, spec, owner, labels=labels, annotations=annotations)
+        except standard.ModeError as exc:
+            self.set_status("predictors", namespace, name, invalid_predictor_status([str(exc)]))
+            return
+        if mode == "Standard":
+            deployment = standard.predictor_deployment(
+                name, namespace, spec, owner, labels=labels, annotations=annotations
+            )
+            self.apply(deployment)
+            self.apply(
+                standard.predictor_k8s_service(
+                    name, namespace, deployment, owner, labels=labels, annotations=annotations
+                )
+            )
+            if hpa is not None:
+                self.apply(hpa)
+            else:
+                self.delete_ours("HorizontalPodAutoscaler", namespace, name)
+            self.delete_ours("ksvc", namespace, name)
+            self.mirror_predictor(namespace, name)
+            return
+        for kind in ("HorizontalPodAutoscaler", "Service", "Deployment"):
+            self.delete_ours(kind, namespace, name)
         existing = self.ksvc(namespace, name)
         previous = None
         if existing is not None:
@@ -374,7 +405,17 @@ class Reconciler:
         if body is None:
             return
         spec = PredictorSpec.model_validate(body.get("spec") or {})
-        status = predictor_status(spec, self.ksvc(namespace, name), extra)
+        try:
+            _, annotations = copied_metadata(body)
+            mode = standard.deployment_mode(annotations, self.settings.default_mode)
+        except standard.ModeError:
+            return  # reconcile_predictor has said so in the status
+        if mode == "Standard":
+            ready, message = standard.deployment_ready(self.deployment(namespace, name))
+            server = (ready, standard.cluster_url(name, namespace), message)
+            status = predictor_status(spec, None, extra, server)
+        else:
+            status = predictor_status(spec, self.ksvc(namespace, name), extra)
         self.set_status("predictors", namespace, name, status)
 
     # graphs
@@ -422,7 +463,7 @@ class Reconciler:
         labels, annotations = copied_metadata(body)
         try:
             mode = standard.deployment_mode(annotations, self.settings.default_mode)
-            hpa = standard.router_hpa(
+            hpa = standard.hpa(
                 name, namespace, settings, owner, labels=labels, annotations=annotations
             )
         except standard.ModeError as exc:

@@ -1,6 +1,6 @@
-"""KServe's Standard deployment mode (formerly RawDeployment) for graph routers, as plain
-manifests (no I/O): a Deployment, a Service and, by default, a HorizontalPodAutoscaler instead
-of a Knative Service.
+"""KServe's Standard deployment mode (formerly RawDeployment) for graph routers and
+Predictors, as plain manifests (no I/O): a Deployment, a Service and, by default, a
+HorizontalPodAutoscaler instead of a Knative Service.
 
 As KServe's raw reconciler does for an InferenceGraph: the objects are named after the graph
 and carry its labels and annotations plus ``serving.kserve.io/inferencegraph``; the pods are
@@ -9,7 +9,8 @@ HPA scales on CPU at ``scaleTarget`` percent (80 by default) between ``max(minRe
 and ``max(maxReplicas, min)``, or on memory when ``scaleMetric: memory`` and ``scaleTarget``
 are both set; ``serving.kserve.io/autoscalerClass: external`` or ``none`` leaves the HPA out
 (``none`` pins the replicas to ``minReplicas``). The graph is ready once its Deployment is
-``Available``.
+``Available``. A Predictor gets the same three objects around its model server container
+(pods ``app: isvc.<name>``, the Service's port 80 to the server's port).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from infergraph.operator import knative
-from infergraph.operator.resources import PodPlacement
+from infergraph.operator.resources import PodPlacement, PredictorSpec
 
 DeploymentMode = Literal["Serverless", "Standard"]
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 AUTOSCALER_ANNOTATION = "serving.kserve.io/autoscalerClass"
 IG_LABEL = "serving.kserve.io/inferencegraph"
+# On every object made for Standard mode, so the operator watches those Deployments and no
+# others (Knative's revision Deployments carry the graph and Predictor labels too).
+MODE_LABEL = "infergraph.dev/deployment-mode"
 # KServe's names for the modes; RawDeployment is Standard's former name.
 MODES: dict[str, DeploymentMode] = {
     "Serverless": "Serverless",
@@ -72,13 +76,44 @@ def _metadata(
     labels: dict[str, str],
     annotations: dict[str, str],
 ) -> dict[str, Any]:
+    """A graph's object: ``owner`` is an InferenceGraph, or a Predictor (its own label)."""
+    ours = (
+        {knative.PREDICTOR_LABEL: name}
+        if owner.get("kind") == "Predictor"
+        else {knative.GRAPH_LABEL: name, IG_LABEL: name}
+    )
     return {
         "name": name,
         "namespace": namespace,
-        "labels": {**labels, **knative.MANAGED_BY, knative.GRAPH_LABEL: name, IG_LABEL: name},
+        "labels": {**labels, **knative.MANAGED_BY, **ours, MODE_LABEL: "Standard"},
         "annotations": dict(annotations),
         "ownerReferences": [owner],
     }
+
+
+def _deployment(
+    name: str,
+    pod: dict[str, Any],
+    metadata: dict[str, Any],
+    settings: PodPlacement,
+    annotations: dict[str, str],
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": pod_selector(name)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+        },
+        "revisionHistoryLimit": 10,
+        "progressDeadlineSeconds": 600,
+        "template": {
+            "metadata": {"labels": {**metadata["labels"], **pod_selector(name)}},
+            "spec": pod,
+        },
+    }
+    if autoscaler_class(annotations) == "none" and settings.min_replicas is not None:
+        spec["replicas"] = settings.min_replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 
 def router_deployment(
@@ -120,23 +155,59 @@ def router_deployment(
     pod["terminationGracePeriodSeconds"] = knative.router_grace_seconds(server_write)
     pod["automountServiceAccountToken"] = False
     metadata = _metadata(name, namespace, owner, labels or {}, annotations or {})
-    klass = autoscaler_class(annotations or {})
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": pod_selector(name)},
-        "strategy": {
-            "type": "RollingUpdate",
-            "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
-        },
-        "revisionHistoryLimit": 10,
-        "progressDeadlineSeconds": 600,
-        "template": {
-            "metadata": {"labels": {**metadata["labels"], **pod_selector(name)}},
-            "spec": pod,
-        },
+    return _deployment(name, pod, metadata, settings, annotations or {})
+
+
+def predictor_deployment(
+    name: str,
+    namespace: str,
+    spec: PredictorSpec,
+    owner: dict[str, Any],
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Predictor's model server as a Deployment: the container it has under Knative, its
+    one port named for a plain Service."""
+    service = knative.predictor_service(name, namespace, spec, owner)
+    pod = dict(service["spec"]["template"]["spec"])
+    container = dict(pod["containers"][0])
+    port = container["ports"][0]["containerPort"]
+    grpc = container["ports"][0]["name"] == "h2c"
+    container["ports"] = [
+        {"name": "grpc" if grpc else "http", "containerPort": port, "protocol": "TCP"}
+    ]
+    pod["containers"] = [container]
+    pod["automountServiceAccountToken"] = False
+    metadata = _metadata(name, namespace, owner, labels or {}, annotations or {})
+    return _deployment(name, pod, metadata, spec, annotations or {})
+
+
+def predictor_k8s_service(
+    name: str,
+    namespace: str,
+    deployment: dict[str, Any],
+    owner: dict[str, Any],
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Port 80 to the model server's port (``h2c`` declared for gRPC)."""
+    port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]
+    entry: dict[str, Any] = {
+        "name": port["name"],
+        "port": SERVICE_PORT,
+        "targetPort": port["containerPort"],
+        "protocol": "TCP",
     }
-    if klass == "none" and settings.min_replicas is not None:
-        spec["replicas"] = settings.min_replicas
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
+    if port["name"] == "grpc":
+        entry["appProtocol"] = "kubernetes.io/h2c"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, namespace, owner, labels or {}, annotations or {}),
+        "spec": {"selector": pod_selector(name), "ports": [entry]},
+    }
 
 
 def router_k8s_service(
@@ -159,7 +230,7 @@ def router_k8s_service(
     }
 
 
-def router_hpa(
+def hpa(
     name: str,
     namespace: str,
     settings: PodPlacement,
@@ -168,7 +239,8 @@ def router_hpa(
     labels: dict[str, str] | None = None,
     annotations: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
-    """The HPA KServe makes (None for the ``external`` and ``none`` autoscaler classes)."""
+    """The HPA KServe makes for a graph's router or a Predictor (None for the ``external``
+    and ``none`` autoscaler classes)."""
     if autoscaler_class(annotations or {}) != "hpa":
         return None
     minimum = max(settings.min_replicas or 0, 1)
@@ -200,15 +272,16 @@ def router_hpa(
 def deployment_ready(deployment: dict[str, Any] | None) -> tuple[bool, str]:
     """Ready once the Deployment has the condition ``Available=True`` (as KServe checks)."""
     if deployment is None:
-        return False, "the router's Deployment does not exist yet"
+        return False, "the Deployment does not exist yet"
     for cond in (deployment.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Available":
             if cond.get("status") == "True":
                 return True, ""
             return False, cond.get("message") or cond.get("reason") or "not available"
-    return False, "the router's Deployment is not available yet"
+    return False, "the Deployment is not available yet"
 
 
 def cluster_url(name: str, namespace: str) -> str:
-    """Where the graph answers inside the cluster (Standard mode creates no Ingress)."""
+    """Where a graph or Predictor answers inside the cluster (Standard mode creates no
+    Ingress)."""
     return f"http://{name}.{namespace}.svc.cluster.local"

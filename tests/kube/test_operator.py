@@ -518,3 +518,58 @@ def test_an_unknown_deployment_mode_is_named_in_status(cluster: Cluster) -> None
     cond = wait_for(lambda: ready_condition(get(cluster, "inferencegraphs", "odd")), "a status")
     assert cond["status"] == "False"
     assert "'Raw' is not a deployment mode" in cond["message"]
+
+
+def make_available(cluster: Cluster, name: str) -> None:
+    """What a controller-manager would report once the Deployment's pods are up."""
+    client.AppsV1Api(cluster.api).patch_namespaced_deployment_status(
+        name,
+        NAMESPACE,
+        {"status": {"conditions": [{"type": "Available", "status": "True",
+                                    "reason": "MinimumReplicasAvailable"}]}},
+    )  # fmt: skip
+
+
+def test_a_standard_mode_predictor_is_a_deployment_a_graph_resolves(cluster: Cluster) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Predictor",
+        "metadata": {
+            "name": "std-pred",
+            "annotations": {"serving.kserve.io/deploymentMode": "Standard"},
+        },
+        "spec": v1_predictor("iris", minReplicas=1, maxReplicas=3),
+    }
+    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "predictors", body)
+    apps = client.AppsV1Api(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    deployment = wait_for(
+        lambda: apps.read_namespaced_deployment("std-pred", NAMESPACE), "the Deployment"
+    )
+    assert deployment.spec.template.spec.containers[0].ports[0].container_port == 8080
+    service = wait_for(lambda: core.read_namespaced_service("std-pred", NAMESPACE), "Service")
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(80, 8080)]
+    with pytest.raises(client.exceptions.ApiException) as no_ksvc:
+        get(cluster, "ksvc", "std-pred")
+    assert no_ksvc.value.status == 404
+    make_available(cluster, "std-pred")
+
+    def ready() -> Any:
+        predictor = get(cluster, "predictors", "std-pred")
+        cond = ready_condition(predictor)
+        return predictor if cond and cond["status"] == "True" else None
+
+    predictor = wait_for(ready, "the Predictor to be Ready from its Deployment")
+    url = f"http://std-pred.{NAMESPACE}.svc.cluster.local"
+    assert predictor["status"]["url"] == url
+    assert predictor["status"]["endpoint"]["url"] == f"{url}/v1/models/iris:predict"
+    # A graph that uses it calls it at that address.
+    create(cluster, "inferencegraphs", "uses-std", one_step_on("std-pred"))
+
+    def resolved() -> Any:
+        data = core.read_namespaced_config_map("uses-std-graph", NAMESPACE).data or {}
+        return json.loads(data[knative.GRAPH_FILE]) if data else None
+
+    document = wait_for(resolved, "the graph's ConfigMap")
+    step = document["spec"]["nodes"]["root"]["steps"][0]
+    assert step["serviceUrl"] == f"{url}/v1/models/iris:predict"

@@ -64,16 +64,17 @@ RESOURCE_HANDLERS = [
     ),
     (
         "event",
-        "router_deployment_changed",
+        "standard_deployment_changed",
         "apps/v1/deployments",
         "{'app.kubernetes.io/managed-by': 'infergraph', "
-        "'serving.kserve.io/inferencegraph': <MetaFilterToken.PRESENT: 1>}",
+        "'infergraph.dev/deployment-mode': 'Standard'}",
         "",
     ),
     ("resume", "graph_changed", GRAPHS, "", ""),
     ("resume", "predictor_changed", PREDICTORS, "", ""),
     ("update", "graph_changed/metadata.annotations", GRAPHS, "metadata.annotations", ""),
     ("update", "graph_changed/spec", GRAPHS, "spec", ""),
+    ("update", "predictor_changed/metadata.annotations", PREDICTORS, "metadata.annotations", ""),
     ("update", "predictor_changed/spec", PREDICTORS, "spec", ""),
 ]
 ACTIVITIES = [

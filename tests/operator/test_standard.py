@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infergraph.operator import standard
-from infergraph.operator.resources import InferenceGraphSpec
+from infergraph.operator.resources import InferenceGraphSpec, PredictorSpec
 
 OWNER = {
     "apiVersion": "infergraph.dev/v1alpha1",
@@ -26,6 +26,7 @@ LABELS = {
     "app.kubernetes.io/managed-by": "infergraph",
     "infergraph.dev/graph": "iris",
     "serving.kserve.io/inferencegraph": "iris",
+    "infergraph.dev/deployment-mode": "Standard",
 }
 
 
@@ -111,7 +112,7 @@ HPAS: list[tuple[str, dict[str, Any], dict[str, str], Any]] = [
 def test_the_hpa_follows_kserves_defaults(
     spec: dict[str, Any], annotations: dict[str, str], expected: Any
 ) -> None:
-    hpa = standard.router_hpa("iris", "models", graph(**spec), OWNER, annotations=annotations)
+    hpa = standard.hpa("iris", "models", graph(**spec), OWNER, annotations=annotations)
     if expected is None:
         assert hpa is None
         return
@@ -151,3 +152,36 @@ def test_autoscaler_none_pins_the_replicas_to_min() -> None:
 def test_ready_once_the_deployment_is_available(status: Any, ready: bool) -> None:
     deployment = None if status is None else {"status": status}
     assert standard.deployment_ready(deployment)[0] is ready
+
+
+PREDICTOR_OWNER = {**OWNER, "kind": "Predictor", "name": "resnet"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "port", "name"),
+    [
+        ({"runtime": "triton", "model": {"name": "resnet50"}}, 8000, "http"),
+        ({"runtime": "triton", "model": {"name": "resnet50"}, "protocol": "v2-grpc"}, 8001,
+         "grpc"),
+        ({"runtime": "custom", "image": "me/model:1", "port": 9000, "model": {"name": "m"}},
+         9000, "http"),
+    ],
+)  # fmt: skip
+def test_a_predictor_in_standard_mode_keeps_its_server_behind_port_80(
+    spec: dict[str, Any], port: int, name: str
+) -> None:
+    predictor = PredictorSpec.model_validate(spec)
+    deployment = standard.predictor_deployment("resnet", "models", predictor, PREDICTOR_OWNER)
+    labels = deployment["metadata"]["labels"]
+    assert labels["infergraph.dev/predictor"] == "resnet"
+    assert "infergraph.dev/graph" not in labels
+    assert labels["infergraph.dev/deployment-mode"] == "Standard"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["ports"] == [{"name": name, "containerPort": port, "protocol": "TCP"}]
+    assert pod["automountServiceAccountToken"] is False
+    service = standard.predictor_k8s_service("resnet", "models", deployment, PREDICTOR_OWNER)
+    (entry,) = service["spec"]["ports"]
+    assert (entry["port"], entry["targetPort"], entry["name"]) == (80, port, name)
+    assert entry.get("appProtocol") == ("kubernetes.io/h2c" if name == "grpc" else None)
+    assert service["spec"]["selector"] == {"app": "isvc.resnet"}

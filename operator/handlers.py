@@ -98,18 +98,9 @@ def graph_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 def standard_deployment_changed(
     body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A Standard-mode Deployment changed: its availability is its graph's or Predictor's."""
-    labels = body["metadata"].get("labels") or {}
-    namespace = body["metadata"]["namespace"]
-    if type == "DELETED":
-        return
-    reconciler = reconciler_of(memo)
-    if PREDICTOR_LABEL in labels:
-        name = labels[PREDICTOR_LABEL]
-        reconciler.mirror_predictor(namespace, name)
-        reconciler.refresh_graphs(namespace, name)
-    elif GRAPH_LABEL in labels:
-        reconciler.reconcile_graph(reconciler.graph(namespace, labels[GRAPH_LABEL]))
+    """A Standard-mode Deployment changed: its availability is its graph's or Predictor's,
+    as a Knative Service's readiness is in Serverless mode."""
+    knative_service_changed(body, type, memo)
 
 
 def knative_service_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:

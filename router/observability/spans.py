@@ -261,29 +261,21 @@ class LightTracer(trace.Tracer):
             )
             if not sampled:
                 return NonRecordingSpan(span_context)
-            return LightSpan(
-                self.sink,
-                name,
-                context=span_context,
-                parent=parent if parent.is_valid else None,
-                kind=kind,
-                attributes=dict(attributes) if attributes else {},
-                start=start_time or time.time_ns(),
-                scope=self.scope,
+            values = dict(attributes) if attributes else {}
+        else:
+            sampling = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            span_context = SpanContext(
+                trace_id,
+                self.ids.generate_span_id(),
+                False,
+                SAMPLED if sampling.decision is Decision.RECORD_AND_SAMPLE else NOT_SAMPLED,
+                sampling.trace_state,
             )
-        sampling = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        span_context = SpanContext(
-            trace_id,
-            self.ids.generate_span_id(),
-            False,
-            SAMPLED if sampling.decision is Decision.RECORD_AND_SAMPLE else NOT_SAMPLED,
-            sampling.trace_state,
-        )
-        if sampling.decision is Decision.DROP:
-            return NonRecordingSpan(span_context)
-        values = dict(attributes) if attributes else {}
-        if sampling.attributes:
-            values.update(sampling.attributes)
+            if sampling.decision is Decision.DROP:
+                return NonRecordingSpan(span_context)
+            values = dict(attributes) if attributes else {}
+            if sampling.attributes:
+                values.update(sampling.attributes)
         return LightSpan(
             self.sink,
             name,

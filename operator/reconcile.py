@@ -267,14 +267,7 @@ class Reconciler:
         return cast("dict[str, Any]", body)
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found = self.apps.read_namespaced_deployment(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        result: dict[str, Any] = self.apps.api_client.sanitize_for_serialization(found)
-        return result
+        return self._read(self.apps.read_namespaced_deployment, namespace, name)
 
     # writing
     def apply(self, manifest: dict[str, Any]) -> None:

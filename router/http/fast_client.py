@@ -121,6 +121,7 @@ class _Connection(asyncio.Protocol):
         "_waiter",
         "closed",
         "idle_since",
+        "loop",
         "lost",
         "on_stream_end",
         "parser",
@@ -129,7 +130,9 @@ class _Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Kept: asyncio.get_running_loop() costs a getpid system call on every call.
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False  # closing or closed: never to be used again
@@ -280,7 +283,7 @@ class _Connection(asyncio.Protocol):
         self._stream = _Stream(self) if stream else None
         self._streaming = stream
         self.stream_end = None
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter = self.loop.create_future()
         return waiter
 
 
@@ -400,7 +403,7 @@ class FastTransport:
                 self._ssl = ssl.create_default_context()
             kwargs = {"ssl": self._ssl, "server_hostname": target.host}
         _, connection = await loop.create_connection(
-            _Connection, target.host, target.port, **kwargs
+            functools.partial(_Connection, loop), target.host, target.port, **kwargs
         )
         self._open.add(connection)
         return connection

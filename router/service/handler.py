@@ -186,7 +186,7 @@ class RouterService:
         timeouts = plan.timeouts
         if timeouts.server_write is None:
             return await run_graph(plan, body, ctx)
-        task = asyncio.current_task()
+        task = self.deadlines.current_task()
         assert task is not None
         self.deadlines.add(task, timeouts.server_write)
         expired = False

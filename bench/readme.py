@@ -41,8 +41,8 @@ def _peers_table(peers: dict[str, Any], connections: int) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for graph in graphs:
-        ours = targets._find(rows, system="infergraph", graph=graph, connections=connections)
-        theirs = targets._find(rows, system="kserve", graph=graph, connections=connections)
+        ours = targets.find(rows, system="infergraph", graph=graph, connections=connections)
+        theirs = targets.find(rows, system="kserve", graph=graph, connections=connections)
         if ours is None or theirs is None:
             continue
         lines.append(
@@ -60,7 +60,7 @@ def _rates_table(peers: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
     ]
     for ours in (r for r in rates if r["system"] == "infergraph"):
-        theirs = targets._find(rates, system="kserve", graph=ours["graph"], rate=ours["rate"])
+        theirs = targets.find(rates, system="kserve", graph=ours["graph"], rate=ours["rate"])
         if theirs is not None:
             lines.append(
                 f"| {ours['graph']} | {ours['rate']} | {ours['cpu_us']:.0f} "

@@ -170,7 +170,7 @@ class Bench:
         gaps: dict[str, list[float]] = {label: [] for label in targets}
         with router:
             # Direct and routed streams alternate, so both see the same machine: here a process
-            # idle for tens of milliseconds takes milliseconds to wake (see sse_wake_floor).
+            # idle for tens of milliseconds takes milliseconds to wake (see wake_floor).
             for _ in range(rounds):
                 for label, target in targets.items():
                     arrivals = sse_arrivals(target)

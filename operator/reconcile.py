@@ -287,6 +287,27 @@ class Reconciler:
         else:
             raise ValueError(f"cannot apply a {kind}")
 
+    def apply_standard(
+        self, deployment: dict[str, Any], service: dict[str, Any], hpa: dict[str, Any] | None
+    ) -> None:
+        """Standard mode's objects for a graph or Predictor: the Deployment, the Service, the
+        HPA (or none, deleting one made before), and no Knative Service (the object may have
+        left Serverless mode)."""
+        meta = deployment["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        self.apply(deployment)
+        self.apply(service)
+        if hpa is not None:
+            self.apply(hpa)
+        else:
+            self.delete_ours("HorizontalPodAutoscaler", namespace, name)
+        self.delete_ours("ksvc", namespace, name)
+
+    def leave_standard(self, namespace: str, name: str) -> None:
+        """Delete the Standard-mode objects of a graph or Predictor now in Serverless mode."""
+        for kind in ("HorizontalPodAutoscaler", "Service", "Deployment"):
+            self.delete_ours(kind, namespace, name)
+
     def delete_ours(self, kind: str, namespace: str, name: str) -> None:
         """Delete an object this operator made for a graph or Predictor (it carries that
         label); a missing one, or one someone else made, is left alone."""
@@ -364,21 +385,13 @@ class Reconciler:
             deployment = standard.predictor_deployment(
                 name, namespace, spec, owner, labels=labels, annotations=annotations
             )
-            self.apply(deployment)
-            self.apply(
-                standard.predictor_k8s_service(
-                    name, namespace, deployment, owner, labels=labels, annotations=annotations
-                )
+            service = standard.predictor_k8s_service(
+                name, namespace, deployment, owner, labels=labels, annotations=annotations
             )
-            if hpa is not None:
-                self.apply(hpa)
-            else:
-                self.delete_ours("HorizontalPodAutoscaler", namespace, name)
-            self.delete_ours("ksvc", namespace, name)
+            self.apply_standard(deployment, service, hpa)
             self.mirror_predictor(namespace, name)
             return
-        for kind in ("HorizontalPodAutoscaler", "Service", "Deployment"):
-            self.delete_ours(kind, namespace, name)
+        self.leave_standard(namespace, name)
         existing = self.ksvc(namespace, name)
         previous = None
         if existing is not None:
@@ -477,17 +490,10 @@ class Reconciler:
                 labels=labels,
                 annotations=annotations,
             )
-            self.apply(deployment)
-            self.apply(
-                standard.router_k8s_service(
-                    name, namespace, owner, labels=labels, annotations=annotations
-                )
+            service = standard.router_k8s_service(
+                name, namespace, owner, labels=labels, annotations=annotations
             )
-            if hpa is not None:
-                self.apply(hpa)
-            else:
-                self.delete_ours("HorizontalPodAutoscaler", namespace, name)
-            self.delete_ours("ksvc", namespace, name)  # the graph left Serverless mode
+            self.apply_standard(deployment, service, hpa)
         else:
             service = knative.router_service(
                 name,
@@ -503,8 +509,7 @@ class Reconciler:
                 env=self.settings.router_env(),
             )
             self.apply_ksvc(service)
-            for kind in ("HorizontalPodAutoscaler", "Service", "Deployment"):
-                self.delete_ours(kind, namespace, name)  # the graph left Standard mode
+            self.leave_standard(namespace, name)
         self.mirror_graph(namespace, name, readiness.not_ready, mode)
 
     def mirror_graph(

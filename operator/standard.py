@@ -116,6 +116,23 @@ def _deployment(
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 
+def _pod_of(
+    service: dict[str, Any], port_name: str, container_name: str | None = None
+) -> dict[str, Any]:
+    """The pod of a Knative Service we build, for a Deployment: its one container's port
+    renamed for a plain Service (Knative names it ``http1`` or ``h2c``), and no
+    service-account token."""
+    pod = dict(service["spec"]["template"]["spec"])
+    container = dict(pod["containers"][0])
+    if container_name is not None:
+        container["name"] = container_name
+    port = container["ports"][0]["containerPort"]
+    container["ports"] = [{"name": port_name, "containerPort": port, "protocol": "TCP"}]
+    pod["containers"] = [container]
+    pod["automountServiceAccountToken"] = False
+    return pod
+
+
 def router_deployment(
     name: str,
     namespace: str,
@@ -146,14 +163,9 @@ def router_deployment(
         affinity=affinity,
         env=env,
     )
-    pod = dict(service["spec"]["template"]["spec"])
+    pod = _pod_of(service, "http", container_name=name)
     pod.pop("timeoutSeconds")  # Knative's; a Deployment's pods have a grace period instead
-    container = dict(pod["containers"][0])
-    container["name"] = name
-    container["ports"] = [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    pod["containers"] = [container]
     pod["terminationGracePeriodSeconds"] = knative.router_grace_seconds(server_write)
-    pod["automountServiceAccountToken"] = False
     metadata = _metadata(name, namespace, owner, labels or {}, annotations or {})
     return _deployment(name, pod, metadata, settings, annotations or {})
 
@@ -170,15 +182,8 @@ def predictor_deployment(
     """A Predictor's model server as a Deployment: the container it has under Knative, its
     one port named for a plain Service."""
     service = knative.predictor_service(name, namespace, spec, owner)
-    pod = dict(service["spec"]["template"]["spec"])
-    container = dict(pod["containers"][0])
-    port = container["ports"][0]["containerPort"]
-    grpc = container["ports"][0]["name"] == "h2c"
-    container["ports"] = [
-        {"name": "grpc" if grpc else "http", "containerPort": port, "protocol": "TCP"}
-    ]
-    pod["containers"] = [container]
-    pod["automountServiceAccountToken"] = False
+    port_name = service["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]
+    pod = _pod_of(service, "grpc" if port_name == "h2c" else "http")
     metadata = _metadata(name, namespace, owner, labels or {}, annotations or {})
     return _deployment(name, pod, metadata, spec, annotations or {})
 

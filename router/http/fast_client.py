@@ -122,7 +122,6 @@ class _Connection(asyncio.Protocol):
         "closed",
         "idle_since",
         "loop",
-        "lost",
         "on_stream_end",
         "parser",
         "reused",
@@ -136,7 +135,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False  # closing or closed: never to be used again
-        self.lost = False  # connection_lost has run
         self.reused = False
         self.idle_since = 0.0
         # How the last streamed reply ended: None while it runs (or for a plain reply), True
@@ -176,7 +174,7 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamConnectionError(f"malformed HTTP response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = self.lost = True
+        self.closed = True
         waiter = self._waiter
         stream = self._stream
         if stream is not None and waiter is not None and waiter.done():

@@ -201,12 +201,12 @@ class EncodedSender:
         )
         self._grpc = protocol == "grpc"
 
-    @staticmethod
-    def supported(protocol: str) -> bool:
+    @property
+    def supported(self) -> bool:
         """Whether the installed exporter has the seam used here (else: the SDK path)."""
-        if protocol == "grpc":
-            return hasattr(GRPCSpanExporter, "_export")
-        client = getattr(make_exporter(protocol), "_client", None)
+        if self._grpc:
+            return hasattr(self.exporter, "_export")
+        client = getattr(self.exporter, "_client", None)
         return callable(getattr(client, "export", None))
 
     def send(self, payload: bytes, count: int) -> bool:
@@ -228,8 +228,9 @@ def main(argv: list[str]) -> int:
     # Background work: where it shares a core with the router, the router goes first.
     os.nice(10)
     resource = Resource.create({"service.name": service_name})
-    if encoding == "lean" and EncodedSender.supported(protocol):
-        sender, encoder = EncodedSender(protocol), TraceEncoder(resource)
+    sender = EncodedSender(protocol) if encoding == "lean" else None
+    if sender is not None and sender.supported:
+        encoder = TraceEncoder(resource)
         for batch in _read_frames(sys.stdin.buffer):
             for start in range(0, len(batch), EXPORT_BATCH):
                 values = [pickle.loads(raw) for raw in batch[start : start + EXPORT_BATCH]]
@@ -237,6 +238,8 @@ def main(argv: list[str]) -> int:
                     log.warning("an export of %d spans failed", len(values))
         sender.shutdown()
         return 0
+    if sender is not None:
+        sender.shutdown()  # this exporter lacks the seam: the SDK's way instead
     exporter = make_exporter(protocol)  # the SDK's spans and encoder
     for batch in _read_frames(sys.stdin.buffer):
         spans = [rebuild(pickle.loads(raw), resource) for raw in batch]

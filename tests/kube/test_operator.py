@@ -46,12 +46,13 @@ def ports(container: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": p["name"], "containerPort": p["containerPort"]} for p in container["ports"]]
 
 
-def create(cluster: Cluster, plural: str, name: str, spec: dict[str, Any]) -> None:
+def create(cluster: Cluster, plural: str, name: str, spec: dict[str, Any], **metadata: Any) -> None:
+    """Create a Predictor or InferenceGraph; ``metadata``: its labels and annotations."""
     kind = {"predictors": "Predictor", "inferencegraphs": "InferenceGraph"}[plural]
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": kind,
-        "metadata": {"name": name},
+        "metadata": {"name": name, **metadata},
         "spec": spec,
     }
     custom(cluster).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, body)
@@ -107,6 +108,16 @@ def make_ksvc_ready(cluster: Cluster, name: str, url: str, revision: str = "rev-
             }
         },
     )
+
+
+def make_available(cluster: Cluster, name: str) -> None:
+    """What a controller-manager would report once the Deployment's pods are up."""
+    client.AppsV1Api(cluster.api).patch_namespaced_deployment_status(
+        name,
+        NAMESPACE,
+        {"status": {"conditions": [{"type": "Available", "status": "True",
+                                    "reason": "MinimumReplicasAvailable"}]}},
+    )  # fmt: skip
 
 
 def test_triton_predictor_becomes_a_knative_service_that_would_run(cluster: Cluster) -> None:
@@ -419,18 +430,13 @@ def test_standard_mode_makes_a_deployment_service_and_hpa_then_back(cluster: Clu
     here, as a controller-manager would; this tier has none); back to Serverless, the three go
     and a Knative Service comes."""
     ready_predictor(cluster, "std-model", "m")
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "InferenceGraph",
-        "metadata": {
-            "name": "std",
-            "labels": {"team": "vision"},
-            "annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"},
-        },
-        "spec": {**one_step_on("std-model"), "minReplicas": 2, "maxReplicas": 5},
-    }
-    custom(cluster).create_namespaced_custom_object(
-        GROUP, VERSION, NAMESPACE, "inferencegraphs", body
+    create(
+        cluster,
+        "inferencegraphs",
+        "std",
+        {**one_step_on("std-model"), "minReplicas": 2, "maxReplicas": 5},
+        labels={"team": "vision"},
+        annotations={"serving.kserve.io/deploymentMode": "RawDeployment"},
     )
     apps = client.AppsV1Api(cluster.api)
     core = client.CoreV1Api(cluster.api)
@@ -459,12 +465,7 @@ def test_standard_mode_makes_a_deployment_service_and_hpa_then_back(cluster: Clu
     status = wait_for(lambda: ready_condition(get(cluster, "inferencegraphs", "std")), "a status")
     assert status["status"] == "False"
 
-    apps.patch_namespaced_deployment_status(
-        "std",
-        NAMESPACE,
-        {"status": {"conditions": [{"type": "Available", "status": "True",
-                                    "reason": "MinimumReplicasAvailable", "message": "up"}]}},
-    )  # fmt: skip
+    make_available(cluster, "std")
 
     def ready() -> Any:
         graph = get(cluster, "inferencegraphs", "std")
@@ -506,41 +507,26 @@ def test_standard_mode_makes_a_deployment_service_and_hpa_then_back(cluster: Clu
 
 def test_an_unknown_deployment_mode_is_named_in_status(cluster: Cluster) -> None:
     ready_predictor(cluster, "odd-model", "m")
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "InferenceGraph",
-        "metadata": {"name": "odd", "annotations": {"serving.kserve.io/deploymentMode": "Raw"}},
-        "spec": one_step_on("odd-model"),
-    }
-    custom(cluster).create_namespaced_custom_object(
-        GROUP, VERSION, NAMESPACE, "inferencegraphs", body
+    create(
+        cluster,
+        "inferencegraphs",
+        "odd",
+        one_step_on("odd-model"),
+        annotations={"serving.kserve.io/deploymentMode": "Raw"},
     )
     cond = wait_for(lambda: ready_condition(get(cluster, "inferencegraphs", "odd")), "a status")
     assert cond["status"] == "False"
     assert "'Raw' is not a deployment mode" in cond["message"]
 
 
-def make_available(cluster: Cluster, name: str) -> None:
-    """What a controller-manager would report once the Deployment's pods are up."""
-    client.AppsV1Api(cluster.api).patch_namespaced_deployment_status(
-        name,
-        NAMESPACE,
-        {"status": {"conditions": [{"type": "Available", "status": "True",
-                                    "reason": "MinimumReplicasAvailable"}]}},
-    )  # fmt: skip
-
-
 def test_a_standard_mode_predictor_is_a_deployment_a_graph_resolves(cluster: Cluster) -> None:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Predictor",
-        "metadata": {
-            "name": "std-pred",
-            "annotations": {"serving.kserve.io/deploymentMode": "Standard"},
-        },
-        "spec": v1_predictor("iris", minReplicas=1, maxReplicas=3),
-    }
-    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "predictors", body)
+    create(
+        cluster,
+        "predictors",
+        "std-pred",
+        v1_predictor("iris", minReplicas=1, maxReplicas=3),
+        annotations={"serving.kserve.io/deploymentMode": "Standard"},
+    )
     apps = client.AppsV1Api(cluster.api)
     core = client.CoreV1Api(cluster.api)
     deployment = wait_for(

@@ -105,4 +105,8 @@ def test_the_routers_encoding_delivers_the_sdks_spans(
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_the_installed_exporters_have_the_seam_the_encoding_uses(protocol: str) -> None:
     """Else the exporter process would quietly take the SDK's slower path."""
-    assert EncodedSender.supported(protocol)
+    sender = EncodedSender(protocol)
+    try:
+        assert sender.supported
+    finally:
+        sender.shutdown()

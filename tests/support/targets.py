@@ -34,7 +34,7 @@ def _rows(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
     return list(doc.get("rows", [])) if doc else []
 
 
-def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+def find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     for row in rows:
         if all(row.get(k) == v for k, v in match.items()):
             return row
@@ -47,14 +47,14 @@ def _missing(target: str, wanted: str, budget: str) -> Verdict:
 
 def tracing(router: dict[str, Any] | None) -> list[Verdict]:
     rows = _rows(router)
-    off = _find(rows, system="infergraph/fast", graph="sequence-1", connections=32)
+    off = find(rows, system="infergraph/fast", graph="sequence-1", connections=32)
     verdicts = []
     for label, system, limit in (
         ("tracing, every request sampled", "infergraph/fast tracing on", 0.25),
         ("tracing, one request in ten sampled", "infergraph/fast tracing 10%", 0.05),
     ):
         wanted = f"router + exporter CPU at most +{limit:.0%} over tracing off (1-step, c=32)"
-        on = _find(rows, system=system, graph="sequence-1", connections=32)
+        on = find(rows, system=system, graph="sequence-1", connections=32)
         if off is None or on is None:
             verdicts.append(_missing(label, wanted, ROUTER_RUN))
             continue
@@ -72,7 +72,7 @@ def router_vs_predictor(router: dict[str, Any] | None) -> Verdict:
     label = "router CPU per request vs the predictor's"
     wanted = "at most 1.0x on a 1-step Sequence, metrics on"
     rows = [
-        _find(_rows(router), system="infergraph/fast", graph="sequence-1", connections=c)
+        find(_rows(router), system="infergraph/fast", graph="sequence-1", connections=c)
         for c in (1, 32)
     ]
     if any(r is None for r in rows):
@@ -91,9 +91,9 @@ def against_kserve(peers: dict[str, Any] | None) -> list[Verdict]:
         wanted = f"at least {floor}x on every graph" + (", p99 lower" if connections == 32 else "")
         parts, met = [], True
         for graph in graphs:
-            ours = _find(rows, system="infergraph", budget="single core", graph=graph,
+            ours = find(rows, system="infergraph", budget="single core", graph=graph,
                          connections=connections)  # fmt: skip
-            theirs = _find(rows, system="kserve", budget="single core", graph=graph,
+            theirs = find(rows, system="kserve", budget="single core", graph=graph,
                            connections=connections)  # fmt: skip
             if ours is None or theirs is None:
                 continue
@@ -110,7 +110,7 @@ def against_kserve(peers: dict[str, Any] | None) -> list[Verdict]:
     rates = list(peers.get("rates", [])) if peers else []
     cells, met = [], True
     for ours in (r for r in rates if r["system"] == "infergraph"):
-        theirs = _find(rates, system="kserve", graph=ours["graph"], rate=ours["rate"])
+        theirs = find(rates, system="kserve", graph=ours["graph"], rate=ours["rate"])
         if theirs is None:
             continue
         ok, their_ok = ours.get("success", 1.0), theirs.get("success", 1.0)
@@ -170,8 +170,8 @@ def grpc_step(router: dict[str, Any] | None) -> Verdict:
     rows = _rows(router)
     parts, met = [], True
     for connections in (1, 32):
-        rest = _find(rows, system="infergraph/fast", graph="triton-v2", connections=connections)
-        grpc = _find(rows, system="infergraph/fast", graph="triton-grpc", connections=connections)
+        rest = find(rows, system="infergraph/fast", graph="triton-v2", connections=connections)
+        grpc = find(rows, system="infergraph/fast", graph="triton-grpc", connections=connections)
         if rest is None or grpc is None:
             return _missing(label, wanted, ROUTER_RUN + ", real Triton on core 1")
         met = met and grpc["router_us"] <= rest["router_us"]

@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     o.add_argument("--webhook-cert", default=None, help="webhook TLS certificate (PEM)")
     o.add_argument("--webhook-key", default=None, help="webhook TLS private key (PEM)")
     o.add_argument(
+        "--webhook-service",
+        default=None,
+        metavar="NAMESPACE/NAME",
+        help="register the webhook as this Service (port 443) rather than as a URL: how the "
+        "API server reaches an operator in the cluster",
+    )
+    o.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -73,6 +80,7 @@ def run_operator(args: argparse.Namespace) -> int:
         webhook_addr=args.webhook_addr,
         webhook_cert=args.webhook_cert,
         webhook_key=args.webhook_key,
+        webhook_service=args.webhook_service,
     )
 
 

@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 import kopf
 
 from infergraph.operator import handlers, standard
 from infergraph.operator.knative import ROUTER_IMAGE
 from infergraph.operator.reconcile import OperatorSettings
+
+
+class ServiceWebhookServer(kopf.WebhookServer):
+    """kopf's webhook server, registered as a Service reference instead of a URL.
+
+    In a cluster the API server reaches the operator through its Service: it resolves a
+    ``service`` reference itself (to the Service's address, or to its endpoints), whereas a URL
+    would need the API server's own resolver to know ``*.svc`` names, which it usually does not.
+    """
+
+    def __init__(self, *, service: str, service_port: int = 443, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        namespace, _, name = service.partition("/")
+        if not namespace or not name:
+            raise ValueError(f"--webhook-service must be NAMESPACE/NAME, not {service!r}")
+        self.service = {"namespace": namespace, "name": name, "port": service_port}
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async for config in super().__call__(fn):
+            config.pop("url", None)
+            config["service"] = {**self.service, "path": self.path or ""}  # type: ignore[typeddict-item]
+            yield config
 
 
 def webhook_server(
@@ -18,10 +42,18 @@ def webhook_server(
     addr: str | None = None,
     cert: str | None = None,
     key: str | None = None,
+    service: str | None = None,
 ) -> kopf.WebhookServer | None:
-    """The admission webhook's server, when a port is given (else no webhook is served)."""
+    """The admission webhook's server, when a port is given (else no webhook is served).
+
+    With ``service`` (NAMESPACE/NAME) the API server calls it through that Service's port 443;
+    otherwise at ``https://host:port``."""
     if port is None:
         return None
+    if service is not None:
+        return ServiceWebhookServer(
+            service=service, addr=addr, port=port, host=host, certfile=cert, pkeyfile=key
+        )
     return kopf.WebhookServer(addr=addr, port=port, host=host, certfile=cert, pkeyfile=key)
 
 
@@ -37,6 +69,7 @@ def run_operator(
     webhook_addr: str | None = None,
     webhook_cert: str | None = None,
     webhook_key: str | None = None,
+    webhook_service: str | None = None,
 ) -> int:
     settings = OperatorSettings(
         router_image=router_image or ROUTER_IMAGE,
@@ -44,7 +77,12 @@ def run_operator(
         default_mode=standard.MODES[default_mode],
     )
     admission = webhook_server(
-        port=webhook_port, host=webhook_host, addr=webhook_addr, cert=webhook_cert, key=webhook_key
+        port=webhook_port,
+        host=webhook_host,
+        addr=webhook_addr,
+        cert=webhook_cert,
+        key=webhook_key,
+        service=webhook_service,
     )
     asyncio.run(
         kopf.operator(

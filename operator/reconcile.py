@@ -115,8 +115,12 @@ def predictor_status(
     """
     ready, url, message = server if server is not None else ksvc_ready(service)
     status: dict[str, Any] = {"url": url}
-    if url:
-        endpoint_url, protocol = knative.inference_endpoint(url, spec)
+    # Routers call a Predictor from inside the cluster: at Knative's cluster-local address
+    # (status.address.url, http://<name>.<namespace>.svc.cluster.local), as KServe's graphs do;
+    # status.url is the public one (<name>.<namespace>.example.com by default).
+    address = ((service or {}).get("status") or {}).get("address", {}).get("url") or url
+    if address:
+        endpoint_url, protocol = knative.inference_endpoint(address, spec)
         status["endpoint"] = Endpoint(
             url=endpoint_url, protocol=protocol, model=spec.model.name
         ).model_dump(mode="json", exclude_none=True)

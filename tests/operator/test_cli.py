@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "webhook_addr": None,
     "webhook_cert": None,
     "webhook_key": None,
+    "webhook_service": None,
     "log_level": "INFO",
     "run": cli.run_operator,
 }
@@ -65,6 +66,11 @@ OPERATOR_ARGS: list[tuple[str, list[str], dict[str, Any]]] = [
             "webhook_cert": "tls.crt",
             "webhook_key": "tls.key",
         },
+    ),
+    (
+        "in the cluster, as deploy/operator.yaml runs it",
+        ["--all-namespaces", "--webhook-port", "9443", "--webhook-service", "ns/operator"],
+        {"all_namespaces": True, "webhook_port": 9443, "webhook_service": "ns/operator"},
     ),
     ("--namespace repeats", ["--namespace", "a", "--namespace", "b"], {"namespace": ["a", "b"]}),
     ("the whole cluster", ["--all-namespaces"], {"all_namespaces": True}),

@@ -7,9 +7,11 @@ No API server: the Reconciler here records what it is asked instead of calling o
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from typing import Any
+from unittest import mock
 
 import kopf
 import pytest
@@ -279,3 +281,34 @@ def test_webhook_server_from_flags() -> None:
         "tls.crt",
         "tls.key",
     )
+
+
+def test_webhook_registered_as_a_service_reference() -> None:
+    """In a cluster the API server reaches the operator through its Service: kopf registers a
+    ``service`` client config (port 443, kopf's path), not a URL the API server cannot resolve."""
+    server = main.webhook_server(
+        port=0, addr="127.0.0.1", service="infergraph-system/infergraph-operator"
+    )
+    assert isinstance(server, main.ServiceWebhookServer)
+
+    async def first_config() -> Any:
+        configs = server.__call__(lambda *_: None)  # type: ignore[arg-type]
+        try:
+            return await anext(configs)
+        finally:
+            await configs.aclose()
+
+    with mock.patch.object(kopf.WebhookServer, "_build_ssl", return_value=(b"PEM", None)):
+        config = asyncio.run(first_config())
+    assert "url" not in config
+    assert config["service"] == {
+        "namespace": "infergraph-system",
+        "name": "infergraph-operator",
+        "port": 443,
+        "path": "",
+    }
+
+
+def test_webhook_service_must_name_namespace_and_service() -> None:
+    with pytest.raises(ValueError, match="NAMESPACE/NAME"):
+        main.webhook_server(port=9443, service="infergraph-operator")

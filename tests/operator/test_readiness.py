@@ -37,6 +37,7 @@ def ksvc(
     url: str | None = "http://p.models.example.com",
     message: str | None = None,
     reason: str | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """A Knative Service as Knative reports it (``ready`` None: no Ready condition yet)."""
     conditions: list[dict[str, Any]] = []
@@ -48,6 +49,8 @@ def ksvc(
             cond["reason"] = reason
         conditions = [{"type": "ConfigurationsReady", "status": "True"}, cond]
     status: dict[str, Any] = {"conditions": conditions}
+    if address is not None:
+        status["address"] = {"url": address}
     if url is not None:
         status["url"] = url
     return {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "status": status}
@@ -190,6 +193,24 @@ PREDICTOR_STATUS: list[
             "url": "http://classifier.models.example.com",
             "endpoint": {
                 "url": "http://classifier.models.example.com/v1/models/logistic:predict",
+                "protocol": "v1",
+                "model": "logistic",
+            },
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": ""}],
+        },
+    ),
+    (
+        "the endpoint is at Knative's cluster-local address, where routers call it",
+        V1_SPEC,
+        ksvc(
+            url="http://classifier.models.example.com",
+            address="http://classifier.models.svc.cluster.local",
+        ),
+        [],
+        {
+            "url": "http://classifier.models.example.com",
+            "endpoint": {
+                "url": "http://classifier.models.svc.cluster.local/v1/models/logistic:predict",
                 "protocol": "v1",
                 "model": "logistic",
             },

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_CACHE ?= $(HOME)/.cache/infergraph
 
-.PHONY: demo test lint typecheck contracts pyright components kube jaeger images unit bench bench-router install clean
+.PHONY: demo test lint typecheck contracts pyright components kube jaeger images cluster unit bench bench-router install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,10 +54,15 @@ kube:
 images:
 	tests/images/build.sh $(TOOLS_CACHE)
 
+# The cluster tier's pieces: kubelet, controller-manager, scheduler, kube-proxy, CoreDNS, Knative
+# Serving and the images it runs, with containerd from Debian (cached; includes `images`).
+cluster:
+	tests/cluster/build.sh $(TOOLS_CACHE)
+
 unit: $(STAMP)
 	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python -m pytest
 
-test: lint typecheck contracts pyright components kube jaeger images unit
+test: lint typecheck contracts pyright components kube jaeger images cluster unit
 
 # The whole benchmark (about 15 minutes): the peers (infergraph, KServe's router, Ray Serve),
 # the router's own costs, then the README's benchmark section from the results.

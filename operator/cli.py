@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from infergraph.operator import crds
@@ -81,6 +82,7 @@ def run_operator(args: argparse.Namespace) -> int:
         webhook_cert=args.webhook_cert,
         webhook_key=args.webhook_key,
         webhook_service=args.webhook_service,
+        pod=os.environ.get("POD_ID"),
     )
 
 

@@ -165,5 +165,6 @@ def build_registry(admission: kopf.WebhookServer | None = None) -> kopf.Operator
         kopf.on.startup(registry=registry, id="serve_admission")(
             functools.partial(serve_admission, admission)
         )
-        kopf.on.validate(*inference_graphs, registry=registry)(validate_graph)
+        # The id is the webhook's path: a Service reference allows only RFC 1123 segments.
+        kopf.on.validate(*inference_graphs, id="validate-graph", registry=registry)(validate_graph)
     return registry

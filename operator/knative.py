@@ -1,8 +1,9 @@
 """Knative Services for predictors and graph routers, built as plain manifests (no I/O).
 
-Knative's webhook enforces rules the API server does not (exactly one container port, named
-``http1`` or ``h2c``; reserved ports; feature-flagged pod fields): ``knative_problems`` checks
-them here, so a manifest we create would also be admitted by a real Knative.
+Knative's webhook enforces rules the API server does not (at most one container port, unnamed
+or named ``http1`` or ``h2c``; reserved ports; feature-flagged pod fields): ``knative_problems``
+checks them here, so a manifest we create would also be admitted by a real Knative (the cluster
+tier holds each rule against Knative's own webhook).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "infergraph"}
 PREDICTOR_LABEL = "infergraph.dev/predictor"
 GRAPH_LABEL = "infergraph.dev/graph"
 RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091, 8008})
-PORT_NAMES = frozenset({"http1", "h2c"})
+PORT_NAMES = frozenset({None, "", "http1", "h2c"})
 # Pod fields Knative accepts only when its config-features flag is enabled.
 FEATURE_FLAGGED = {
     "nodeSelector": "kubernetes.podspec-nodeselector",
@@ -261,11 +262,13 @@ def knative_problems(service: dict[str, Any]) -> tuple[list[str], list[str]]:
     pod = service["spec"]["template"]["spec"]
     containers = pod.get("containers", [])
     ports = [p for c in containers for p in c.get("ports", [])]
-    if len(ports) != 1:
-        errors.append(f"Knative needs exactly one container port, found {len(ports)}")
+    if len(ports) > 1:
+        errors.append(f"Knative allows at most one container port, found {len(ports)}")
+    elif not ports and len(containers) > 1:
+        errors.append("Knative needs the serving container's port among several containers")
     for port in ports:
         if port.get("name") not in PORT_NAMES:
-            errors.append(f"port name {port.get('name')!r} must be http1 or h2c")
+            errors.append(f"port name {port.get('name')!r} must be empty, http1 or h2c")
         if port.get("containerPort") in RESERVED_PORTS:
             errors.append(f"port {port.get('containerPort')} is reserved by Knative")
     for field, flag in FEATURE_FLAGGED.items():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import socket
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import kopf
@@ -28,7 +30,7 @@ class ServiceWebhookServer(kopf.WebhookServer):
             raise ValueError(f"--webhook-service must be NAMESPACE/NAME, not {service!r}")
         self.service = {"namespace": namespace, "name": name, "port": service_port}
 
-    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+    async def __call__(self, fn: Any) -> AsyncGenerator[Any, None]:
         async for config in super().__call__(fn):
             config.pop("url", None)
             config["service"] = {**self.service, "path": self.path or ""}  # type: ignore[typeddict-item]
@@ -57,6 +59,14 @@ def webhook_server(
     return kopf.WebhookServer(addr=addr, port=port, host=host, certfile=cert, pkeyfile=key)
 
 
+def identity(pod: str | None = None) -> str:
+    """The operator's identity for kopf: the pod's name (``POD_ID``, as deploy/operator.yaml sets
+    it), else host and process. Never the user name: kopf's own default looks it up in
+    /etc/passwd, which has no entry for the image's uid 65532 (nor for OpenShift's random ones).
+    """
+    return pod or f"uid{os.getuid()}@{socket.gethostname()}/{os.getpid()}"
+
+
 def run_operator(
     *,
     namespaces: list[str],
@@ -70,6 +80,7 @@ def run_operator(
     webhook_cert: str | None = None,
     webhook_key: str | None = None,
     webhook_service: str | None = None,
+    pod: str | None = None,
 ) -> int:
     settings = OperatorSettings(
         router_image=router_image or ROUTER_IMAGE,
@@ -91,6 +102,7 @@ def run_operator(
             clusterwide=clusterwide or not namespaces,
             namespaces=namespaces,
             standalone=True,
+            identity=identity(pod),  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         )
     )
     return 0

@@ -97,6 +97,18 @@ def is_ready(body: dict[str, Any]) -> bool:
     )
 
 
+def admission_refusal(exc: ApiException) -> str | None:
+    """The message of an admission webhook that refused an object (Knative's, for a Service our
+    own checks let through), or None for any other failure, which is retried."""
+    if exc.status not in (400, 422):
+        return None
+    try:
+        message = str(json.loads(exc.body or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        return None
+    return message if "admission webhook" in message else None
+
+
 def invalid_predictor_status(errors: list[str]) -> dict[str, Any]:
     """A Predictor whose Knative Service Knative would refuse (nothing is applied)."""
     return {"conditions": [condition(False, "InvalidPredictor", "; ".join(errors))]}
@@ -407,7 +419,15 @@ class Reconciler:
         if errors:
             self.set_status("predictors", namespace, name, invalid_predictor_status(errors))
             return
-        self.apply_ksvc(service)
+        try:
+            self.apply_ksvc(service)
+        except ApiException as exc:
+            refusal = admission_refusal(exc)
+            if refusal is None:
+                raise
+            status = invalid_predictor_status([refusal, *warnings])
+            self.set_status("predictors", namespace, name, status)
+            return
         self.mirror_predictor(namespace, name, extra=warnings)
 
     def mirror_predictor(self, namespace: str, name: str, extra: list[str] | None = None) -> None:
@@ -512,7 +532,14 @@ class Reconciler:
                 affinity=settings.affinity,
                 env=self.settings.router_env(),
             )
-            self.apply_ksvc(service)
+            try:
+                self.apply_ksvc(service)
+            except ApiException as exc:
+                refusal = admission_refusal(exc)
+                if refusal is None:
+                    raise
+                self.set_status("inferencegraphs", namespace, name, invalid_graph_status([refusal]))
+                return
             self.leave_standard(namespace, name)
         self.mirror_graph(namespace, name, readiness.not_ready, mode)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the router and operator images with podman, as the tests run them.
+# Builds the router, operator and local predictor images with podman, as the tests run them.
 #
 # - Installs podman, buildah, mmdebstrap and runc from Debian when missing.
 # - A base image (Debian bookworm with Python 3.11, made with mmdebstrap from the configured
@@ -75,11 +75,12 @@ trap 'rm -rf "$context"' EXIT
 git -C "$REPO" ls-files -co --exclude-standard | (cd "$REPO" && tar -cf - -T -) | tar -C "$context" -xf -
 # The tag is the hash of what the Dockerfiles copy (and of the Dockerfiles and this script).
 hash=$( (cd "$context" && find pyproject.toml README.md src router predictors operator \
-    deploy/Dockerfile.router deploy/Dockerfile.operator tests/images/build.sh \
+    deploy/Dockerfile.router deploy/Dockerfile.operator deploy/Dockerfile.predictor \
+    tests/images/build.sh \
     \( -type f -o -type l \) -print0 | LC_ALL=C sort -z \
     | xargs -0 -I{} sh -c 'printf "%s\n" "{}"; if [ -L "{}" ]; then readlink "{}"; else cat "{}"; fi') \
   | sha256sum | cut -c1-16)
-for part in router operator; do
+for part in router operator predictor; do
   build "$part" "$context" "localhost/infergraph/$part:$hash"
   podman tag "localhost/infergraph/$part:$hash" "localhost/infergraph/$part:test"
 done

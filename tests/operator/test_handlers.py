@@ -95,7 +95,7 @@ def test_registry_without_admission() -> None:
 def test_registry_with_admission() -> None:
     registry = handlers.build_registry(kopf.WebhookServer(port=9443))
     assert resource_handlers(registry) == sorted(
-        [*RESOURCE_HANDLERS, ("validating", "validate_graph", GRAPHS, "", "")]
+        [*RESOURCE_HANDLERS, ("validating", "validate-graph", GRAPHS, "", "")]
     )
     assert activities(registry) == sorted([*ACTIVITIES, ("startup", "serve_admission", "")])
 
@@ -292,7 +292,7 @@ def test_webhook_registered_as_a_service_reference() -> None:
     assert isinstance(server, main.ServiceWebhookServer)
 
     async def first_config() -> Any:
-        configs = server.__call__(lambda *_: None)  # type: ignore[arg-type]
+        configs = server.__call__(lambda *_: None)
         try:
             return await anext(configs)
         finally:
@@ -312,3 +312,15 @@ def test_webhook_registered_as_a_service_reference() -> None:
 def test_webhook_service_must_name_namespace_and_service() -> None:
     with pytest.raises(ValueError, match="NAMESPACE/NAME"):
         main.webhook_server(port=9443, service="infergraph-operator")
+
+
+def test_the_operators_identity_needs_no_user_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image runs as uid 65532, which /etc/passwd does not know (OpenShift's random uids
+    neither): kopf's default identity (getpass.getuser) raised KeyError and the pod crashed."""
+
+    def no_such_user(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr("pwd.getpwuid", no_such_user)
+    assert main.identity(None).startswith("uid")
+    assert main.identity("infergraph-operator-7d9f-abcde") == "infergraph-operator-7d9f-abcde"

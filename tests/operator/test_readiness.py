@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from infergraph.operator import reconcile
-from infergraph.operator.reconcile import PredictorReadiness
+from infergraph.operator.reconcile import PredictorReadiness, admission_refusal
 from infergraph.operator.resources import Endpoint, PredictorSpec
 from infergraph.router.protocols import Protocol
 
@@ -569,3 +570,34 @@ def test_router_env(settings: reconcile.OperatorSettings, env: dict[str, str]) -
 
 def test_operator_settings_default_router_image() -> None:
     assert reconcile.OperatorSettings().router_image == "ghcr.io/infergraph/router:0.1.0"
+
+
+def _api_error(status: int, body: str) -> ApiException:
+    error = ApiException(status=status)
+    error.body = body
+    return error
+
+
+KNATIVE_REFUSAL = (
+    'admission webhook "validation.webhook.serving.knative.dev" denied the request: validation '
+    "failed: must not set the field(s): spec.template.spec.nodeSelector"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "refusal"),
+    [
+        (_api_error(400, json.dumps({"message": KNATIVE_REFUSAL})), KNATIVE_REFUSAL),
+        (_api_error(422, json.dumps({"message": KNATIVE_REFUSAL})), KNATIVE_REFUSAL),
+        # Anything else is retried: the API server's own 422s, conflicts, outages, odd bodies.
+        (_api_error(422, json.dumps({"message": "Service is invalid: spec: Required"})), None),
+        (_api_error(409, json.dumps({"message": KNATIVE_REFUSAL})), None),
+        (_api_error(500, "Internal error"), None),
+        (_api_error(400, "not json"), None),
+        (_api_error(400, "[]"), None),
+    ],
+)
+def test_an_admission_webhooks_refusal_is_reported_not_retried(
+    error: ApiException, refusal: str | None
+) -> None:
+    assert admission_refusal(error) == refusal

@@ -12,6 +12,7 @@ from kubernetes import client, dynamic
 OPERATOR_USER = "system:serviceaccount:infergraph-system:infergraph-operator"
 KUBE_VERSION = "v1.36.3"  # as tests/kube/build.sh builds it
 NAMESPACE = "models"
+OPERATOR_NAMESPACE = "infergraph-system"
 OTLP_ENDPOINT = "http://jaeger.infergraph-system:4318"
 
 

@@ -30,6 +30,13 @@ class Netns:
         self.name = f"{prefix}-{secrets.token_hex(3)}"
         self.path = f"/run/netns/{self.name}"
 
+    @classmethod
+    def named(cls, name: str) -> Netns:
+        """A namespace of a fixed name (one at a time: the cluster tier's)."""
+        netns = cls()
+        netns.name, netns.path = name, f"/run/netns/{name}"
+        return netns
+
     def __enter__(self) -> Netns:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)

@@ -1,0 +1,396 @@
+"""End to end on the real cluster: the operator in a pod, Knative reconciling what it writes,
+requests through queue-proxy to the router and from it to the predictor pods by cluster DNS,
+hot reload, scale to zero through the activator, and Standard mode through kube-proxy.
+
+Where the tests stand in for a networking layer (none can run here), they say so: a KIngress
+is marked ready by ``IngressStandIn`` (tests/support/knative_install.py), and requests from the
+tests go to Kubernetes Services, from the node.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from infergraph.operator.handlers import WEBHOOK_CONFIGURATION
+from infergraph.predictors.models import ModelZoo
+from infergraph.testing.cluster import NAMESPACE, OPERATOR_NAMESPACE
+from infergraph.testing.localcluster import Tier
+
+# Pods start, models train and Knative reconciles: minutes, not pytest's default two.
+pytestmark = pytest.mark.timeout(600)
+GROUP, VERSION = "infergraph.dev", "v1alpha1"
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.2, 4.8, 1.8]]
+
+
+def wait_for(
+    check: Callable[[], Any], what: str, timeout: float = 120, tier: Tier | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        time.sleep(0.5)
+    seen = f"; last seen: {last}" + (f"\n{diagnostics(tier)}" if tier is not None else "")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
+
+
+def diagnostics(tier: Tier) -> str:
+    """What the cluster looks like: objects' conditions, pods, recent events."""
+    lines = []
+    for group, version, plural in (
+        (GROUP, VERSION, "predictors"),
+        (GROUP, VERSION, "inferencegraphs"),
+        ("serving.knative.dev", "v1", "services"),
+        ("serving.knative.dev", "v1", "revisions"),
+        ("networking.internal.knative.dev", "v1alpha1", "ingresses"),
+    ):
+        found = custom(tier).list_namespaced_custom_object(group, version, NAMESPACE, plural)
+        for item in found["items"]:
+            conditions = [
+                (c.get("type"), c.get("status"), c.get("message"))
+                for c in (item.get("status") or {}).get("conditions") or []
+                if c.get("status") != "True"
+            ]
+            lines.append(f"{plural}/{item['metadata']['name']}: {conditions}")
+    for pod in core(tier).list_namespaced_pod(NAMESPACE).items:
+        states = [(c.name, c.ready, c.restart_count) for c in pod.status.container_statuses or []]
+        lines.append(f"pod/{pod.metadata.name}: {pod.status.phase} {states}")
+    events = core(tier).list_namespaced_event(NAMESPACE).items[-15:]
+    lines += [f"event {e.involved_object.name}: {e.reason} {e.message}" for e in events]
+    return "\n".join(lines)
+
+
+# The clients' models are typed with every field optional: the tests read them as Any.
+def custom(tier: Tier) -> Any:
+    return client.CustomObjectsApi(tier.kube.api)
+
+
+def core(tier: Tier) -> Any:
+    return client.CoreV1Api(tier.kube.api)
+
+
+def apps(tier: Tier) -> Any:
+    return client.AppsV1Api(tier.kube.api)
+
+
+def create(tier: Tier, plural: str, name: str, spec: dict[str, Any], **metadata: Any) -> None:
+    kind = {"predictors": "Predictor", "inferencegraphs": "InferenceGraph"}[plural]
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": kind,
+        "metadata": {"name": name, **metadata},
+        "spec": spec,
+    }
+    custom(tier).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, body)
+
+
+def get(tier: Tier, plural: str, name: str) -> Any:
+    if plural == "ksvc":
+        return custom(tier).get_namespaced_custom_object(
+            "serving.knative.dev", "v1", NAMESPACE, "services", name
+        )
+    return custom(tier).get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
+
+
+def ready(body: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (body.get("status") or {}).get("conditions") or []
+    )
+
+
+def iris_predictor(model: str, **placement: Any) -> dict[str, Any]:
+    return {
+        "runtime": "custom",
+        "image": "",  # set per tier (the local image's tag)
+        "port": 8080,
+        "protocol": "v1",
+        "model": {"name": model},
+        **placement,
+    }
+
+
+def running_pods(tier: Tier, selector: str) -> list[Any]:
+    pods = core(tier).list_namespaced_pod(NAMESPACE, label_selector=selector).items
+    return [
+        pod
+        for pod in pods
+        if pod.status.phase == "Running"
+        and pod.metadata.deletion_timestamp is None
+        and all(s.ready for s in pod.status.container_statuses or [])
+    ]
+
+
+def serving_directly(tier: Tier, service: str) -> bool:
+    """Whether the latest revision's Service leads to its own pods, not to the activator.
+
+    Knative puts the activator in a revision's path while it scales (and at zero); the
+    activator then needs an ingress's headers to find the revision, which nothing adds here
+    (see knative_install: target-burst-capacity 0 takes it out once pods are up)."""
+    revision = (get(tier, "ksvc", service).get("status") or {}).get("latestReadyRevisionName")
+    if not revision:
+        return False
+    endpoints = core(tier).read_namespaced_endpoints(revision, NAMESPACE)
+    targets = [
+        address.target_ref
+        for subset in endpoints.subsets or []
+        for address in subset.addresses or []
+    ]
+    return bool(targets) and all(t is not None and t.namespace == NAMESPACE for t in targets)
+
+
+def service_ip(tier: Tier, name: str) -> str:
+    ip: str = core(tier).read_namespaced_service(name, NAMESPACE).spec.cluster_ip
+    return ip
+
+
+def post(tier: Tier, url: str, document: Any, headers: dict[str, str] | None = None) -> Any:
+    reply = tier.node.netns.http(url, json.dumps(document).encode(), headers, timeout=60)
+    assert reply.status == 200, (url, reply.status, reply.body[:500])
+    return reply.json()
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, list[Any]]:
+    zoo = ModelZoo.train()
+    scaled = zoo.predict_v1("scaler", {"instances": ROWS})
+    return {model: zoo.predict_v1(model, {"instances": scaled}) for model in ("logistic", "forest")}
+
+
+@pytest.fixture(scope="module")
+def iris(tier: Tier) -> str:
+    """Predictors and a graph applied with the Kubernetes client, Ready; the router's revision."""
+    image = tier.image("predictor")
+    for name, model in (("scaler", "scaler"), ("classifier", "logistic")):
+        spec = {**iris_predictor(model, minReplicas=1), "image": image}
+        create(tier, "predictors", name, spec)
+    create(tier, "inferencegraphs", "iris", graph("classifier"))
+    body = wait_for(
+        lambda: ready(b := get(tier, "inferencegraphs", "iris")) and b, "iris Ready", 240, tier
+    )
+    # Knative's default domain is svc.cluster.local: the public URL is the cluster-local one.
+    assert body["status"]["url"] == f"http://iris.{NAMESPACE}.svc.cluster.local"
+    for name in ("iris", "scaler", "classifier"):
+        wait_for(partial(serving_directly, tier, name), f"{name}'s pods in its path")
+    revision: str = get(tier, "ksvc", "iris")["status"]["latestReadyRevisionName"]
+    return revision
+
+
+def graph(classifier: str) -> dict[str, Any]:
+    return {
+        "nodes": {
+            "root": {
+                "routerType": "Sequence",
+                "steps": [
+                    {"name": "scale", "serviceName": "scaler"},
+                    {
+                        "name": "classify",
+                        "serviceName": classifier,
+                        "data": "$response",
+                        "mapPredictionsToInstances": True,
+                    },
+                ],
+            }
+        },
+        "minReplicas": 1,
+    }
+
+
+def test_the_operator_runs_in_the_cluster_with_its_webhook(tier: Tier) -> None:
+    pods = (
+        core(tier)
+        .list_namespaced_pod(
+            OPERATOR_NAMESPACE, label_selector="app.kubernetes.io/name=infergraph-operator"
+        )
+        .items
+    )
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod.status.phase == "Running"
+    assert pod.spec.service_account_name == "infergraph-operator"
+    assert pod.spec.containers[0].image == tier.image("operator")
+    # Registered as a Service reference, which the API server resolves to the pod.
+    admission: Any = client.AdmissionregistrationV1Api(tier.kube.api)
+    webhook = admission.read_validating_webhook_configuration(WEBHOOK_CONFIGURATION)
+    service = webhook.webhooks[0].client_config.service
+    assert (service.namespace, service.name, service.port) == (
+        OPERATOR_NAMESPACE,
+        "infergraph-operator",
+        443,
+    )
+    # The API server calls it: an invalid graph is refused at create, naming node and step.
+    bad = {
+        "nodes": {
+            "root": {"routerType": "Sequence", "steps": [{"name": "a", "nodeName": "missing"}]}
+        }
+    }
+    with pytest.raises(client.ApiException) as refused:
+        create(tier, "inferencegraphs", "refused", bad)
+    assert refused.value.status == 422  # the code the operator's webhook answers with
+    message = str(refused.value.body)
+    assert (
+        'admission webhook "validate-graph.validate.infergraph.dev"' in message
+        or "denied the request" in message
+    )
+    assert "root" in message
+    assert "missing" in message
+
+
+def test_a_request_reaches_the_router_through_queue_proxy_and_the_predictors_by_dns(
+    tier: Tier, iris: str, expected: dict[str, list[Any]]
+) -> None:
+    # Knative's own webhook admitted every Service the operator wrote, and its controller
+    # reconciled each to a Revision whose pods run (router or model server + queue-proxy).
+    for name in ("iris", "scaler", "classifier"):
+        ksvc = get(tier, "ksvc", name)
+        assert ready(ksvc), ksvc.get("status")
+        assert ksvc["status"]["address"]["url"] == f"http://{name}.{NAMESPACE}.svc.cluster.local"
+        pods = running_pods(tier, f"serving.knative.dev/service={name}")
+        assert pods, f"no running pod for {name}"
+        assert sorted(c.name for c in pods[0].spec.containers) == sorted(
+            [pods[0].spec.containers[0].name, "queue-proxy"]
+        )
+    # The graph the router runs calls the predictors at their cluster DNS names.
+    config_map = core(tier).read_namespaced_config_map("iris-graph", NAMESPACE)
+    steps = json.loads(config_map.data["graph.json"])["spec"]["nodes"]["root"]["steps"]
+    assert [s["serviceUrl"] for s in steps] == [
+        f"http://scaler.{NAMESPACE}.svc.cluster.local/v1/models/scaler:predict",
+        f"http://classifier.{NAMESPACE}.svc.cluster.local/v1/models/logistic:predict",
+    ]
+    # The router's revision Service (port 80) is its queue-proxy's port.
+    answer = post(tier, f"http://{service_ip(tier, iris)}/", {"instances": ROWS})
+    assert answer == {"predictions": expected["logistic"]}
+
+
+def test_editing_the_graph_reaches_the_running_router_without_a_new_revision(
+    tier: Tier, iris: str, expected: dict[str, list[Any]]
+) -> None:
+    create(
+        tier,
+        "predictors",
+        "forest",
+        {**iris_predictor("forest", minReplicas=1), "image": tier.image("predictor")},
+    )
+    wait_for(lambda: ready(get(tier, "predictors", "forest")), "forest Ready", 180, tier)
+    wait_for(lambda: serving_directly(tier, "forest"), "forest's pods in its path")
+    (router,) = running_pods(tier, "serving.knative.dev/service=iris")
+    custom(tier).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencegraphs", "iris", {"spec": graph("forest")}
+    )
+    url = f"http://{service_ip(tier, iris)}/"
+
+    def answers_with_forest() -> bool:
+        return bool(post(tier, url, {"instances": ROWS}) == {"predictions": expected["forest"]})
+
+    # The forest and logistic models disagree on the third row (2 and 1), so the answer tells
+    # which ran.
+    assert expected["forest"] != expected["logistic"]
+    wait_for(answers_with_forest, "the router to run the edited graph", 120)
+    ksvc = get(tier, "ksvc", "iris")
+    assert ksvc["status"]["latestReadyRevisionName"] == iris
+    (same,) = running_pods(tier, "serving.knative.dev/service=iris")
+    assert same.metadata.uid == router.metadata.uid
+    assert same.status.container_statuses[0].restart_count == 0
+
+
+def test_an_idle_predictor_scales_to_zero_and_the_activator_brings_it_back(
+    tier: Tier, expected: dict[str, list[Any]]
+) -> None:
+    image = tier.image("predictor")
+    create(
+        tier, "predictors", "sleepy", {**iris_predictor("logistic", minReplicas=0), "image": image}
+    )
+    wait_for(lambda: ready(get(tier, "predictors", "sleepy")), "sleepy Ready", 180, tier)
+    revision = get(tier, "ksvc", "sleepy")["status"]["latestReadyRevisionName"]
+    # The autoscaler (config-autoscaler: 6 s stable window, 1 s grace) takes the idle
+    # revision's pods away.
+    started = time.monotonic()
+    wait_for(
+        lambda: (
+            not core(tier)
+            .list_namespaced_pod(
+                NAMESPACE, label_selector=f"serving.knative.dev/revision={revision}"
+            )
+            .items
+        ),
+        "sleepy's pods to go away",
+        180,
+    )
+    to_zero = time.monotonic() - started
+    # Its Service now points at the activator, which holds the request until a pod is back. The
+    # request names the revision in its Host header, as a caller of the revision's Service by
+    # its cluster DNS name does (an ingress would set Knative's revision headers instead).
+    zoo = ModelZoo.train()
+    scaled = zoo.predict_v1("scaler", {"instances": ROWS})
+    started = time.monotonic()
+    answer = post(
+        tier,
+        f"http://{service_ip(tier, revision)}/v1/models/logistic:predict",
+        {"instances": scaled},
+        {"Host": f"{revision}.{NAMESPACE}.svc.cluster.local"},
+    )
+    cold_start = time.monotonic() - started
+    tier.timings["scale to zero"] = to_zero
+    tier.timings["cold start"] = cold_start
+    print(f"cluster: scaled to zero in {to_zero:.1f} s; cold start {cold_start:.1f} s")
+    assert answer == {"predictions": expected["logistic"]}
+    # A new pod answered it (the idle autoscaler may already be taking it away again).
+    pods = core(tier).list_namespaced_pod(
+        NAMESPACE, label_selector=f"serving.knative.dev/revision={revision}"
+    )
+    assert [pod.metadata.name for pod in pods.items]
+
+
+STANDARD = {"annotations": {"serving.kserve.io/deploymentMode": "Standard"}}
+
+
+def test_standard_mode_end_to_end_through_kube_proxy_and_coredns(
+    tier: Tier, expected: dict[str, list[Any]]
+) -> None:
+    image = tier.image("predictor")
+    for name, model in (("std-scaler", "scaler"), ("std-classifier", "logistic")):
+        create(tier, "predictors", name, {**iris_predictor(model), "image": image}, **STANDARD)
+    spec = graph("std-classifier")
+    spec["nodes"]["root"]["steps"][0]["serviceName"] = "std-scaler"
+    create(tier, "inferencegraphs", "std-iris", spec, **STANDARD)
+    body = wait_for(
+        lambda: ready(b := get(tier, "inferencegraphs", "std-iris")) and b,
+        "std-iris Ready",
+        240,
+        tier,
+    )
+    assert body["status"]["url"] == f"http://std-iris.{NAMESPACE}.svc.cluster.local"
+    # Deployments, Services and HPAs, no Knative Service.
+    for name in ("std-iris", "std-scaler", "std-classifier"):
+        deployment = apps(tier).read_namespaced_deployment(name, NAMESPACE)
+        assert deployment.status.available_replicas >= 1
+        with pytest.raises(client.ApiException) as missing:
+            get(tier, "ksvc", name)
+        assert missing.value.status == 404
+    # The Service's ClusterIP (port 80, kube-proxy) to the router, which calls the predictors
+    # at their Services' cluster DNS names (CoreDNS).
+    # Deployments are Available as soon as a pod is ready; kube-proxy programs its Service's
+    # new endpoints a moment later (its sync period is a second), so the first calls may be
+    # refused: a short wait, then the answer.
+    url = f"http://{service_ip(tier, 'std-iris')}/"
+    body = json.dumps({"instances": ROWS}).encode()
+    reply = wait_for(
+        lambda: (r := tier.node.netns.http(url, body, timeout=30)).status == 200 and r,
+        "the Standard-mode graph to answer",
+        30,
+        tier,
+    )
+    assert reply.json() == {"predictions": expected["logistic"]}

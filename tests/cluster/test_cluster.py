@@ -20,12 +20,12 @@ from kubernetes import client
 
 from infergraph.operator.handlers import WEBHOOK_CONFIGURATION
 from infergraph.predictors.models import ModelZoo
-from infergraph.testing.cluster import NAMESPACE, OPERATOR_NAMESPACE
+from infergraph.testing import cluster
+from infergraph.testing.cluster import GROUP, NAMESPACE, OPERATOR_NAMESPACE, VERSION
 from infergraph.testing.localcluster import Tier
 
 # Pods start, models train and Knative reconciles: minutes, not pytest's default two.
 pytestmark = pytest.mark.timeout(600)
-GROUP, VERSION = "infergraph.dev", "v1alpha1"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.2, 4.8, 1.8]]
 
 
@@ -87,22 +87,11 @@ def apps(tier: Tier) -> Any:
 
 
 def create(tier: Tier, plural: str, name: str, spec: dict[str, Any], **metadata: Any) -> None:
-    kind = {"predictors": "Predictor", "inferencegraphs": "InferenceGraph"}[plural]
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": kind,
-        "metadata": {"name": name, **metadata},
-        "spec": spec,
-    }
-    custom(tier).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, body)
+    cluster.create(tier.kube, plural, name, spec, **metadata)
 
 
 def get(tier: Tier, plural: str, name: str) -> Any:
-    if plural == "ksvc":
-        return custom(tier).get_namespaced_custom_object(
-            "serving.knative.dev", "v1", NAMESPACE, "services", name
-        )
-    return custom(tier).get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
+    return cluster.get(tier.kube, plural, name)
 
 
 def ready(body: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from kubernetes import client
 
 from infergraph.operator import knative
 from infergraph.predictors import processes
-from infergraph.testing.cluster import NAMESPACE, OTLP_ENDPOINT, Cluster
+from infergraph.testing.cluster import NAMESPACE, OTLP_ENDPOINT, Cluster, create, get
 from infergraph.testing.kube_http import post_json
 
 GROUP, VERSION = "infergraph.dev", "v1alpha1"
@@ -44,26 +44,6 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
 
 def ports(container: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": p["name"], "containerPort": p["containerPort"]} for p in container["ports"]]
-
-
-def create(cluster: Cluster, plural: str, name: str, spec: dict[str, Any], **metadata: Any) -> None:
-    """Create a Predictor or InferenceGraph; ``metadata``: its labels and annotations."""
-    kind = {"predictors": "Predictor", "inferencegraphs": "InferenceGraph"}[plural]
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": kind,
-        "metadata": {"name": name, **metadata},
-        "spec": spec,
-    }
-    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, body)
-
-
-def get(cluster: Cluster, plural: str, name: str) -> Any:
-    if plural == "ksvc":
-        return custom(cluster).get_namespaced_custom_object(
-            "serving.knative.dev", "v1", NAMESPACE, "services", name
-        )
-    return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
 
 
 def ready_predictor(cluster: Cluster, name: str, model: str, revision: str = "rev-1") -> None:

@@ -42,3 +42,32 @@ class Cluster:
         for document in yaml.safe_load_all(path.read_text()):
             if document:
                 self.apply(document)
+
+
+GROUP, VERSION = "infergraph.dev", "v1alpha1"
+
+
+def custom(cluster: Cluster) -> Any:
+    """The custom-objects client (its models are read as Any, every field being optional)."""
+    return client.CustomObjectsApi(cluster.api)
+
+
+def create(cluster: Cluster, plural: str, name: str, spec: dict[str, Any], **metadata: Any) -> None:
+    """Create a Predictor or InferenceGraph in NAMESPACE; ``metadata``: labels, annotations."""
+    kind = {"predictors": "Predictor", "inferencegraphs": "InferenceGraph"}[plural]
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": kind,
+        "metadata": {"name": name, **metadata},
+        "spec": spec,
+    }
+    custom(cluster).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, body)
+
+
+def get(cluster: Cluster, plural: str, name: str) -> Any:
+    """A Predictor, InferenceGraph or (``ksvc``) Knative Service in NAMESPACE."""
+    if plural == "ksvc":
+        return custom(cluster).get_namespaced_custom_object(
+            "serving.knative.dev", "v1", NAMESPACE, "services", name
+        )
+    return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)

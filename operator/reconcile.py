@@ -362,18 +362,27 @@ class Reconciler:
         result: dict[str, Any] = self.core.api_client.sanitize_for_serialization(found)
         return result
 
-    def apply_ksvc(self, service: dict[str, Any]) -> None:
+    def apply_ksvc(self, service: dict[str, Any]) -> str | None:
+        """Apply a Knative Service; the message of the admission webhook that refused it, if one
+        did (other failures raise, and kopf retries)."""
         meta = service["metadata"]
-        self.custom.patch_namespaced_custom_object(
-            *KSVC[:2],
-            meta["namespace"],
-            KSVC[2],
-            meta["name"],
-            service,
-            field_manager=MANAGER,
-            force=True,
-            _content_type=APPLY,
-        )
+        try:
+            self.custom.patch_namespaced_custom_object(
+                *KSVC[:2],
+                meta["namespace"],
+                KSVC[2],
+                meta["name"],
+                service,
+                field_manager=MANAGER,
+                force=True,
+                _content_type=APPLY,
+            )
+        except ApiException as exc:
+            refusal = admission_refusal(exc)
+            if refusal is None:
+                raise
+            return refusal
+        return None
 
     def set_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
@@ -419,12 +428,8 @@ class Reconciler:
         if errors:
             self.set_status("predictors", namespace, name, invalid_predictor_status(errors))
             return
-        try:
-            self.apply_ksvc(service)
-        except ApiException as exc:
-            refusal = admission_refusal(exc)
-            if refusal is None:
-                raise
+        refusal = self.apply_ksvc(service)
+        if refusal is not None:
             status = invalid_predictor_status([refusal, *warnings])
             self.set_status("predictors", namespace, name, status)
             return
@@ -532,12 +537,8 @@ class Reconciler:
                 affinity=settings.affinity,
                 env=self.settings.router_env(),
             )
-            try:
-                self.apply_ksvc(service)
-            except ApiException as exc:
-                refusal = admission_refusal(exc)
-                if refusal is None:
-                    raise
+            refusal = self.apply_ksvc(service)
+            if refusal is not None:
                 self.set_status("inferencegraphs", namespace, name, invalid_graph_status([refusal]))
                 return
             self.leave_standard(namespace, name)

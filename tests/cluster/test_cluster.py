@@ -166,7 +166,7 @@ def iris(tier: Tier) -> str:
     for name, model in (("scaler", "scaler"), ("classifier", "logistic")):
         spec = {**iris_predictor(model, minReplicas=1), "image": image}
         create(tier, "predictors", name, spec)
-    create(tier, "inferencegraphs", "iris", graph("classifier"))
+    create(tier, "inferencegraphs", "iris", cluster.iris_graph())
     body = wait_for(
         lambda: ready(b := get(tier, "inferencegraphs", "iris")) and b, "iris Ready", 240, tier
     )
@@ -176,26 +176,6 @@ def iris(tier: Tier) -> str:
         wait_for(partial(serving_directly, tier, name), f"{name}'s pods in its path")
     revision: str = get(tier, "ksvc", "iris")["status"]["latestReadyRevisionName"]
     return revision
-
-
-def graph(classifier: str) -> dict[str, Any]:
-    return {
-        "nodes": {
-            "root": {
-                "routerType": "Sequence",
-                "steps": [
-                    {"name": "scale", "serviceName": "scaler"},
-                    {
-                        "name": "classify",
-                        "serviceName": classifier,
-                        "data": "$response",
-                        "mapPredictionsToInstances": True,
-                    },
-                ],
-            }
-        },
-        "minReplicas": 1,
-    }
 
 
 def test_the_operator_runs_in_the_cluster_with_its_webhook(tier: Tier) -> None:
@@ -277,7 +257,12 @@ def test_editing_the_graph_reaches_the_running_router_without_a_new_revision(
     wait_for(lambda: serving_directly(tier, "forest"), "forest's pods in its path")
     (router,) = running_pods(tier, "serving.knative.dev/service=iris")
     custom(tier).patch_namespaced_custom_object(
-        GROUP, VERSION, NAMESPACE, "inferencegraphs", "iris", {"spec": graph("forest")}
+        GROUP,
+        VERSION,
+        NAMESPACE,
+        "inferencegraphs",
+        "iris",
+        {"spec": cluster.iris_graph(classifier="forest")},
     )
     url = f"http://{service_ip(tier, iris)}/"
 
@@ -352,8 +337,7 @@ def test_standard_mode_end_to_end_through_kube_proxy_and_coredns(
     image = tier.image("predictor")
     for name, model in (("std-scaler", "scaler"), ("std-classifier", "logistic")):
         create(tier, "predictors", name, {**iris_predictor(model), "image": image}, **STANDARD)
-    spec = graph("std-classifier")
-    spec["nodes"]["root"]["steps"][0]["serviceName"] = "std-scaler"
+    spec = cluster.iris_graph("std-scaler", "std-classifier")
     create(tier, "inferencegraphs", "std-iris", spec, **STANDARD)
     body = wait_for(
         lambda: ready(b := get(tier, "inferencegraphs", "std-iris")) and b,

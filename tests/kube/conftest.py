@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import urllib3
-import yaml
 from kubernetes import config
 
 from infergraph.predictors import processes
@@ -28,6 +27,7 @@ from infergraph.testing.cluster import (
     OPERATOR_USER,
     OTLP_ENDPOINT,
     Cluster,
+    kubeconfig,
 )
 from infergraph.testing.paths import CACHE, REPO
 
@@ -41,24 +41,6 @@ def _binary(name: str) -> Path:
             f"{path} is missing: run `make test` (it runs tests/kube/build.sh) or that script",
             pytrace=False,
         )
-    return path
-
-
-def _kubeconfig(path: Path, url: str, token: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "test", "cluster": {"server": url, "insecure-skip-tls-verify": True}}
-                ],
-                "users": [{"name": "user", "user": {"token": token}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
-                "current-context": "test",
-            }
-        )
-    )
     return path
 
 
@@ -123,7 +105,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        admin = _kubeconfig(work / "admin.kubeconfig", url, "admin-token")
+        admin = kubeconfig(work / "admin.kubeconfig", url, "admin-token")
         api = config.new_client_from_config(str(admin))  # type: ignore[no-untyped-call]
         deadline = time.monotonic() + 60
         while not _ready(url):
@@ -133,7 +115,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             time.sleep(0.2)
         try:
             kube = Cluster(
-                url, admin, _kubeconfig(work / "operator.kubeconfig", url, "operator-token"), api
+                url, admin, kubeconfig(work / "operator.kubeconfig", url, "operator-token"), api
             )
             for path in [*sorted((REPO / "deploy" / "crds").glob("*.yaml")), crd]:
                 kube.apply_file(path)

@@ -16,10 +16,18 @@ from kubernetes import client
 
 from infergraph.operator import knative
 from infergraph.predictors import processes
-from infergraph.testing.cluster import NAMESPACE, OTLP_ENDPOINT, Cluster, create, get
+from infergraph.testing.cluster import (
+    GROUP,
+    NAMESPACE,
+    OTLP_ENDPOINT,
+    VERSION,
+    Cluster,
+    create,
+    get,
+    iris_graph,
+)
 from infergraph.testing.kube_http import post_json
 
-GROUP, VERSION = "infergraph.dev", "v1alpha1"
 pytestmark = pytest.mark.usefixtures("operator_process")
 
 
@@ -186,26 +194,6 @@ def test_reserved_port_is_refused_in_status(cluster: Cluster) -> None:
     assert "8012 is reserved" in status["message"]
 
 
-def graph_spec() -> dict[str, Any]:
-    return {
-        "nodes": {
-            "root": {
-                "routerType": "Sequence",
-                "steps": [
-                    {"name": "scale", "serviceName": "scaler"},
-                    {
-                        "name": "classify",
-                        "serviceName": "classifier",
-                        "data": "$response",
-                        "mapPredictionsToInstances": True,
-                    },
-                ],
-            }
-        },
-        "minReplicas": 1,
-    }
-
-
 def test_graph_resolves_predictors_runs_on_the_real_router(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -224,7 +212,7 @@ def test_graph_resolves_predictors_runs_on_the_real_router(
                 "model": {"name": model},
             },
         )
-    create(cluster, "inferencegraphs", "iris", graph_spec())
+    create(cluster, "inferencegraphs", "iris", iris_graph())
     status = wait_for(
         lambda: ready_condition(get(cluster, "inferencegraphs", "iris")), "a graph status"
     )

@@ -71,3 +71,43 @@ def get(cluster: Cluster, plural: str, name: str) -> Any:
             "serving.knative.dev", "v1", NAMESPACE, "services", name
         )
     return custom(cluster).get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
+
+
+def iris_graph(scaler: str = "scaler", classifier: str = "classifier") -> dict[str, Any]:
+    """A Sequence: scale the rows with ``scaler``, then classify them with ``classifier``."""
+    return {
+        "nodes": {
+            "root": {
+                "routerType": "Sequence",
+                "steps": [
+                    {"name": "scale", "serviceName": scaler},
+                    {
+                        "name": "classify",
+                        "serviceName": classifier,
+                        "data": "$response",
+                        "mapPredictionsToInstances": True,
+                    },
+                ],
+            }
+        },
+        "minReplicas": 1,
+    }
+
+
+def kubeconfig(path: Path, url: str, token: str) -> Path:
+    """A kubeconfig for ``url`` with a bearer token (the server's certificate is not checked)."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "test", "cluster": {"server": url, "insecure-skip-tls-verify": True}}
+                ],
+                "users": [{"name": "user", "user": {"token": token}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
+                "current-context": "test",
+            }
+        )
+    )
+    return path

@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import IO, Any
 import yaml
 
 from infergraph.predictors.processes import ServerProcess
-from infergraph.testing.cluster import Cluster
+from infergraph.testing.cluster import Cluster, kubeconfig
 from infergraph.testing.netns import Netns
 from infergraph.testing.paths import CACHE
 
@@ -60,24 +61,6 @@ def binary(name: str) -> Path:
     return path
 
 
-def kubeconfig(path: Path, url: str, token: str = ADMIN_TOKEN) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "local", "cluster": {"server": url, "insecure-skip-tls-verify": True}}
-                ],
-                "users": [{"name": "admin", "user": {"token": token}}],
-                "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
-                "current-context": "local",
-            }
-        )
-    )
-    return path
-
-
 class Node:
     """The cluster's processes, started in order and stopped in reverse."""
 
@@ -87,8 +70,10 @@ class Node:
         self.processes: list[tuple[str, ServerProcess]] = []
         self.timings: dict[str, float] = {}
         self.url = f"https://{NETNS_SIDE}:6443"
-        self.inner_kubeconfig = kubeconfig(work / "admin.kubeconfig", f"https://{NODE_IP}:6443")
-        self.kubeconfig = kubeconfig(work / "outside.kubeconfig", self.url)
+        self.inner_kubeconfig = kubeconfig(
+            work / "admin.kubeconfig", f"https://{NODE_IP}:6443", ADMIN_TOKEN
+        )
+        self.kubeconfig = kubeconfig(work / "outside.kubeconfig", self.url, ADMIN_TOKEN)
         self.socket = work / "containerd" / "containerd.sock"
         self._lock: IO[bytes] | None = None
         self._pod_netns_before: set[str] = set()
@@ -179,12 +164,7 @@ class Node:
     def _network(self) -> None:
         # A namespace left by an interrupted run: its processes first, then the namespace.
         if Path(self.netns.path).exists():
-            pids = subprocess.run(
-                ["ip", "netns", "pids", NETNS], capture_output=True, text=True, check=False
-            ).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+            _kill_everything_in(NETNS)
             time.sleep(0.5)
             subprocess.run(["ip", "netns", "delete", NETNS], check=False)
         self.netns.__enter__()
@@ -451,11 +431,7 @@ state = "{state / "state"}"
             if name != "kubelet":
                 process.stop()
         # containerd's shims outlive it: whatever is left in the namespace.
-        for pid in subprocess.run(
-            ["ip", "netns", "pids", NETNS], capture_output=True, text=True, check=False
-        ).stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+        _kill_everything_in(NETNS)
         self._unmount()
         # containerd pins each pod's network namespace in /run/netns/cni-*; killed sandboxes
         # are never stopped through CRI, so those are removed here.
@@ -480,6 +456,15 @@ state = "{state / "state"}"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _kill_everything_in(netns: str) -> None:
+    pids = subprocess.run(
+        ["ip", "netns", "pids", netns], capture_output=True, text=True, check=False
+    ).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
 def _pod_netns() -> set[str]:
     netns = Path("/run/netns")
     return {p.name for p in netns.glob("cni-*")} if netns.is_dir() else set()
@@ -487,8 +472,6 @@ def _pod_netns() -> set[str]:
 
 def _archive_names(stream: IO[bytes]) -> list[str]:
     """The image names an OCI archive (``podman save --format oci-archive``) carries."""
-    import tarfile  # noqa: PLC0415 - only here
-
     with tarfile.open(fileobj=stream) as tar:
         member = tar.extractfile("index.json")
         if member is None:

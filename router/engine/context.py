@@ -3,11 +3,22 @@ watch it. Everything nondeterministic is injected here, so tests drive the engin
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from infergraph.router.engine.observe import CallWatcher, Observer
 from infergraph.router.engine.transport import Headers, Transport
+
+if TYPE_CHECKING:
+    from infergraph.router.engine.runtime import GraphRuntime
+
+
+def loop_time() -> float:
+    """The running event loop's clock: the one its timers (sleeps, timeouts) run on."""
+    return asyncio.get_running_loop().time()
 
 
 @dataclass(slots=True)
@@ -26,3 +37,15 @@ class ExecutionContext:
     # The trace context every step call carries when the request's telemetry fixed it for
     # the whole request (an unsampled trace: no spans per call).
     trace_headers: Headers = ()
+    # The clock the resilience policies read (ejection times, the graph's deadline): it must
+    # be the loop's, whose timers the attempts' sleeps and timeouts use.
+    clock: Callable[[], float] = loop_time
+    # Set by run_graph for graphs with policies: the plan's running state, the deadline (on
+    # ``clock``) and the graph's timeout; the labels of the steps running now; the fallbacks
+    # that answered ("node/step=target"), for the response header.
+    # (None on a graph without policies: nothing is made per request for them.)
+    runtime: GraphRuntime | None = None
+    deadline: float | None = None
+    timeout: float | None = None
+    running: list[str] | None = None
+    fallbacks: list[str] | None = None

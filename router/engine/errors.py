@@ -9,10 +9,16 @@
     ├── EnsembleMergeError (500)          an ensemble branch returned something other than an object
     ├── MappingError (500)                a step's response could not be mapped into the next input
     ├── DeadlineExceeded (504)            the request ran past serverWrite: the connection is closed
-    ├── UpstreamError (500)               a step call failed below HTTP (raised by transports only)
-    │   ├── UpstreamConnectionError
-    │   ├── UpstreamTimeout
+    ├── GraphTimeout (504)                the graph's ``timeout`` ran out (names the running steps)
+    ├── GraphOverloaded (503)             the graph's ``maxInFlight`` is reached: shed, Retry-After
+    ├── UpstreamError (500)               a step call failed below HTTP
+    │   ├── UpstreamConnectionError       the connection broke (a reset)
+    │   │   └── UpstreamConnectFailed     no connection could be made
+    │   ├── UpstreamTimeout               ``routerTimeouts.serviceClient`` ran out
+    │   │   └── StepTimeout (504)         the step's own per-attempt ``timeout`` ran out
     │   ├── UpstreamOverloaded (503)      no connection to the backend became free in time
+    │   │   └── StepOverloaded (503)      the step's ``maxInFlight`` is reached (its bulkhead)
+    │   ├── NoHealthyReplica (503)        every replica is failing (only with a fallback)
     │   └── InvalidStepUrl
     └── BadRequest (4xx)                  the client's request itself is wrong
         ├── BodyTooLarge (413)
@@ -39,6 +45,7 @@ class GraphRequestError(Exception):
 
     status = 500
     close_connection = False
+    headers: tuple[tuple[str, str], ...] = ()  # sent with the error response
 
     def __init__(self, cause: str) -> None:
         super().__init__(cause)
@@ -75,21 +82,53 @@ class DeadlineExceeded(GraphRequestError):
     close_connection = True
 
 
+class GraphTimeout(GraphRequestError):
+    """The graph's overall ``timeout`` ran out; the cause names the steps that were running."""
+
+    status = 504
+
+
+class GraphOverloaded(GraphRequestError):
+    """Shed at once: the graph already serves ``maxInFlight`` requests (the client may retry)."""
+
+    status = 503
+    headers = (("Retry-After", "1"),)
+
+
 class UpstreamError(GraphRequestError):
-    """Base of the failures a transport raises for a step call."""
+    """Base of the failures of a step call below HTTP (raised by transports and the attempt
+    loop)."""
 
 
 class UpstreamConnectionError(UpstreamError):
     pass
 
 
+class UpstreamConnectFailed(UpstreamConnectionError):
+    """No connection to the step's server could be made (nothing was sent)."""
+
+
 class UpstreamTimeout(UpstreamError):
     pass
+
+
+class StepTimeout(UpstreamTimeout):
+    status = 504
 
 
 class UpstreamOverloaded(UpstreamError):
     """Every connection to the step's backend stayed busy for the whole pool timeout (Envoy
     answers its connection-pool overflow with 503 too)."""
+
+    status = 503
+
+
+class StepOverloaded(UpstreamOverloaded):
+    """The step's bulkhead: it already has ``maxInFlight`` calls outstanding."""
+
+
+class NoHealthyReplica(UpstreamError):
+    """Every replica of the step is failing, so its fallback is called straight away."""
 
     status = 503
 

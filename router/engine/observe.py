@@ -1,14 +1,16 @@
 """Hooks through which tracing and metrics watch a request run, without the engine knowing them.
 
 The engine calls an ``Observer`` (if the context has one) when a node starts and ends, when a
-Switch or Splitter picks a step, and when an Ensemble cancels branches; and a request's
+Switch or Splitter picks a step, when an Ensemble cancels branches, and when a resilience
+policy acts (``policy_event``: retry, hedge, ejected, unhealthy, returned, fallback, shed,
+budget_exhausted; the step is None for the graph's own shedding); and a request's
 ``CallWatcher`` when each step call starts and ends. Implementations live outside the engine
 (``infergraph.router.observability``), so the engine imports no telemetry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -26,6 +28,10 @@ class Observer(Protocol):
     def step_chosen(self, node: NodePlan, step: StepPlan, reason: str) -> None: ...
 
     def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None: ...
+
+    def policy_event(
+        self, step: StepPlan | None, event: str, detail: Mapping[str, object]
+    ) -> None: ...
 
 
 class CallWatcher(Protocol):
@@ -59,3 +65,7 @@ class Observers:
     def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None:
         for observer in self.observers:
             observer.branches_cancelled(node, steps)
+
+    def policy_event(self, step: StepPlan | None, event: str, detail: Mapping[str, object]) -> None:
+        for observer in self.observers:
+            observer.policy_event(step, event, detail)

@@ -15,6 +15,7 @@ import enum
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from infergraph.router.engine import policy_compile
 from infergraph.router.engine.conditions import (
     Condition,
     ConditionSyntaxError,
@@ -28,6 +29,9 @@ from infergraph.router.engine.mapping import (
     compile_selection,
     compile_template,
 )
+from infergraph.router.engine.policy import NO_RETRY, RetryPolicy
+from infergraph.router.engine.policy_compile import GraphPolicy
+from infergraph.router.engine.runtime import GraphRuntime, ReplicaSet
 from infergraph.router.engine.spec import InferenceGraphSpec, InferenceStep, NamedSpec, load_text
 from infergraph.router.engine.transport import ServiceTarget, parse_target
 from infergraph.router.protocols import (
@@ -70,6 +74,23 @@ class StepPlan:
     model_version: str | None = None
     chat_service: ServiceTarget | None = None
     owner: str = ""  # the name of the node this step belongs to
+    # Retries, replicas, hedging, fallback, bulkhead; None on a step without any (the plain
+    # path, exactly KServe's).
+    policy: StepPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepPolicy:
+    """A step's resilience, compiled. ``label`` ("node/step") keys its running state."""
+
+    label: str
+    retry: RetryPolicy = NO_RETRY
+    timeout: float | None = None  # per attempt, seconds; None: routerTimeouts.serviceClient
+    replicas: tuple[StepTarget, ...] = ()  # endpoints; empty: the step's own service
+    hedge_after: float | None = None  # seconds
+    fallback: StepPlan | None = None
+    fallback_label: str = ""  # how the response header names the fallback
+    max_in_flight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +115,8 @@ class NodePlan:
     # Steps of a Sequence whose replies a later step selects (``$steps.<name>``): only these
     # are kept once the next step has run, so large bodies are not held longer than needed.
     referenced: frozenset[str] = frozenset()
+    # An Ensemble answers once this many steps succeeded (join any: 1); None: every step.
+    min_success: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +138,12 @@ class GraphPlan:
     warnings: tuple[SpecProblem, ...] = field(default=())
     # True when some step speaks the OpenAI protocol, so "stream": true in a request matters.
     streams: bool = False
+    policy: GraphPolicy = field(default_factory=GraphPolicy)
+    # True when some step has a policy or the graph a timeout or maxInFlight: requests then
+    # keep the running state's counts.
+    resilient: bool = False
+    # The one mutable part: requests in flight, bulkheads, replica health (engine.runtime).
+    runtime: GraphRuntime = field(default_factory=GraphRuntime, compare=False)
 
     def summary(self) -> str:
         kinds = ", ".join(f"{n.name}:{n.router_type.value}" for n in self.nodes.values())
@@ -140,6 +169,10 @@ def _timeouts(spec: InferenceGraphSpec) -> Timeouts:
     )
 
 
+def _ignore(message: str, node: str | None = None, step: str | None = None) -> None:
+    """A problem reported already (the shape checks ran first)."""
+
+
 def _step_label(index: int, step: InferenceStep) -> str:
     return f"{index} ({step.name!r})" if step.name else str(index)
 
@@ -152,6 +185,8 @@ class _Compiler:
         self.built: dict[str, NodePlan] = {}
         self.visiting: list[str] = []
         self.failed: set[str] = set()
+        self.graph_policy = policy_compile.graph_policy(spec, self.problem)
+        self.runtime = GraphRuntime(budget=self.graph_policy.budget)
 
     def problem(self, message: str, node: str | None = None, step: str | None = None) -> None:
         self.problems.append(SpecProblem(message, node, step))
@@ -171,6 +206,7 @@ class _Compiler:
                     self.problem(f"duplicate step name (also step {seen[step.name]})", name, label)
                 seen.setdefault(step.name, index)
             self.check_step_shape(name, router.router_type, label, step)
+        policy_compile.check_join(name, router, self.problem)
         if router.router_type == RouterType.SPLITTER and router.steps:
             weights = [s.weight for s in router.steps]
             if all(w is not None for w in weights) and sum(w or 0 for w in weights) != 100:
@@ -181,12 +217,14 @@ class _Compiler:
     def check_step_shape(
         self, node: str, router_type: str, label: str, step: InferenceStep
     ) -> None:
-        service = step.service_name or step.service_url
+        service = step.service_name or step.service_url or step.endpoints
         if not step.node_name and not service:
-            self.problem("no target: set one of nodeName, serviceName, serviceUrl", node, label)
+            self.problem(
+                "no target: set one of nodeName, serviceName, serviceUrl, endpoints", node, label
+            )
         if step.node_name and service:
             self.problem("nodeName cannot be combined with serviceName/serviceUrl", node, label)
-        if step.service_name and not step.service_url and not step.node_name:
+        if step.service_name and not (step.service_url or step.endpoints) and not step.node_name:
             self.problem(
                 f"serviceName {step.service_name!r} has no serviceUrl (nothing resolved it)",
                 node,
@@ -201,6 +239,14 @@ class _Compiler:
             self.problem(f"unknown protocol {step.protocol!r} (one of {allowed})", node, label)
         if step.node_name and (step.protocol or step.model):
             self.problem("protocol and model belong on service steps, not nodeName", node, label)
+        policy_compile.check_step(node, label, step, self.problem)
+        fallback = step.fallback
+        if fallback is not None and fallback.node_name not in (None, *self.spec.nodes):
+            self.problem(
+                f"fallback nodeName {fallback.node_name!r} is not a node of this graph", node, label
+            )
+        if fallback is not None and fallback.protocol not in (None, *Protocol._value2member_map_):
+            self.problem(f"fallback: unknown protocol {fallback.protocol!r}", node, label)
         if step.request is not None and step.data not in (None, "", "$request"):
             self.problem("set either data or request, not both", node, label)
         if step.outputs_to_inputs is not False and step.map_predictions_to_instances:
@@ -300,6 +346,93 @@ class _Compiler:
                 target = target.with_path(inference_path(protocol, model, version))
         return StepTarget(target, chat, protocol, model, version)
 
+    def compile_policy(
+        self, node: str, label: str, index: int, key: str, step: InferenceStep
+    ) -> StepPolicy | None:
+        """The step's resilience; None when it has none (its shape was checked already)."""
+        service = not step.node_name
+        config = step.retry if step.retry is not None else None
+        if config is None and service:
+            config = self.spec.default_retry
+        replicas = tuple(
+            self.compile_target(node, label, step.model_copy(update={"service_url": url}))
+            for url in step.endpoints or ()
+        )
+        fallback = self.compile_fallback(node, label, index, key, step)
+        hedge = step.hedge.after_ms / 1000.0 if step.hedge is not None else None
+        if (
+            config is None
+            and fallback is None
+            and not (step.timeout or replicas or hedge or step.max_in_flight)
+        ):
+            return None
+        retry = policy_compile.retry_policy(config, _ignore) if config is not None else NO_RETRY
+        if replicas:
+            self.runtime.replicas[f"{node}/{key}"] = ReplicaSet(
+                len(replicas), self.graph_policy.outlier
+            )
+        described = ""
+        if step.fallback is not None:
+            described = step.fallback.service_url or f"node {step.fallback.node_name}"
+        return StepPolicy(
+            label=f"{node}/{key}",
+            retry=retry,
+            timeout=step.timeout,
+            replicas=replicas,
+            hedge_after=hedge,
+            fallback=fallback,
+            fallback_label=described,
+            max_in_flight=step.max_in_flight,
+        )
+
+    def compile_fallback(
+        self, node: str, label: str, index: int, key: str, step: InferenceStep
+    ) -> StepPlan | None:
+        """The fallback as a step of the same node, given the step's own input."""
+        target = step.fallback
+        if target is None or bool(target.node_name) == bool(target.service_url):
+            return None
+        common = {
+            "index": index,
+            "key": f"{key}.fallback",
+            "input": StepInput(),
+            "condition": None,
+            "weight": 0,
+            "hard": False,
+            "owner": node,
+        }
+        if target.node_name:
+            if target.node_name in self.visiting:
+                loop = [*self.visiting[self.visiting.index(target.node_name) :], target.node_name]
+                self.problem(f"fallback would loop: {' -> '.join(loop)}", node, label)
+                return None
+            child = self.build(target.node_name)
+            if child is None:
+                return None
+            return StepPlan(node=child, service=None, **common)  # type: ignore[arg-type]
+        own = InferenceStep.model_validate(
+            {
+                "serviceUrl": target.service_url,
+                "protocol": target.protocol,
+                "model": target.model,
+                "modelVersion": target.model_version,
+            }
+        )
+        compiled = self.compile_target(node, label, own)
+        policy = None
+        if target.timeout is not None:
+            policy = StepPolicy(label=f"{node}/{key}.fallback", timeout=target.timeout)
+        return StepPlan(
+            node=None,
+            service=compiled.service,
+            chat_service=compiled.chat_service,
+            protocol=compiled.protocol,
+            model=compiled.model,
+            model_version=compiled.model_version,
+            policy=policy,
+            **common,  # type: ignore[arg-type]
+        )
+
     def build(self, name: str) -> NodePlan | None:
         """Build a node after the nodes it refers to; report a cycle once, where it closes."""
         if name in self.built:
@@ -329,12 +462,18 @@ class _Compiler:
                 child = self.build(step.node_name)
                 broken |= child is None
             step_input = self.compile_input(name, router.router_type, label, step, earlier)
-            earlier.append(step.name or str(index))
+            key = step.name or str(index)
+            earlier.append(key)
             target = self.compile_target(name, label, step)
+            policy = self.compile_policy(name, label, index, key, step)
+            if policy is not None and policy.replicas:
+                target = policy.replicas[0]
+            if step.fallback is not None and (policy is None or policy.fallback is None):
+                broken = True
             steps.append(
                 StepPlan(
                     index=index,
-                    key=step.name or str(index),
+                    key=key,
                     node=child,
                     input=step_input,
                     condition=self.compile_condition(name, label, step.condition),
@@ -346,6 +485,7 @@ class _Compiler:
                     protocol=target.protocol,
                     model=target.model,
                     model_version=target.model_version,
+                    policy=policy,
                 )
             )
         self.visiting.pop()
@@ -358,11 +498,17 @@ class _Compiler:
             for selection in step_plan.input.selections
             if selection.root == "steps" and selection.step is not None
         )
+        min_success = router.min_success
+        if router.join == "any":
+            min_success = 1
+        elif min_success == len(steps):
+            min_success = None
         plan = NodePlan(
             name=name,
             router_type=RouterType(router.router_type),
             steps=tuple(steps),
             referenced=referenced,
+            min_success=min_success,
         )
         self.built[name] = plan
         return plan
@@ -379,7 +525,7 @@ def compile_plan(named: NamedSpec, *, source: str | None = None) -> GraphPlan:
     for name in spec.nodes:
         compiler.build(name)
     if compiler.problems:
-        raise GraphSpecError(compiler.problems, source)
+        raise GraphSpecError(list(dict.fromkeys(compiler.problems)), source)
     reachable: set[str] = set()
     pending = [ROOT]
     while pending:
@@ -391,6 +537,14 @@ def compile_plan(named: NamedSpec, *, source: str | None = None) -> GraphPlan:
         if name not in reachable:
             compiler.warnings.append(SpecProblem("not reachable from root", name))
     nodes = MappingProxyType(dict(compiler.built))
+    graph_policy = compiler.graph_policy
+    if spec.outlier_detection is not None and not compiler.runtime.replicas:
+        compiler.warnings.append(SpecProblem("outlierDetection: no step has endpoints"))
+    resilient = (
+        graph_policy.timeout is not None
+        or graph_policy.max_in_flight is not None
+        or any(s.policy is not None for n in nodes.values() for s in n.steps)
+    )
     return GraphPlan(
         name=named.name,
         root=compiler.built[ROOT],
@@ -398,6 +552,9 @@ def compile_plan(named: NamedSpec, *, source: str | None = None) -> GraphPlan:
         timeouts=_timeouts(spec),
         warnings=tuple(compiler.warnings),
         streams=any(s.protocol is Protocol.OPENAI for n in nodes.values() for s in n.steps),
+        policy=graph_policy,
+        resilient=resilient,
+        runtime=compiler.runtime,
     )
 
 

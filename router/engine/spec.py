@@ -24,6 +24,43 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
+class _Strict(_Model):
+    """A model of ours, not KServe's: a misspelt field is a problem, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _millis(alias: str, default: int | None = None) -> Any:
+    return Field(default=default, alias=alias, ge=0)
+
+
+class RetryConfig(_Strict):
+    """A step's retry policy (KServe PR #5386's names; ``retryOn`` in Envoy's vocabulary)."""
+
+    max_retries: int = Field(default=3, alias="maxRetries", ge=0, le=10)
+    initial_delay_ms: int = _millis("initialDelayMs", 100)
+    max_delay_ms: int = _millis("maxDelayMs", 300_000)
+    retry_on: list[str] | None = Field(default=None, alias="retryOn")
+    retriable_status_codes: list[int] | None = Field(default=None, alias="retriableStatusCodes")
+
+
+class HedgeConfig(_Strict):
+    """Send one more attempt when the first has not answered after ``afterMs``."""
+
+    after_ms: int = Field(alias="afterMs", ge=1)
+
+
+class FallbackTarget(_Strict):
+    """Where a step goes when it still fails after its retries: a service or a node."""
+
+    node_name: str | None = Field(default=None, alias="nodeName")
+    service_url: str | None = Field(default=None, alias="serviceUrl")
+    protocol: str | None = None
+    model: str | None = None
+    model_version: str | None = Field(default=None, alias="modelVersion")
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
 class InferenceStep(_Model):
     """One step of a node: a target (another node or a service) and how to call it."""
 
@@ -42,6 +79,13 @@ class InferenceStep(_Model):
     model_version: str | None = Field(default=None, alias="modelVersion")
     outputs_to_inputs: bool | dict[str, str] = Field(default=False, alias="outputsToInputs")
     request: dict[str, Any] | list[Any] | None = None
+    # Beyond KServe: resilience (see engine/policy.py).
+    retry: RetryConfig | None = None
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    endpoints: list[str] | None = None
+    hedge: HedgeConfig | None = None
+    fallback: FallbackTarget | None = None
+    max_in_flight: int | None = Field(default=None, alias="maxInFlight", ge=1)
 
 
 class InferenceRouter(_Model):
@@ -49,6 +93,9 @@ class InferenceRouter(_Model):
 
     router_type: str = Field(alias="routerType")
     steps: list[InferenceStep] = Field(default_factory=list)
+    # Ensemble joins beyond KServe's merge of every step (after Seldon's join types).
+    join: str | None = None
+    min_success: int | None = Field(default=None, alias="minSuccess", ge=1)
 
 
 def _seconds(alias: str) -> Any:
@@ -64,11 +111,34 @@ class RouterTimeouts(_Model):
     service_client: float | None = _seconds("serviceClient")
 
 
+class RetryBudget(_Strict):
+    """Retries and hedges in flight, as a share of the graph's requests in flight (Envoy's)."""
+
+    percent: float = Field(default=20.0, ge=0, le=100, allow_inf_nan=False)
+    min_retry_concurrency: int = Field(default=3, alias="minRetryConcurrency", ge=0)
+
+
+class OutlierDetection(_Strict):
+    """When a replica of a step with ``endpoints`` is ejected (Envoy's fields and defaults)."""
+
+    consecutive_5xx: int = Field(default=5, alias="consecutive5xx", ge=0)
+    consecutive_gateway_failure: int = Field(default=0, alias="consecutiveGatewayFailure", ge=0)
+    base_ejection_time_ms: int = _millis("baseEjectionTimeMs", 30_000)
+    max_ejection_time_ms: int = _millis("maxEjectionTimeMs", 300_000)
+    max_ejection_percent: int = Field(default=10, alias="maxEjectionPercent", ge=0, le=100)
+
+
 class InferenceGraphSpec(_Model):
-    """The ``spec`` of an InferenceGraph: only ``nodes`` and ``routerTimeouts`` matter here."""
+    """The ``spec`` of an InferenceGraph: ``nodes``, ``routerTimeouts`` and (beyond KServe)
+    the graph-wide resilience settings; KServe's ``timeout`` is the per-request deadline."""
 
     nodes: dict[str, InferenceRouter]
     router_timeouts: RouterTimeouts | None = Field(default=None, alias="routerTimeouts")
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    default_retry: RetryConfig | None = Field(default=None, alias="defaultRetry")
+    retry_budget: RetryBudget | None = Field(default=None, alias="retryBudget")
+    outlier_detection: OutlierDetection | None = Field(default=None, alias="outlierDetection")
+    max_in_flight: int | None = Field(default=None, alias="maxInFlight", ge=1)
 
 
 class NamedSpec(_Model):

@@ -7,11 +7,17 @@ This module owns the dispatch table and the only call into the transport.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
-from infergraph.router.engine import ensemble, sequence, splitter, switch
+from infergraph.router.engine import attempts, ensemble, sequence, splitter, switch
 from infergraph.router.engine.context import ExecutionContext
-from infergraph.router.engine.errors import BadRequest, NestedNoRouteMatched, NoRouteMatched
+from infergraph.router.engine.errors import (
+    BadRequest,
+    GraphOverloaded,
+    NestedNoRouteMatched,
+    NoRouteMatched,
+)
 from infergraph.router.engine.payload import Payload
 from infergraph.router.engine.plan import GraphPlan, NodePlan, RouterType, StepPlan
 from infergraph.router.engine.transport import Reply, StepCall
@@ -43,20 +49,44 @@ async def run_node(node: NodePlan, payload: Payload, ctx: ExecutionContext, fina
 
 
 async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, final: bool) -> Reply:
-    """Run a step's target with ``payload`` as its input."""
+    """Run a step's target with ``payload`` as its input (through its policy, if it has one)."""
+    if step.policy is not None:
+        return await attempts.run(step, payload, ctx, final, send=call_service, run_step=run_target)
+    return await run_target(step, payload, ctx, final)
+
+
+async def run_target(step: StepPlan, payload: Payload, ctx: ExecutionContext, final: bool) -> Reply:
+    """Run a step's node, or call its service once, with no policy."""
     if step.node is not None:
         try:
             return await run_node(step.node, payload, ctx, final)
         except NoRouteMatched as exc:
             # Only the root Switch answers 404; a nested one fails its parent with 500.
             raise NestedNoRouteMatched() from exc
-    service = step.service
+    return await call_service(step, payload, ctx, final, None)
+
+
+async def call_service(
+    step: StepPlan,
+    payload: Payload,
+    ctx: ExecutionContext,
+    final: bool,
+    attempt: attempts.Attempt | None,
+) -> Reply:
+    """One call to the step's service (or to ``attempt``'s replica): the only call into the
+    transport. Without ``attempt``, the first and only one, within ``serviceClient``."""
+    timeout, number, hedge = ctx.service_timeout, 1, False
+    service, chat_service = step.service, step.chat_service
+    if attempt is not None:
+        timeout, number, hedge = attempt.seconds, attempt.number, attempt.hedge
+        if attempt.replica is not None:
+            service, chat_service = attempt.replica.service, attempt.replica.chat_service
     assert service is not None
     service.check()
     stream = False
     if step.protocol is Protocol.OPENAI:
-        if step.chat_service is not None and b'"messages"' in payload.raw:
-            service = step.chat_service
+        if chat_service is not None and b'"messages"' in payload.raw:
+            service = chat_service
         if ctx.stream_requested:
             if not final:
                 raise BadRequest(
@@ -69,7 +99,7 @@ async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, fina
         target=service,
         body=payload.raw,
         headers=ctx.headers,
-        timeout=ctx.service_timeout,
+        timeout=timeout,
         protocol=step.protocol,
         model=step.model,
         model_version=step.model_version,
@@ -78,6 +108,8 @@ async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, fina
         node=step.owner,
         step=step.key,
         trace_headers=ctx.trace_headers,
+        attempt=number,
+        hedge=hedge,
     )
     watcher = ctx.calls
     if watcher is None:
@@ -100,4 +132,30 @@ async def run_graph(plan: GraphPlan, body: bytes, ctx: ExecutionContext) -> Repl
     payload = Payload(body)
     if plan.streams:
         ctx.stream_requested = wants_stream(payload)
-    return await run_node(plan.root, payload, ctx, True)
+    if not plan.resilient:
+        return await run_node(plan.root, payload, ctx, True)
+    runtime = ctx.runtime = plan.runtime
+    ctx.running, ctx.fallbacks = [], []
+    graph = plan.policy
+    if graph.max_in_flight is not None and runtime.active >= graph.max_in_flight:
+        if ctx.observer is not None:
+            ctx.observer.policy_event(
+                None, "shed", {"in_flight": runtime.active, "limit": graph.max_in_flight}
+            )
+        raise GraphOverloaded(
+            f"graph {plan.name} is serving {runtime.active} requests, its maxInFlight: "
+            "try again later"
+        )
+    runtime.active += 1
+    try:
+        if graph.timeout is None:
+            return await run_node(plan.root, payload, ctx, True)
+        ctx.timeout = graph.timeout
+        ctx.deadline = ctx.clock() + graph.timeout
+        try:
+            async with asyncio.timeout(graph.timeout):
+                return await run_node(plan.root, payload, ctx, True)
+        except TimeoutError:
+            raise attempts.graph_timeout(ctx) from None
+    finally:
+        runtime.active -= 1

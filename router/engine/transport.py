@@ -108,6 +108,9 @@ class StepCall:
     # Headers that differ on every call (the trace context), sent after ``headers``: kept
     # apart so transports can reuse what they built for ``headers``.
     trace_headers: Headers = ()
+    # Which attempt of the step call this is (1: the first), and whether it is a hedge.
+    attempt: int = 1
+    hedge: bool = False
 
     def with_headers(self, headers: Headers, trace_headers: Headers = ()) -> StepCall:
         """The same call with other headers (built directly: ``dataclasses.replace`` inspects
@@ -125,6 +128,8 @@ class StepCall:
             self.node,
             self.step,
             trace_headers,
+            self.attempt,
+            self.hedge,
         )
 
     def all_headers(self) -> Headers:

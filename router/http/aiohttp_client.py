@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from infergraph.router.engine.errors import (
+    UpstreamConnectFailed,
     UpstreamConnectionError,
     UpstreamOverloaded,
     UpstreamTimeout,
@@ -148,10 +149,12 @@ class AiohttpTransport:
                     f'Post "{url}": no connection to {target.scheme}://{host}:{target.port} '
                     f"became free within {self._pool_timeout} s ({self._max_connections} in use)"
                 ) from exc
-            raise UpstreamConnectionError(
+            raise UpstreamConnectFailed(
                 f'Post "{url}": dial tcp {target.host}:{target.port}: i/o timeout'
             ) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f'Post "{url}": context deadline exceeded') from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamConnectFailed(f'Post "{url}": {exc}') from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamConnectionError(f'Post "{url}": {exc}') from exc

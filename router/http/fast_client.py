@@ -36,6 +36,7 @@ from typing import Any
 import httptools
 
 from infergraph.router.engine.errors import (
+    UpstreamConnectFailed,
     UpstreamConnectionError,
     UpstreamOverloaded,
     UpstreamTimeout,
@@ -538,8 +539,8 @@ class FastTransport:
             ) from exc
         except UpstreamConnectionError as exc:
             raise UpstreamConnectionError(f'Post "{url}": {exc.cause}') from exc
-        except OSError as exc:
+        except OSError as exc:  # from connecting: nothing was sent
             reason = exc.strerror or str(exc) or type(exc).__name__
-            raise UpstreamConnectionError(
+            raise UpstreamConnectFailed(
                 f'Post "{url}": dial tcp {call.target.host}:{call.target.port}: {reason}'
             ) from exc

@@ -12,7 +12,7 @@ import os
 import pickle
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ OVERHEAD = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 def cause(error: BaseException) -> str:
     """The bounded error cause label."""
     for kind, label in (
+        (errors.GraphOverloaded, "shed"),
+        (errors.StepOverloaded, "shed"),
+        (errors.GraphTimeout, "timeout"),
+        (errors.NoHealthyReplica, "no_healthy_replica"),
         (errors.UpstreamTimeout, "timeout"),
         (errors.UpstreamConnectionError, "connection"),
         (errors.UpstreamOverloaded, "overloaded"),
@@ -217,8 +221,28 @@ class RouterMetrics:
         self.retries = _Family(
             "counter",
             "infergraph_retries",
-            "Step calls sent again (a reused connection the model server had closed)",
+            "Step calls sent again: retries by policy, and resends on a fresh connection",
             ["graph", "node", "step"],
+        )
+        step = ["graph", "node", "step"]
+        self.hedges = _Family("counter", "infergraph_hedges", "Hedged attempts sent", step)
+        self.fallbacks = _Family(
+            "counter", "infergraph_fallbacks", "Steps answered by their fallback", step
+        )
+        self.shed = _Family(
+            "counter",
+            "infergraph_shed",
+            "Requests refused at once by maxInFlight (node and step empty: the graph's)",
+            step,
+        )
+        self.budget_exhausted = _Family(
+            "counter",
+            "infergraph_retry_budget_exhausted",
+            "Retries and hedges not sent because the retry budget was spent",
+            step,
+        )
+        self.ejected = _Family(
+            "gauge", "infergraph_ejected_replicas", "Replicas ejected by outlier detection", step
         )
         self._graphs: dict[str, GraphMetrics] = {}
         self.families = (
@@ -231,6 +255,11 @@ class RouterMetrics:
             self.step_calls,
             self.errors,
             self.retries,
+            self.hedges,
+            self.fallbacks,
+            self.shed,
+            self.budget_exhausted,
+            self.ejected,
         )
         self.shared: SharedMetrics | None = None
         self.registry = CollectorRegistry()
@@ -327,6 +356,24 @@ class MetricsObserver:
 
     def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None:
         return None
+
+    def policy_event(self, step: StepPlan | None, event: str, detail: Mapping[str, object]) -> None:
+        metrics = self.metrics
+        labels = (self.graph, step.owner, step.key) if step is not None else (self.graph, "", "")
+        if event in ("ejected", "unhealthy", "returned"):
+            ejected = detail.get("ejected")
+            if isinstance(ejected, int):
+                metrics.ejected.labels(*labels).value = float(ejected)
+            return
+        family = {
+            "retry": metrics.retries,
+            "hedge": metrics.hedges,
+            "fallback": metrics.fallbacks,
+            "shed": metrics.shed,
+            "budget_exhausted": metrics.budget_exhausted,
+        }.get(event)
+        if family is not None:
+            family.labels(*labels).inc()
 
 
 class MetricsTransport:

@@ -108,6 +108,16 @@ class TracingObserver:
     def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None:
         trace.get_current_span().set_attribute("infergraph.cancelled", [s.key for s in steps])
 
+    def policy_event(self, step: StepPlan | None, event: str, detail: Mapping[str, object]) -> None:
+        """An event on the current span (the step's node, or the request for shedding)."""
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        attributes: dict[str, Any] = {f"infergraph.{k}": v for k, v in detail.items()}
+        if step is not None:
+            attributes["infergraph.step"] = step.key
+        span.add_event(event, attributes)
+
 
 def _record(span: Span, error: BaseException) -> None:
     if isinstance(error, GraphRequestError):  # an expected outcome: status, no stack trace
@@ -137,16 +147,18 @@ class TracingTransport:
             "url.full": call.target.url,
             "infergraph.step": call.step,
             "infergraph.protocol": str(call.protocol or "http"),
-            "infergraph.attempt": 1,
+            "infergraph.attempt": call.attempt,
             "http.request.body.size": len(call.body),
         }
+        if call.hedge:
+            attributes["infergraph.hedge"] = True
         span = _start_child(self.tracer, current, f"step {call.step}", SpanKind.CLIENT, attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             reply = await self.inner.send(_with_trace_headers(call, span))
             span.set_attribute("http.response.status_code", reply.status)
-            if reply.attempts > 1:
-                span.set_attribute("infergraph.attempt", reply.attempts)
+            if reply.attempts > 1:  # the transport sent it again on a fresh connection
+                span.set_attribute("infergraph.attempt", call.attempt + reply.attempts - 1)
             if reply.stream is None:
                 span.set_attribute("http.response.body.size", len(reply.body))
             if reply.status >= 400:

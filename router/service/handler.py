@@ -19,7 +19,7 @@ from infergraph.router.engine.errors import DeadlineExceeded, GraphRequestError
 from infergraph.router.engine.headers import HeaderPolicy
 from infergraph.router.engine.plan import GraphPlan
 from infergraph.router.engine.steps import run_graph
-from infergraph.router.engine.transport import Reply, Transport
+from infergraph.router.engine.transport import Headers, Reply, Transport
 from infergraph.router.http.streams import ChunkStream
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.telemetry import Telemetry
@@ -35,10 +35,18 @@ READY = Response(200)
 SHUTTING_DOWN = Response(503, b"shutting down", "text/plain; charset=utf-8")
 HEALTHY = Response(200, b"ok", "text/plain; charset=utf-8")
 STREAM_HEADERS = (("Cache-Control", "no-cache"),)
+# Which steps their fallback answered: "node/step=target", comma-separated.
+FALLBACK_HEADER = "X-Infergraph-Fallback"
 
 
-def error_response(error: GraphRequestError) -> Response:
-    return Response(error.status, error_body(error.cause), JSON)
+def error_response(error: GraphRequestError, headers: Headers = ()) -> Response:
+    return Response(error.status, error_body(error.cause), JSON, headers=error.headers + headers)
+
+
+def _fallback_headers(ctx: ExecutionContext) -> Headers:
+    if not ctx.fallbacks:
+        return ()
+    return ((FALLBACK_HEADER, ", ".join(ctx.fallbacks)),)
 
 
 def _content_type(reply: Reply) -> str:
@@ -168,7 +176,7 @@ class RouterService:
             if error.close_connection:
                 # As Go's WriteTimeout: the client sees its connection closed.
                 return Response(error.status, abort=True)
-            return error_response(error)
+            return error_response(error, _fallback_headers(ctx))
         except Exception:
             log.exception("unexpected error while serving a request", extra={"graph": plan.name})
             return error_response(GraphRequestError("internal error in the router"))
@@ -176,10 +184,10 @@ class RouterService:
             return Response(
                 reply.status,
                 content_type=reply.content_type or "text/event-stream",
-                headers=STREAM_HEADERS,
+                headers=STREAM_HEADERS + _fallback_headers(ctx),
                 stream=reply.stream,
             )
-        return Response(reply.status, reply.body, _content_type(reply))
+        return Response(reply.status, reply.body, _content_type(reply), _fallback_headers(ctx))
 
     async def _run(self, plan: GraphPlan, body: bytes, ctx: ExecutionContext) -> Reply:
         """Run the graph; ``DeadlineExceeded`` when it ran past ``serverWrite``."""

@@ -29,4 +29,4 @@ def test_with_headers_changes_only_the_headers() -> None:
         expected = new.get(field.name, getattr(call, field.name))
         assert getattr(changed, field.name) == expected, field.name
     assert changed.all_headers() == (("B", "2"), ("traceparent", "00-1-2-01"))
-    assert len(dataclasses.fields(StepCall)) == 12, "a new StepCall field: add it to with_headers"
+    assert len(dataclasses.fields(StepCall)) == 14, "a new StepCall field: add it to with_headers"

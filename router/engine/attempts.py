@@ -1,0 +1,393 @@
+"""Calling a step that has a policy: its bulkhead, its replicas, retries with backoff, one
+hedge, the per-attempt timeout within the graph's deadline, and its fallback.
+
+A step without a policy never comes here (``steps.run_step`` calls the transport directly, as
+KServe's router would). The rules, in order:
+
+1. ``maxInFlight``: past it the call fails at once with ``StepOverloaded`` (503).
+2. With ``endpoints`` and a fallback, a step whose every replica is failing goes straight to
+   the fallback (``NoHealthyReplica``).
+3. Each attempt goes to a replica chosen by ``runtime.ReplicaSet.pick`` (another one for a
+   retry when there is one) and is bounded by the step's ``timeout`` (or
+   ``routerTimeouts.serviceClient``) and by what is left of the graph's ``timeout``.
+4. A hedge: when the only attempt in flight has not answered after ``hedge.afterMs``, one more
+   is sent; the first answer that is not a retriable failure wins, the other is cancelled.
+5. A retriable failure with nothing else in flight is retried after a fully jittered
+   exponential backoff, while retries remain, the retry budget allows it and the backoff ends
+   before the graph's deadline. Otherwise the last failure stands.
+6. A failure that stands (a 5xx status or an error of the step call) goes to the fallback,
+   if there is one; the context notes which target answered.
+
+A streamed reply is committed once its first chunk arrived: a stream that breaks before that is
+a reset, and retried like one; after that nothing is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from infergraph.router.engine.errors import (
+    DeadlineExceeded,
+    GraphRequestError,
+    GraphTimeout,
+    NoHealthyReplica,
+    StepOverloaded,
+    StepTimeout,
+    UpstreamTimeout,
+)
+from infergraph.router.engine.policy import Failure, failure_of
+from infergraph.router.engine.transport import Reply
+
+if TYPE_CHECKING:
+    from infergraph.router.engine.context import ExecutionContext
+    from infergraph.router.engine.payload import Payload
+    from infergraph.router.engine.plan import StepPlan, StepPolicy, StepTarget
+    from infergraph.router.engine.runtime import ReplicaSet
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How ``send`` makes one call: to which replica (None: the step's own service), within
+    how many seconds, which attempt it is and whether it is a hedge."""
+
+    replica: StepTarget | None = None
+    seconds: float | None = None
+    number: int = 1
+    hedge: bool = False
+
+
+# send(step, payload, ctx, final, attempt): one call to the transport.
+Send = Callable[["StepPlan", "Payload", "ExecutionContext", bool, Attempt], Awaitable[Reply]]
+StepRunner = Callable[["StepPlan", "Payload", "ExecutionContext", bool], Awaitable[Reply]]
+
+
+def graph_timeout(ctx: ExecutionContext) -> GraphTimeout:
+    """The 504 of a graph whose ``timeout`` ran out, naming what was running."""
+    running = ", ".join(sorted(set(ctx.running or ()))) or "none (between steps)"
+    return GraphTimeout(f"the graph's timeout of {ctx.timeout} s ran out; running: step {running}")
+
+
+def _falls_back(error: GraphRequestError) -> bool:
+    return error.status >= 500 and not isinstance(error, DeadlineExceeded | GraphTimeout)
+
+
+async def run(
+    step: StepPlan,
+    payload: Payload,
+    ctx: ExecutionContext,
+    final: bool,
+    *,
+    send: Send,
+    run_step: StepRunner,
+) -> Reply:
+    """Run a step that has a policy (``step.policy``), its fallback included."""
+    policy = step.policy
+    running, fallbacks = ctx.running, ctx.fallbacks
+    assert policy is not None
+    assert running is not None
+    assert fallbacks is not None
+    running.append(policy.label)
+    try:
+        if step.node is not None:
+            reply = await run_step(step, payload, ctx, final)
+        else:
+            reply = await _Loop(step, policy, payload, ctx, final, send).bulkhead()
+        if policy.fallback is None or reply.status < 500:
+            return reply
+        if reply.stream is not None:
+            await reply.stream.aclose()
+        reason = f"status {reply.status}"
+    except GraphRequestError as error:
+        if policy.fallback is None or not _falls_back(error):
+            raise
+        reason = error.cause
+    finally:
+        running.remove(policy.label)
+    if ctx.observer is not None:
+        ctx.observer.policy_event(
+            step, "fallback", {"reason": reason, "target": policy.fallback_label}
+        )
+    fallbacks.append(f"{policy.label}={policy.fallback_label}")
+    return await run_step(policy.fallback, payload, ctx, final)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    number: int
+    replica: int | None
+    budgeted: bool  # a retry or hedge: counted in the retry budget while in flight
+
+
+@dataclass(slots=True)
+class _Outcome:
+    reply: Reply | None
+    error: GraphRequestError | None
+    retriable: bool
+
+
+class _Loop:
+    """The attempts of one step call."""
+
+    def __init__(  # noqa: PLR0917 (one call site, the same six values as run's)
+        self,
+        step: StepPlan,
+        policy: StepPolicy,
+        payload: Payload,
+        ctx: ExecutionContext,
+        final: bool,
+        send: Send,
+    ) -> None:
+        self.step, self.policy, self.payload, self.ctx = step, policy, payload, ctx
+        self.final, self.send = final, send
+        assert ctx.runtime is not None
+        self.runtime = ctx.runtime
+        self.replicas: ReplicaSet | None = self.runtime.replicas.get(policy.label)
+        self.running: dict[asyncio.Task[Reply], _Attempt] = {}
+        self.tried: list[int] = []
+        self.started = 0
+        self.last_start = 0.0
+
+    def launch(self, *, budgeted: bool, hedge: bool) -> None:
+        ctx = self.ctx
+        replica = None
+        if self.replicas is not None:
+            replica, back = self.replicas.pick(ctx.rng, ctx.clock(), self.tried)
+            self._changed(back, "returned")
+            self.tried.append(replica)
+            self.replicas.replicas[replica].outstanding += 1
+        self.started += 1
+        if budgeted:
+            self.runtime.retries_in_flight += 1
+        self.last_start = ctx.clock()
+        task = asyncio.ensure_future(self.attempt(replica, self.started, hedge))
+        self.running[task] = _Attempt(self.started, replica, budgeted)
+
+    def _changed(self, replicas: list[int], kind: str, seconds: float = 0.0) -> None:
+        observer = self.ctx.observer
+        if observer is None or self.replicas is None:
+            return
+        for index in replicas:
+            observer.policy_event(
+                self.step,
+                kind,
+                {
+                    "replica": index,
+                    "url": _url(self.policy.replicas[index]),
+                    "seconds": seconds,
+                    "ejected": self.replicas.ejected_count(),
+                },
+            )
+
+    async def attempt(self, replica: int | None, number: int, hedge: bool) -> Reply:
+        ctx, policy = self.ctx, self.policy
+        target = policy.replicas[replica] if replica is not None else None
+        timeout = policy.timeout if policy.timeout is not None else ctx.service_timeout
+        by_deadline = False
+        if ctx.deadline is not None:
+            remaining = ctx.deadline - ctx.clock()
+            if remaining <= 0:
+                raise graph_timeout(ctx)
+            if timeout is None or remaining < timeout:
+                timeout, by_deadline = remaining, True
+        try:
+            reply = await self.send(
+                self.step, self.payload, ctx, self.final, Attempt(target, timeout, number, hedge)
+            )
+        except UpstreamTimeout as exc:
+            if by_deadline:
+                raise graph_timeout(ctx) from exc
+            if policy.timeout is not None:
+                raise StepTimeout(
+                    f"step {policy.label}: no answer within its timeout of {policy.timeout} s "
+                    f"(attempt {number})"
+                ) from exc
+            raise
+        if reply.stream is not None and reply.ok:
+            return await _committed(reply)
+        return reply
+
+    def settle(self, task: asyncio.Task[Reply]) -> _Outcome:
+        """An attempt's outcome, counted for its replica and the budget."""
+        attempt = self.running.pop(task)
+        ctx, retry = self.ctx, self.policy.retry
+        if attempt.budgeted:
+            self.runtime.retries_in_flight -= 1
+        error = task.exception()
+        status: int | None = None
+        failure: Failure | None = None
+        if error is None:
+            reply = task.result()
+            status = reply.status
+            outcome = _Outcome(reply, None, retry.retries_status(status))
+            if status >= 500:
+                failure = Failure.STATUS
+        elif isinstance(error, GraphRequestError):
+            failure = failure_of(error)
+            outcome = _Outcome(None, error, failure is not None and retry.retries(failure))
+        else:  # a bug, not an outcome: nothing to count
+            outcome = _Outcome(None, None, False)
+        if attempt.replica is not None and self.replicas is not None:
+            self.replicas.replicas[attempt.replica].outstanding -= 1
+            if not isinstance(error, GraphTimeout):
+                change = self.replicas.record(attempt.replica, ctx.clock(), status, failure)
+                if change is not None:
+                    self._changed([change.replica], change.kind, change.seconds)
+        if outcome.reply is None and outcome.error is None:
+            raise error  # type: ignore[misc]
+        return outcome
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.running)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if task in self.running:
+                attempt = self.running.pop(task)
+                if attempt.budgeted:
+                    self.runtime.retries_in_flight -= 1
+                if attempt.replica is not None and self.replicas is not None:
+                    self.replicas.replicas[attempt.replica].outstanding -= 1
+                if not task.cancelled() and task.exception() is None:
+                    stream = task.result().stream
+                    if stream is not None:
+                        await stream.aclose()
+
+    async def bulkhead(self) -> Reply:
+        """The attempts, within the step's ``maxInFlight``."""
+        step, policy, ctx = self.step, self.policy, self.ctx
+        limit = policy.max_in_flight
+        if limit is None:
+            return await self.attempts()
+        assert ctx.runtime is not None
+        in_flight = ctx.runtime.in_flight
+        count = in_flight.get(policy.label, 0)
+        if count >= limit:
+            if ctx.observer is not None:
+                ctx.observer.policy_event(step, "shed", {"in_flight": count, "limit": limit})
+            raise StepOverloaded(
+                f"step {policy.label} has {count} calls in flight, its maxInFlight: not queued"
+            )
+        in_flight[policy.label] = count + 1
+        try:
+            return await self.attempts()
+        finally:
+            in_flight[policy.label] -= 1
+
+    async def attempts(self) -> Reply:
+        """Attempts until one answers for good, or the last failure stands (the rules above)."""
+        step, policy, ctx = self.step, self.policy, self.ctx
+        replicas = self.replicas
+        if (
+            replicas is not None
+            and policy.fallback is not None
+            and not replicas.healthy(ctx.clock())
+        ):
+            raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
+        retry = policy.retry
+        observer = ctx.observer
+        hedge_after = policy.hedge_after
+        retries = 0
+        last: _Outcome | None = None
+        try:
+            self.launch(budgeted=False, hedge=False)
+            while True:
+                wait_for = None
+                if hedge_after is not None and len(self.running) == 1:
+                    wait_for = max(0.0, self.last_start + hedge_after - ctx.clock())
+                done, _ = await asyncio.wait(
+                    self.running, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:  # the hedge's time came
+                    hedge_after = None
+                    if self.runtime.retry_allowed():
+                        if observer is not None:
+                            observer.policy_event(step, "hedge", {"attempt": self.started + 1})
+                        self.launch(budgeted=True, hedge=True)
+                    elif observer is not None:
+                        observer.policy_event(step, "budget_exhausted", {"for": "hedge"})
+                    continue
+                for task in done:
+                    outcome = self.settle(task)
+                    if not outcome.retriable:
+                        return _result(outcome)
+                    last = outcome
+                if self.running:
+                    continue
+                if retries >= retry.max_retries:
+                    break
+                if not self.runtime.retry_allowed():
+                    if observer is not None:
+                        observer.policy_event(step, "budget_exhausted", {"for": "retry"})
+                    break
+                retries += 1
+                delay = retry.backoff(retries, ctx.rng.random())
+                if ctx.deadline is not None and ctx.clock() + delay >= ctx.deadline:
+                    break
+                if observer is not None:
+                    observer.policy_event(
+                        step,
+                        "retry",
+                        {
+                            "attempt": self.started + 1,
+                            "delay_ms": delay * 1000,
+                            "reason": _why(last),
+                        },
+                    )
+                await asyncio.sleep(delay)
+                self.launch(budgeted=True, hedge=False)
+        finally:
+            await self.cancel_all()
+        assert last is not None
+        return _result(last)
+
+
+def _result(outcome: _Outcome) -> Reply:
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.reply is not None
+    return outcome.reply
+
+
+def _why(outcome: _Outcome | None) -> str:
+    if outcome is None:
+        return ""
+    if outcome.reply is not None:
+        return f"status {outcome.reply.status}"
+    assert outcome.error is not None
+    return outcome.error.cause
+
+
+def _url(target: StepTarget) -> str:
+    return target.service.url if target.service is not None else ""
+
+
+async def _committed(reply: Reply) -> Reply:
+    """The stream's first chunk read, so a stream that breaks before it is a failed attempt."""
+    stream = reply.stream
+    assert stream is not None
+    try:
+        first = await stream.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException:  # a reset (retriable), or the attempt cancelled
+        await stream.aclose()
+        raise
+    return Reply(reply.status, b"", reply.content_type, _prepended(first, stream), reply.attempts)
+
+
+async def _prepended(
+    first: bytes | None, rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    try:
+        if first is None:
+            return
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()

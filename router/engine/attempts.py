@@ -74,6 +74,32 @@ def _falls_back(error: GraphRequestError) -> bool:
     return error.status >= 500 and not isinstance(error, DeadlineExceeded | GraphTimeout)
 
 
+async def _primary(  # noqa: PLR0917 (run's arguments, passed on)
+    step: StepPlan,
+    policy: StepPolicy,
+    payload: Payload,
+    ctx: ExecutionContext,
+    final: bool,
+    send: Send,
+    run_step: StepRunner,
+) -> Reply | str:
+    """The step's own answer, or why its fallback must answer instead."""
+    try:
+        if step.node is not None:
+            reply = await run_step(step, payload, ctx, final)
+        else:
+            reply = await _Loop(step, policy, payload, ctx, final, send).bulkhead()
+    except GraphRequestError as error:
+        if policy.fallback is None or not _falls_back(error):
+            raise
+        return error.cause
+    if policy.fallback is None or reply.status < 500:
+        return reply
+    if reply.stream is not None:
+        await reply.stream.aclose()
+    return f"status {reply.status}"
+
+
 async def run(
     step: StepPlan,
     payload: Payload,
@@ -91,21 +117,20 @@ async def run(
     assert fallbacks is not None
     running.append(policy.label)
     try:
-        if step.node is not None:
-            reply = await run_step(step, payload, ctx, final)
-        else:
-            reply = await _Loop(step, policy, payload, ctx, final, send).bulkhead()
-        if policy.fallback is None or reply.status < 500:
-            return reply
-        if reply.stream is not None:
-            await reply.stream.aclose()
-        reason = f"status {reply.status}"
-    except GraphRequestError as error:
-        if policy.fallback is None or not _falls_back(error):
-            raise
-        reason = error.cause
-    finally:
+        outcome = await _primary(step, policy, payload, ctx, final, send, run_step)
+    except asyncio.CancelledError:
+        # Cancelled by the graph's deadline: the label stays, so the 504 names this step.
+        if ctx.deadline is None or ctx.clock() < ctx.deadline:
+            running.remove(policy.label)
+        raise
+    except BaseException:
         running.remove(policy.label)
+        raise
+    running.remove(policy.label)
+    if isinstance(outcome, Reply):
+        return outcome
+    reason = outcome
+    assert policy.fallback is not None
     if ctx.observer is not None:
         ctx.observer.policy_event(
             step, "fallback", {"reason": reason, "target": policy.fallback_label}
@@ -150,7 +175,8 @@ class _Loop:
         self.started = 0
         self.last_start = 0.0
 
-    def launch(self, *, budgeted: bool, hedge: bool) -> None:
+    def launch(self, *, budgeted: bool, hedge: bool, reserved: bool = False) -> None:
+        """Start an attempt; ``reserved``: its place in the budget is taken already."""
         ctx = self.ctx
         replica = None
         if self.replicas is not None:
@@ -159,7 +185,7 @@ class _Loop:
             self.tried.append(replica)
             self.replicas.replicas[replica].outstanding += 1
         self.started += 1
-        if budgeted:
+        if budgeted and not reserved:
             self.runtime.retries_in_flight += 1
         self.last_start = ctx.clock()
         task = asyncio.ensure_future(self.attempt(replica, self.started, hedge))
@@ -280,16 +306,11 @@ class _Loop:
 
     async def attempts(self) -> Reply:
         """Attempts until one answers for good, or the last failure stands (the rules above)."""
-        step, policy, ctx = self.step, self.policy, self.ctx
+        policy, ctx = self.policy, self.ctx
         replicas = self.replicas
-        if (
-            replicas is not None
-            and policy.fallback is not None
-            and not replicas.healthy(ctx.clock())
-        ):
+        can_skip = replicas is not None and policy.fallback is not None
+        if can_skip and replicas is not None and not replicas.healthy(ctx.clock()):
             raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
-        retry = policy.retry
-        observer = ctx.observer
         hedge_after = policy.hedge_after
         retries = 0
         last: _Outcome | None = None
@@ -304,12 +325,7 @@ class _Loop:
                 )
                 if not done:  # the hedge's time came
                     hedge_after = None
-                    if self.runtime.retry_allowed():
-                        if observer is not None:
-                            observer.policy_event(step, "hedge", {"attempt": self.started + 1})
-                        self.launch(budgeted=True, hedge=True)
-                    elif observer is not None:
-                        observer.policy_event(step, "budget_exhausted", {"for": "hedge"})
+                    self.hedge()
                     continue
                 for task in done:
                     outcome = self.settle(task)
@@ -318,32 +334,50 @@ class _Loop:
                     last = outcome
                 if self.running:
                     continue
-                if retries >= retry.max_retries:
-                    break
-                if not self.runtime.retry_allowed():
-                    if observer is not None:
-                        observer.policy_event(step, "budget_exhausted", {"for": "retry"})
-                    break
                 retries += 1
-                delay = retry.backoff(retries, ctx.rng.random())
-                if ctx.deadline is not None and ctx.clock() + delay >= ctx.deadline:
+                if not await self.retry(retries, last):
                     break
-                if observer is not None:
-                    observer.policy_event(
-                        step,
-                        "retry",
-                        {
-                            "attempt": self.started + 1,
-                            "delay_ms": delay * 1000,
-                            "reason": _why(last),
-                        },
-                    )
-                await asyncio.sleep(delay)
-                self.launch(budgeted=True, hedge=False)
         finally:
             await self.cancel_all()
         assert last is not None
         return _result(last)
+
+    def hedge(self) -> None:
+        """Send the hedge, if the budget allows it."""
+        observer = self.ctx.observer
+        if not self.runtime.retry_allowed():
+            if observer is not None:
+                observer.policy_event(self.step, "budget_exhausted", {"for": "hedge"})
+            return
+        if observer is not None:
+            observer.policy_event(self.step, "hedge", {"attempt": self.started + 1})
+        self.launch(budgeted=True, hedge=True)
+
+    async def retry(self, number: int, last: _Outcome | None) -> bool:
+        """Back off and send retry ``number``; False when no retry is left, the budget is
+        spent, or the backoff would end past the graph's deadline."""
+        ctx, retry, observer = self.ctx, self.policy.retry, self.ctx.observer
+        if number > retry.max_retries:
+            return False
+        if not self.runtime.retry_allowed():
+            if observer is not None:
+                observer.policy_event(self.step, "budget_exhausted", {"for": "retry"})
+            return False
+        delay = retry.backoff(number, ctx.rng.random())
+        if ctx.deadline is not None and ctx.clock() + delay >= ctx.deadline:
+            return False
+        if observer is not None:
+            detail = {"attempt": self.started + 1, "delay_ms": delay * 1000, "reason": _why(last)}
+            observer.policy_event(self.step, "retry", detail)
+        # The retry holds its place in the budget from now: the backoff included.
+        self.runtime.retries_in_flight += 1
+        try:
+            await asyncio.sleep(delay)
+        except BaseException:
+            self.runtime.retries_in_flight -= 1
+            raise
+        self.launch(budgeted=True, hedge=False, reserved=True)
+        return True
 
 
 def _result(outcome: _Outcome) -> Reply:

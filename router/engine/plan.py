@@ -360,10 +360,11 @@ class _Compiler:
         )
         fallback = self.compile_fallback(node, label, index, key, step)
         hedge = step.hedge.after_ms / 1000.0 if step.hedge is not None else None
+        # With the graph's timeout, every service step is bounded by what is left of it.
+        deadline = service and self.spec.timeout is not None
         if (
-            config is None
-            and fallback is None
-            and not (step.timeout or replicas or hedge or step.max_in_flight)
+            not (config or fallback or step.timeout or replicas or hedge or step.max_in_flight)
+            and not deadline
         ):
             return None
         retry = policy_compile.retry_policy(config, _ignore) if config is not None else NO_RETRY

@@ -45,6 +45,10 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     for key in ("type", "description", "enum", "minimum", "maximum", "format"):
         if key in schema:
             result[key] = schema[key]
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(schema.get(exclusive), int | float):  # OpenAPI v3.0 spells it as a flag
+            result[bound] = schema[exclusive]
+            result[exclusive] = True
     if "const" in schema:
         result["enum"] = [schema["const"]]
     kind = schema.get("type")

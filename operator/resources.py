@@ -11,7 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infergraph.router.engine.spec import InferenceRouter, RouterTimeouts
+from infergraph.router.engine.spec import (
+    InferenceRouter,
+    OutlierDetection,
+    RetryBudget,
+    RetryConfig,
+    RouterTimeouts,
+)
 from infergraph.router.protocols import Protocol
 
 GROUP = "infergraph.dev"
@@ -50,7 +56,13 @@ class InferenceGraphSpec(PodPlacement):
 
     nodes: dict[str, InferenceRouter]
     router_timeouts: RouterTimeouts | None = Field(default=None, alias="routerTimeouts")
-    timeout: int | None = Field(default=None, ge=1, description="request timeout in seconds")
+    timeout: int | None = Field(
+        default=None, ge=1, description="request timeout in seconds: the router's deadline too"
+    )
+    default_retry: RetryConfig | None = Field(default=None, alias="defaultRetry")
+    retry_budget: RetryBudget | None = Field(default=None, alias="retryBudget")
+    outlier_detection: OutlierDetection | None = Field(default=None, alias="outlierDetection")
+    max_in_flight: int | None = Field(default=None, alias="maxInFlight", ge=1)
     affinity: dict[str, Any] | None = None
     service_account_name: str | None = Field(default=None, alias="serviceAccountName")
 

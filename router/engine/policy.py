@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import get_args
 
 from infergraph.router.engine.errors import (
     GraphRequestError,
@@ -31,8 +32,9 @@ from infergraph.router.engine.errors import (
     UpstreamOverloaded,
     UpstreamTimeout,
 )
+from infergraph.router.engine.spec import RetryOn
 
-RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes", "timeout")
+RETRY_ON: tuple[str, ...] = get_args(RetryOn)  # the spec's schema refuses any other word
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 

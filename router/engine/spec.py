@@ -11,7 +11,7 @@ problems too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import yaml
@@ -30,6 +30,11 @@ class _Strict(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+RetryOn = Literal[
+    "5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes", "timeout"
+]
+
+
 def _millis(alias: str, default: int | None = None) -> Any:
     return Field(default=default, alias=alias, ge=0)
 
@@ -40,7 +45,7 @@ class RetryConfig(_Strict):
     max_retries: int = Field(default=3, alias="maxRetries", ge=0, le=10)
     initial_delay_ms: int = _millis("initialDelayMs", 100)
     max_delay_ms: int = _millis("maxDelayMs", 300_000)
-    retry_on: list[str] | None = Field(default=None, alias="retryOn")
+    retry_on: list[RetryOn] | None = Field(default=None, alias="retryOn")
     retriable_status_codes: list[int] | None = Field(default=None, alias="retriableStatusCodes")
 
 
@@ -94,7 +99,7 @@ class InferenceRouter(_Model):
     router_type: str = Field(alias="routerType")
     steps: list[InferenceStep] = Field(default_factory=list)
     # Ensemble joins beyond KServe's merge of every step (after Seldon's join types).
-    join: str | None = None
+    join: Literal["all", "any"] | None = None
     min_success: int | None = Field(default=None, alias="minSuccess", ge=1)
 
 

@@ -603,7 +603,7 @@ S = {"name": "s", "serviceUrl": url("a")}
 @pytest.mark.parametrize(
     ("nodes", "spec", "expected"),
     [
-        ({"root": {"routerType": "Sequence", "steps": [{**S, "retry": {"retryOn": ["5xx", "oops"]}}]}}, {}, "node 'root', step 0 ('s'): retry.retryOn: unknown word 'oops'"),
+        ({"root": {"routerType": "Sequence", "steps": [{**S, "retry": {"retryOn": ["5xx", "oops"]}}]}}, {}, "node 'root', step 0: retry.retryOn.1: Input should be '5xx', 'gateway-error', 'reset', 'connect-failure', 'retriable-status-codes' or 'timeout'"),
         ({"root": {"routerType": "Sequence", "steps": [{**S, "retry": {"maxRetries": 11}}]}}, {}, "retry.maxRetries: Input should be less than or equal to 10"),
         ({"root": {"routerType": "Sequence", "steps": [{**S, "retry": {"maxRetires": 2}}]}}, {}, "maxRetires"),
         ({"root": {"routerType": "Sequence", "steps": [{**S, "retry": {"initialDelayMs": 500, "maxDelayMs": 100}}]}}, {}, "initialDelayMs 500 is above maxDelayMs 100"),
@@ -615,7 +615,7 @@ S = {"name": "s", "serviceUrl": url("a")}
         ({"root": {"routerType": "Sequence", "steps": [{**S, "fallback": {}}]}}, {}, "fallback needs exactly one of nodeName and serviceUrl"),
         ({"root": {"routerType": "Ensemble", "minSuccess": 3, "steps": [S, {**S, "name": "t"}]}}, {}, "minSuccess 3 is more than the node's 2 steps"),
         ({"root": {"routerType": "Sequence", "minSuccess": 1, "steps": [S]}}, {}, "join and minSuccess belong to Ensemble nodes"),
-        ({"root": {"routerType": "Ensemble", "join": "some", "steps": [S]}}, {}, "join 'some' must be one of all, any"),
+        ({"root": {"routerType": "Ensemble", "join": "some", "steps": [S]}}, {}, "node 'root': join: Input should be 'all' or 'any'"),
         ({"root": {"routerType": "Ensemble", "join": "any", "minSuccess": 2, "steps": [S, {**S, "name": "t"}]}}, {}, "contradicts"),
         ({"root": {"routerType": "Sequence", "steps": [{"endpoints": [url("a"), url("a")]}]}}, {}, "endpoints lists"),
         ({"root": {"routerType": "Sequence", "steps": [{"endpoints": []}]}}, {}, "endpoints lists no URL"),
@@ -624,7 +624,7 @@ S = {"name": "s", "serviceUrl": url("a")}
         ({"root": {"routerType": "Sequence", "steps": [{**S, "timeout": 0.05, "hedge": {"afterMs": 50}}]}}, {}, "the hedge would never be sent"),
         ({"root": {"routerType": "Sequence", "steps": [{"nodeName": "n", "retry": {}}]}, "n": {"routerType": "Sequence", "steps": [S]}}, {}, "retry belongs on service steps"),
         ({"root": {"routerType": "Sequence", "steps": [S]}}, {"outlierDetection": {"baseEjectionTimeMs": 9, "maxEjectionTimeMs": 1}}, "baseEjectionTimeMs 9 is above maxEjectionTimeMs 1"),
-        ({"root": {"routerType": "Sequence", "steps": [S]}}, {"defaultRetry": {"retryOn": ["nope"]}}, "defaultRetry.retryOn: unknown word 'nope'"),
+        ({"root": {"routerType": "Sequence", "steps": [S]}}, {"defaultRetry": {"retryOn": ["nope"]}}, "defaultRetry.retryOn.0: Input should be '5xx'"),
         ({"root": {"routerType": "Sequence", "steps": [S]}}, {"retryBudget": {"percent": 120}}, "retryBudget.percent"),
         ({"root": {"routerType": "Sequence", "steps": [S]}}, {"timeout": 0}, "timeout"),
         ({"root": {"routerType": "Sequence", "steps": [{**S, "maxInFlight": 0}]}}, {}, "maxInFlight"),

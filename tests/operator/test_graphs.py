@@ -173,7 +173,7 @@ PROBLEMS: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "a step without a target",
         sequence({}),
-        ["node 'root', step 0: no target: set one of nodeName, serviceName, serviceUrl"],
+        ["node 'root', step 0: no target: set one of nodeName, serviceName, serviceUrl, endpoints"],
     ),
     (
         "an unknown routerType",

@@ -10,7 +10,8 @@ that names no behaviour gets the server's default (``mode``, itself a path such 
 ``/ok``                                     200, the request body echoed (``{}`` if empty),
                                             ``application/json``; ``?reset_after_ms=N``
                                             then resets the idle connection N ms later
-``/slow?ms=N``                              the same after N ms
+``/slow?ms=N&rate=0.01``                    the same after N ms (with that probability,
+                                            seeded; always unless told)
 ``/fail?status=503&rate=0.2``               ``status`` with that probability (seeded), else
                                             ``/ok``
 ``/stall``                                  read the request, never answer
@@ -274,7 +275,8 @@ class FaultServer:
         close = request.headers.get("connection", "").lower() == "close"
 
         if mode == "slow":
-            await asyncio.sleep(float(params.get("ms", "100")) / 1000)
+            if self.rng.random() < float(params.get("rate", "1")):
+                await asyncio.sleep(float(params.get("ms", "100")) / 1000)
         elif mode == "fail" and self.rng.random() < float(params.get("rate", "1")):
             status = int(params.get("status", "503"))
             writer.write(response(status, b'{"error": "injected failure"}', close=close))

@@ -231,3 +231,71 @@ async def test_through_the_handler_every_call_carries_the_requests_trace_context
     else:
         assert finished == []
         assert parents[0] == parents[1]  # one context, made once for the request
+
+
+def events(span: ReadableSpan) -> list[tuple[str, dict[str, Any]]]:
+    return [(e.name, dict(e.attributes or {})) for e in span.events]
+
+
+async def test_one_client_span_per_attempt_and_the_policies_events(spans: Any) -> None:
+    answers = iter([reply(503, {"e": 1}), reply(502, {"e": 2})])
+
+    async def failing(call: StepCall) -> Reply:
+        return next(answers)
+
+    fake = FakeTransport(script={url("a"): failing})
+    nodes = {
+        "root": {
+            "routerType": "Sequence",
+            "steps": [
+                {
+                    "name": "a",
+                    "serviceUrl": url("a"),
+                    "retry": {"maxRetries": 1, "initialDelayMs": 1},
+                    "fallback": {"serviceUrl": url("spare")},
+                }
+            ],
+        }
+    }
+    finished = await traced(spans, nodes, fake, {"x": 1})
+    attempts = sorted(
+        (attrs(s)["infergraph.attempt"], attrs(s)["http.response.status_code"])
+        for s in finished
+        if s.name == "step a"
+    )
+    assert attempts == [(1, 503), (2, 502)]
+    (spare,) = [s for s in finished if s.name == "step a.fallback"]
+    assert attrs(spare)["url.full"] == url("spare")
+    node = by_name(finished)["node root"]
+    names = [name for name, _ in events(node)]
+    assert names == ["retry", "fallback"]
+    retry, fallback = (detail for _, detail in events(node))
+    assert retry["infergraph.step"] == "a"
+    assert retry["infergraph.attempt"] == 2
+    assert retry["infergraph.reason"] == "status 503"
+    assert fallback["infergraph.target"] == url("spare")
+    assert fallback["infergraph.reason"] == "status 502"
+
+
+async def test_a_hedge_is_its_own_span_and_the_loser_is_cancelled(spans: Any) -> None:
+    async def slow(call: StepCall) -> Reply:
+        await asyncio.sleep(5)
+        raise AssertionError
+
+    fake = FakeTransport(script={url("slow"): slow})
+    nodes = {
+        "root": {
+            "routerType": "Sequence",
+            "steps": [
+                {"name": "h", "endpoints": [url("slow"), url("fast")], "hedge": {"afterMs": 20}}
+            ],
+        }
+    }
+    # Seed 1 draws the slow replica first.
+    finished = await traced(spans, nodes, fake, {}, seed=1)
+    calls = [s for s in finished if s.name == "step h"]
+    by_url = {attrs(s)["url.full"]: attrs(s) for s in calls}
+    assert by_url[url("slow")]["infergraph.was_cancelled"] is True
+    assert by_url[url("fast")]["infergraph.hedge"] is True
+    assert by_url[url("fast")]["infergraph.attempt"] == 2
+    assert [name for name, _ in events(by_name(finished)["node root"])] == ["hedge"]

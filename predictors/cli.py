@@ -8,12 +8,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``demo`` and ``predictor`` to the distribution's command line."""
     d = sub.add_parser("demo", help="run the embedded demo: local predictors, router, requests")
     d.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
+    d.add_argument(
+        "--graph",
+        type=Path,
+        default=None,
+        help="a graph of the demo's shape (default: graphs/demo.yaml)",
+    )
     d.set_defaults(run=run_demo)
     p = sub.add_parser("predictor", help="run a local predictor (demo, tests, benchmarks)")
     p.add_argument("--host", default="127.0.0.1")
@@ -27,7 +34,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    return asyncio.run(demo.run_demo(router_port=args.port))
+    graph = args.graph if args.graph is not None else demo.DEMO_GRAPH
+    return asyncio.run(demo.run_demo(router_port=args.port, graph=graph))
 
 
 def run_predictor(args: argparse.Namespace) -> int:

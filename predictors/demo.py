@@ -59,10 +59,24 @@ async def _send_samples(url: str) -> int:
     return failures
 
 
+def _own_urls(node: dict[str, Any]) -> list[str]:
+    own = [node["serviceUrl"]] if isinstance(node.get("serviceUrl"), str) else []
+    endpoints = node.get("endpoints")
+    if isinstance(endpoints, list):
+        own += [url for url in endpoints if isinstance(url, str)]
+    return own
+
+
+def _moved(url: str, ports: dict[int, int]) -> str:
+    parts = urlsplit(url)
+    netloc = f"{parts.hostname}:{ports[parts.port or 80]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _service_urls(node: object) -> list[str]:
-    """Every ``serviceUrl`` in a parsed graph document."""
+    """Every ``serviceUrl`` and ``endpoints`` URL in a parsed graph document."""
     if isinstance(node, dict):
-        own = [node["serviceUrl"]] if isinstance(node.get("serviceUrl"), str) else []
+        own = _own_urls(node)
         return own + [url for value in node.values() for url in _service_urls(value)]
     if isinstance(node, list):
         return [url for value in node for url in _service_urls(value)]
@@ -70,14 +84,15 @@ def _service_urls(node: object) -> list[str]:
 
 
 def _with_ports(node: object, ports: dict[int, int]) -> object:
-    """``node`` with the port of each ``serviceUrl`` mapped through ``ports``."""
+    """``node`` with the port of each ``serviceUrl`` and endpoint mapped through ``ports``."""
     if isinstance(node, dict):
         copy = {key: _with_ports(value, ports) for key, value in node.items()}
-        url = node.get("serviceUrl")
-        if isinstance(url, str):
-            parts = urlsplit(url)
-            netloc = f"{parts.hostname}:{ports[parts.port or 80]}"
-            copy["serviceUrl"] = urlunsplit(parts._replace(netloc=netloc))
+        if isinstance(node.get("serviceUrl"), str):
+            copy["serviceUrl"] = _moved(node["serviceUrl"], ports)
+        if isinstance(node.get("endpoints"), list):
+            copy["endpoints"] = [
+                _moved(u, ports) if isinstance(u, str) else u for u in node["endpoints"]
+            ]
         return copy
     if isinstance(node, list):
         return [_with_ports(value, ports) for value in node]

@@ -6,6 +6,7 @@ in ``/metrics``."""
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -227,3 +228,21 @@ def test_a_failing_backend_does_not_slow_a_graph_on_a_healthy_one(
         for thread in threads:
             thread.join(10)
     assert metric(port, "infergraph_retry_budget_exhausted_total") > 0
+
+
+def test_the_resilient_example_graph_answers_the_demos_samples() -> None:
+    """graphs/iris-resilient.yaml (every policy once) behind the demo, on local predictors."""
+    example = Path(__file__).resolve().parents[2] / "graphs" / "iris-resilient.yaml"
+    result = subprocess.run(
+        [processes.CLI, "demo", "--graph", str(example)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=processes.child_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "-> 200 in" in result.stdout
+    assert '{"predictions":[0,2]}' in result.stdout
+    # join: any answers with the first classifier to succeed.
+    assert re.search(r'\{"(logistic|forest)":\{"predictions":\[1\]\}\}', result.stdout)

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_CACHE ?= $(HOME)/.cache/infergraph
 
-.PHONY: demo test lint typecheck contracts pyright components kube jaeger images cluster unit bench bench-router install clean
+.PHONY: demo test lint typecheck contracts pyright components kube jaeger images cluster unit bench bench-router bench-resilience install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,11 @@ bench: $(STAMP) jaeger components
 	$(BIN)/python bench/readme.py
 
 # The router's own costs: its two HTTP clients, metrics and tracing, Triton REST and gRPC.
+# The resilience policies against faulty model servers, beside KServe's router (a few minutes).
+bench-resilience: $(STAMP)
+	bash bench/install_peers.sh $(TOOLS_CACHE) no-ray
+	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python bench/resilience.py
+
 bench-router: $(STAMP) components jaeger
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/router_bench.py

@@ -3,7 +3,9 @@
 # KServe's router built from the Go module proxy, Ray Serve in its own virtual environment, and
 # vegeta (a constant-rate load generator, for CPU per request at fixed offered rates).
 set -euo pipefail
+# A second argument "no-ray" leaves Ray Serve out (make bench-resilience needs only the others).
 CACHE=${1:-$HOME/.cache/infergraph}
+WHAT=${2:-all}
 HERE=$(cd "$(dirname "$0")" && pwd)
 RAY_VERSION=2.60.0
 VEGETA_VERSION=v12.13.0
@@ -15,6 +17,7 @@ if [ ! -x "$vegeta" ]; then
   mv "$work/vegeta" "$vegeta"
   rm -rf "$work"
 fi
+[ "$WHAT" = no-ray ] && exit 0
 venv="$CACHE/venvs/ray-$RAY_VERSION"
 if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"

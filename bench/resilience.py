@@ -1,0 +1,289 @@
+"""Resilience benchmark: the policies against faulty model servers, side by side in one run.
+
+The fault-injecting server (``infergraph.testing.faults``, as a process) plays the model server
+on core 1, with vegeta (a constant-rate load generator) beside it; each router runs alone on
+core 0. Every figure comes from one vegeta attack at a fixed offered rate.
+
+1. **Retries against 20% 503s**: success rate and added load (backend calls per request - 1)
+   with no policy, with ``retry`` (maxRetries 4), and for KServe's router (which has none).
+   Target: at least 99.9% success, the added load no more than the failures make necessary.
+2. **Hedging against 1% slow replies** (200 ms): p50/p99/max with and without
+   ``hedge: {afterMs: 20}``, and KServe's router.
+3. **The price of policies when nothing fails**: router CPU per request on a 1-step Sequence
+   with every policy configured (retry, timeout, two replicas, hedge, fallback, bulkhead, graph
+   timeout and shedding, outlier detection) against the same graph with none. Alternating runs,
+   medians. Target: at most 5% more.
+
+Writes bench/results/resilience-<date>.json and .md. Usage: ``make bench-resilience``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from infergraph.predictors import processes
+from infergraph.testing import faults
+from infergraph.testing.loadgen import cpu_seconds, pinned, results_base
+from infergraph.testing.paths import CACHE
+
+ROOT = Path(__file__).resolve().parents[1]
+KSERVE_ROUTER = CACHE / "bin" / "kserve-router-v0.20.0"
+VEGETA = CACHE / "bin" / "vegeta-v12.13.0"
+KSERVE_PORT = 8080
+BODY = '{"instances": [[1.0, 2.0, 3.0, 4.0]]}'
+
+
+def one_step(step: dict[str, Any], **spec: Any) -> str:
+    nodes = {"root": {"routerType": "Sequence", "steps": [{"name": "s", **step}]}}
+    return orjson.dumps({"nodes": nodes, **spec}).decode()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, backend: str) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.backend = backend
+        self.started = time.monotonic()
+        self.rows: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+
+    def progress(self, label: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.0f} s] {label}", flush=True)
+
+    def counts(self, reset: bool = False) -> int:
+        return sum(faults.counts(self.backend, reset=reset).values())
+
+    def attack(self, url: str, rate: int, group: int) -> dict[str, Any]:
+        body = self.workdir / "body.json"
+        body.write_text(BODY)
+        targets = self.workdir / "targets.txt"
+        targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body}\n")
+        duration = self.args.duration
+        self.counts(reset=True)
+        before = cpu_seconds(group)
+        attack = subprocess.run(
+            pinned(
+                [
+                    str(VEGETA),
+                    "attack",
+                    f"-rate={rate}/s",
+                    f"-duration={duration}s",
+                    f"-targets={targets}",
+                    "-keepalive=true",
+                    "-timeout=30s",
+                ],
+                1,
+            ),
+            capture_output=True,
+            check=True,
+            timeout=duration + 60,
+        )
+        cpu = cpu_seconds(group) - before
+        report = json.loads(
+            subprocess.run(
+                [str(VEGETA), "report", "-type=json"],
+                input=attack.stdout,
+                capture_output=True,
+                check=True,
+                timeout=60,
+            ).stdout
+        )
+        requests = report["requests"]
+        latencies = report["latencies"]
+        return {
+            "rate": rate,
+            "requests": requests,
+            "success": report["success"],
+            "status_codes": report.get("status_codes", {}),
+            "backend_calls_per_request": self.counts() / requests,
+            "cpu_us": cpu / requests * 1e6,
+            "p50_ms": latencies["50th"] / 1e6,
+            "p99_ms": latencies["99th"] / 1e6,
+            "max_ms": latencies["max"] / 1e6,
+        }
+
+    def infergraph(self, scenario: str, variant: str, spec: str, rate: int) -> dict[str, Any]:
+        port = processes.free_port()
+        router = processes.router(
+            port,
+            "--graph-json",
+            spec,
+            extra=("--drain-seconds", "0", "--log-level", "ERROR"),
+            log_path=self.workdir / f"infergraph-{scenario}-{variant}.log",
+        )
+        router.argv = pinned(router.argv, 0)
+        with router:
+            self._warm(f"http://127.0.0.1:{port}/")
+            row = self.attack(f"http://127.0.0.1:{port}/", rate, router.pid)
+        row.update(system="infergraph", scenario=scenario, variant=variant)
+        self.rows.append(row)
+        return row
+
+    def kserve(self, scenario: str, spec: str, rate: int) -> None:
+        if not KSERVE_ROUTER.exists():
+            self.notes.append(f"KServe's router is not built ({KSERVE_ROUTER}): no kserve rows")
+            return
+        router = processes.ServerProcess(
+            pinned([str(KSERVE_ROUTER), "--graph-json", spec], 0),
+            f"http://127.0.0.1:{KSERVE_PORT}/readyz",
+            log_path=self.workdir / f"kserve-{scenario}.log",
+        )
+        with router.start():
+            self._warm(f"http://127.0.0.1:{KSERVE_PORT}/")
+            row = self.attack(f"http://127.0.0.1:{KSERVE_PORT}/", rate, router.pid)
+        row.update(system="kserve", scenario=scenario, variant="no policy (KServe has none)")
+        self.rows.append(row)
+
+    def _warm(self, url: str) -> None:
+        headers = {"Content-Type": "application/json"}
+        for _ in range(50):
+            request = urllib.request.Request(url, BODY.encode(), headers, method="POST")
+            with contextlib.suppress(OSError):  # a 503 from the faulty backend is fine here
+                urllib.request.urlopen(request, timeout=5).read()
+
+    def retries(self) -> None:
+        self.progress("retries against 20% 503s")
+        url = f"{self.backend}/fail?status=503&rate=0.2"
+        retry = {"maxRetries": 4, "initialDelayMs": 5, "maxDelayMs": 50}
+        rate = self.args.rate
+        self.infergraph("503 on 20%", "no policy", one_step({"serviceUrl": url}), rate)
+        self.infergraph("503 on 20%", "retry", one_step({"serviceUrl": url, "retry": retry}), rate)
+        self.kserve("503 on 20%", one_step({"serviceUrl": url}), rate)
+
+    def hedging(self) -> None:
+        self.progress("hedging against 1% slow replies")
+        url = f"{self.backend}/slow?ms=200&rate=0.01"
+        rate = self.args.rate
+        self.infergraph("1% slow", "no policy", one_step({"serviceUrl": url}), rate)
+        hedged = one_step({"serviceUrl": url, "hedge": {"afterMs": 20}})
+        self.infergraph("1% slow", "hedge 20 ms", hedged, rate)
+        self.kserve("1% slow", one_step({"serviceUrl": url}), rate)
+
+    def price(self) -> None:
+        self.progress("CPU per request, every policy configured, nothing failing")
+        plain = one_step({"serviceUrl": f"{self.backend}/ok/a"})
+        everything = one_step(
+            {
+                "endpoints": [f"{self.backend}/ok/a", f"{self.backend}/ok/b"],
+                "retry": {"maxRetries": 3},
+                "timeout": 5,
+                "hedge": {"afterMs": 2000},
+                "fallback": {"serviceUrl": f"{self.backend}/ok/spare"},
+                "maxInFlight": 1000,
+            },
+            timeout=10,
+            maxInFlight=1000,
+            outlierDetection={"consecutive5xx": 5},
+            retryBudget={"percent": 20},
+        )
+        for _ in range(self.args.repeats):
+            self.infergraph("nothing fails", "no policy", plain, self.args.price_rate)
+            self.infergraph("nothing fails", "every policy", everything, self.args.price_rate)
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def pick(scenario: str, variant: str, system: str = "infergraph") -> list[dict[str, Any]]:
+        return [
+            r
+            for r in rows
+            if r["scenario"] == scenario and r["variant"] == variant and r["system"] == system
+        ]
+
+    out: dict[str, Any] = {}
+    retry = pick("503 on 20%", "retry")
+    if retry:
+        out["retry_success"] = retry[0]["success"]
+        out["retry_added_load"] = retry[0]["backend_calls_per_request"] - 1
+    plain = [r["cpu_us"] for r in pick("nothing fails", "no policy")]
+    every = [r["cpu_us"] for r in pick("nothing fails", "every policy")]
+    if plain and every:
+        out["policy_cpu_ratio"] = statistics.median(every) / statistics.median(plain)
+    hedged, unhedged = pick("1% slow", "hedge 20 ms"), pick("1% slow", "no policy")
+    if hedged and unhedged:
+        out["hedge_p99_ratio"] = hedged[0]["p99_ms"] / unhedged[0]["p99_ms"]
+    return out
+
+
+def render(rows: list[dict[str, Any]], verdicts: dict[str, Any], notes: list[str]) -> str:
+    lines = [
+        "| scenario | system | policy | rate/s | success | backend calls/request | p50 ms "
+        "| p99 ms | max ms | router CPU us/request |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['system']} | {r['variant']} | {r['rate']} "
+            f"| {100 * r['success']:.2f}% | {r['backend_calls_per_request']:.3f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['cpu_us']:.0f} |"
+        )
+    lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
+    if "retry_success" in verdicts:
+        success = verdicts["retry_success"]
+        lines.append(f"| retries: >= 99.9% success | {100 * success:.2f}% | {success >= 0.999} |")
+        added = verdicts["retry_added_load"]
+        # With 20% failing, retrying until success needs 0.2/0.8 = 25% more calls.
+        lines.append(
+            f"| retries: added load <= what 20% failures need (25%) | {100 * added:.1f}% "
+            f"| {added <= 0.25 * 1.1} |"
+        )
+    if "hedge_p99_ratio" in verdicts:
+        ratio = verdicts["hedge_p99_ratio"]
+        lines.append(f"| hedging lowers p99 | {ratio:.2f}x of unhedged | {ratio < 1} |")
+    if "policy_cpu_ratio" in verdicts:
+        ratio = verdicts["policy_cpu_ratio"]
+        lines.append(
+            f"| every policy, nothing failing: <= 1.05x CPU | {ratio:.3f}x | {ratio <= 1.05} |"
+        )
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per attack")
+    parser.add_argument("--rate", type=int, default=500, help="offered rate for the fault runs")
+    parser.add_argument("--price-rate", type=int, default=2000, help="offered rate, no faults")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs for the price")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    if not VEGETA.exists():
+        print(f"vegeta is missing ({VEGETA}): run make bench-resilience", file=sys.stderr)
+        return 2
+    base, meta = results_base(args.out, "resilience-", args.duration)
+    port = processes.free_port()
+    with tempfile.TemporaryDirectory(prefix="infergraph-resilience-") as scratch:
+        workdir = Path(scratch)
+        server = faults.fault_process(port, log_path=workdir / "faults.log")
+        server.argv = pinned(server.argv, 1)
+        with server:
+            bench = Bench(args, workdir, f"http://127.0.0.1:{port}")
+            bench.retries()
+            bench.hedging()
+            bench.price()
+    verdicts = summary(bench.rows)
+    text = render(bench.rows, verdicts, bench.notes)
+    base.with_suffix(".json").write_text(
+        json.dumps(
+            {**meta, "rows": bench.rows, "verdicts": verdicts, "notes": bench.notes}, indent=1
+        )
+    )
+    base.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {base}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

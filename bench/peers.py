@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ from infergraph.testing.loadgen import (
     preflight,
     results_base,
     run_wrk,
+    vegeta_attack,
 )
 
 matplotlib.use("Agg")
@@ -109,39 +109,10 @@ class Peers:
     def offered(self, system: str, graph: str, url: str, group: int) -> None:
         """CPU per request at fixed offered rates (vegeta on the predictor's core 1, the system
         pinned to core 0): what a user pays below saturation, where wake-ups dominate."""
-        body = self.workdir / "body.json"
-        body.write_text(BODY)
-        targets = self.workdir / "targets.txt"
-        targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body}\n")
         for rate in RATES:
-            duration = max(2, round(self.args.duration))
             before = cpu_seconds(group)
-            attack = subprocess.run(
-                pinned(
-                    [
-                        str(VEGETA),
-                        "attack",
-                        f"-rate={rate}/s",
-                        f"-duration={duration}s",
-                        f"-targets={targets}",
-                        "-keepalive=true",
-                    ],
-                    1,
-                ),
-                capture_output=True,
-                check=True,
-                timeout=duration + 30,
-            )
+            report = vegeta_attack(VEGETA, url, rate, self.args.duration, self.workdir, BODY)
             cpu = cpu_seconds(group) - before
-            report = json.loads(
-                subprocess.run(
-                    [str(VEGETA), "report", "-type=json"],
-                    input=attack.stdout,
-                    capture_output=True,
-                    check=True,
-                    timeout=60,
-                ).stdout
-            )
             requests = report["requests"]
             # A rate the system cannot serve is a result too: its failures are recorded (and
             # the verdicts count them), not raised.

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import orjson
 
 from infergraph.predictors import processes
 from infergraph.testing import faults
-from infergraph.testing.loadgen import cpu_seconds, pinned, results_base
+from infergraph.testing.loadgen import cpu_seconds, pinned, results_base, vegeta_attack
 from infergraph.testing.paths import CACHE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,40 +65,10 @@ class Bench:
         return sum(faults.counts(self.backend, reset=reset).values())
 
     def attack(self, url: str, rate: int, group: int) -> dict[str, Any]:
-        body = self.workdir / "body.json"
-        body.write_text(BODY)
-        targets = self.workdir / "targets.txt"
-        targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body}\n")
-        duration = self.args.duration
         self.counts(reset=True)
         before = cpu_seconds(group)
-        attack = subprocess.run(
-            pinned(
-                [
-                    str(VEGETA),
-                    "attack",
-                    f"-rate={rate}/s",
-                    f"-duration={duration}s",
-                    f"-targets={targets}",
-                    "-keepalive=true",
-                    "-timeout=30s",
-                ],
-                1,
-            ),
-            capture_output=True,
-            check=True,
-            timeout=duration + 60,
-        )
+        report = vegeta_attack(VEGETA, url, rate, self.args.duration, self.workdir, BODY)
         cpu = cpu_seconds(group) - before
-        report = json.loads(
-            subprocess.run(
-                [str(VEGETA), "report", "-type=json"],
-                input=attack.stdout,
-                capture_output=True,
-                check=True,
-                timeout=60,
-            ).stdout
-        )
         requests = report["requests"]
         latencies = report["latencies"]
         return {

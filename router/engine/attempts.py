@@ -74,32 +74,6 @@ def _falls_back(error: GraphRequestError) -> bool:
     return error.status >= 500 and not isinstance(error, DeadlineExceeded | GraphTimeout)
 
 
-async def _primary(  # noqa: PLR0917 (run's arguments, passed on)
-    step: StepPlan,
-    policy: StepPolicy,
-    payload: Payload,
-    ctx: ExecutionContext,
-    final: bool,
-    send: Send,
-    run_step: StepRunner,
-) -> Reply | str:
-    """The step's own answer, or why its fallback must answer instead."""
-    try:
-        if step.node is not None:
-            reply = await run_step(step, payload, ctx, final)
-        else:
-            reply = await _Loop(step, policy, payload, ctx, final, send).bulkhead()
-    except GraphRequestError as error:
-        if policy.fallback is None or not _falls_back(error):
-            raise
-        return error.cause
-    if policy.fallback is None or reply.status < 500:
-        return reply
-    if reply.stream is not None:
-        await reply.stream.aclose()
-    return f"status {reply.status}"
-
-
 async def run(
     step: StepPlan,
     payload: Payload,
@@ -117,7 +91,7 @@ async def run(
     assert fallbacks is not None
     running.append(policy.label)
     try:
-        outcome = await _primary(step, policy, payload, ctx, final, send, run_step)
+        outcome = await _Loop(step, policy, payload, ctx, final, send).primary(run_step)
     except asyncio.CancelledError:
         # Cancelled by the graph's deadline: the label stays, so the 504 names this step.
         if ctx.deadline is None or ctx.clock() < ctx.deadline:
@@ -156,7 +130,7 @@ class _Outcome:
 class _Loop:
     """The attempts of one step call."""
 
-    def __init__(  # noqa: PLR0917 (one call site, the same six values as run's)
+    def __init__(  # noqa: PLR0917 (one call site: run's own arguments)
         self,
         step: StepPlan,
         policy: StepPolicy,
@@ -282,6 +256,24 @@ class _Loop:
                     stream = task.result().stream
                     if stream is not None:
                         await stream.aclose()
+
+    async def primary(self, run_step: StepRunner) -> Reply | str:
+        """The step's own answer, or why its fallback must answer instead."""
+        step, policy = self.step, self.policy
+        try:
+            if step.node is not None:
+                reply = await run_step(step, self.payload, self.ctx, self.final)
+            else:
+                reply = await self.bulkhead()
+        except GraphRequestError as error:
+            if policy.fallback is None or not _falls_back(error):
+                raise
+            return error.cause
+        if policy.fallback is None or reply.status < 500:
+            return reply
+        if reply.stream is not None:
+            await reply.stream.aclose()
+        return f"status {reply.status}"
 
     async def bulkhead(self) -> Reply:
         """The attempts, within the step's ``maxInFlight``."""

@@ -18,7 +18,7 @@ body nested a million levels deep must not crash the router), and kept as they a
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from infergraph.router.engine import jsontext
 from infergraph.router.engine.errors import EnsembleMergeError
@@ -80,22 +80,14 @@ async def run(
                 if finished.exception() is not None:
                     finished.result()  # a failing branch fails the ensemble now
     finally:
-        running = [task for task in tasks if not task.done()]
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
-            if ctx.observer is not None:
-                cancelled = [s for s, t in zip(node.steps, tasks, strict=True) if t in running]
-                ctx.observer.branches_cancelled(node, cancelled)
-        for task in tasks:
-            if task.done() and not task.cancelled():
-                task.exception()  # seen: a second branch failing too is not "never retrieved"
+        await _cancel(node, dict(zip(tasks, node.steps, strict=True)), ctx)
 
 
 async def _cancel(
-    node: NodePlan, tasks: dict[asyncio.Future[Reply], StepPlan], ctx: ExecutionContext
+    node: NodePlan, tasks: dict[asyncio.Future[Any], StepPlan], ctx: ExecutionContext
 ) -> None:
+    """Cancel the branches still running (and say so), and retrieve every finished one's
+    exception so none is reported as never retrieved."""
     running = [task for task in tasks if not task.done()]
     for task in running:
         task.cancel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from infergraph.router.engine import policy_compile
 from infergraph.router.engine.conditions import (
@@ -102,6 +103,16 @@ class StepTarget:
     protocol: Protocol | None = None
     model: str | None = None
     model_version: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """As ``StepPlan``'s keyword arguments."""
+        return {
+            "service": self.service,
+            "chat_service": self.chat_service,
+            "protocol": self.protocol,
+            "model": self.model,
+            "model_version": self.model_version,
+        }
 
 
 NO_SERVICE = StepTarget()
@@ -423,16 +434,7 @@ class _Compiler:
         policy = None
         if target.timeout is not None:
             policy = StepPolicy(label=f"{node}/{key}.fallback", timeout=target.timeout)
-        return StepPlan(
-            node=None,
-            service=compiled.service,
-            chat_service=compiled.chat_service,
-            protocol=compiled.protocol,
-            model=compiled.model,
-            model_version=compiled.model_version,
-            policy=policy,
-            **common,  # type: ignore[arg-type]
-        )
+        return StepPlan(node=None, policy=policy, **compiled.fields(), **common)  # type: ignore[arg-type]
 
     def build(self, name: str) -> NodePlan | None:
         """Build a node after the nodes it refers to; report a cycle once, where it closes."""
@@ -481,12 +483,8 @@ class _Compiler:
                     weight=step.weight or 0,
                     hard=step.dependency == "Hard",
                     owner=name,
-                    service=target.service,
-                    chat_service=target.chat_service,
-                    protocol=target.protocol,
-                    model=target.model,
-                    model_version=target.model_version,
                     policy=policy,
+                    **target.fields(),
                 )
             )
         self.visiting.pop()

@@ -4,6 +4,7 @@ process group from /proc, core pinning and result files."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -147,3 +148,42 @@ def post_script(path: Path, body: str) -> Path:
         "wrk.headers['Content-Type'] = 'application/json'\n"
     )
     return path
+
+
+def vegeta_attack(
+    vegeta: Path, url: str, rate: int, duration: float, workdir: Path, body: str
+) -> dict[str, Any]:
+    """A constant-rate attack by vegeta, pinned to core 1 (the predictor's): its JSON report.
+    Failed requests are in the report (``success``, ``status_codes``), not raised."""
+    body_file = workdir / "body.json"
+    body_file.write_text(body)
+    targets = workdir / "targets.txt"
+    targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body_file}\n")
+    seconds = max(2, round(duration))
+    attack = subprocess.run(
+        pinned(
+            [
+                str(vegeta),
+                "attack",
+                f"-rate={rate}/s",
+                f"-duration={seconds}s",
+                f"-targets={targets}",
+                "-keepalive=true",
+                "-timeout=30s",
+            ],
+            1,
+        ),
+        capture_output=True,
+        check=True,
+        timeout=seconds + 60,
+    )
+    report: dict[str, Any] = json.loads(
+        subprocess.run(
+            [str(vegeta), "report", "-type=json"],
+            input=attack.stdout,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
+    return report

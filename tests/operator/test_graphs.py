@@ -171,6 +171,18 @@ PROBLEMS: list[tuple[str, dict[str, Any], list[str]]] = [
         ["node 'root', step 1 ('second'): nodeName 'ghost' is not a node of this graph"],
     ),
     (
+        "a resilience policy, on a Predictor's step, checked as the router checks it",
+        sequence(
+            {"serviceName": "a", "retry": {"maxRetries": 2, "initialDelayMs": 9, "maxDelayMs": 1}}
+        ),
+        ["node 'root', step 0: retry.initialDelayMs 9 is above maxDelayMs 1"],
+    ),
+    (
+        "a fallback that loops",
+        sequence({"serviceName": "a", "fallback": {"nodeName": "root"}}),
+        ["node 'root', step 0: fallback would loop: root -> root"],
+    ),
+    (
         "a step without a target",
         sequence({}),
         ["node 'root', step 0: no target: set one of nodeName, serviceName, serviceUrl, endpoints"],

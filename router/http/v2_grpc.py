@@ -3,8 +3,8 @@
 Clients keep sending JSON v2 requests to the router; a ``v2-grpc`` step builds a
 ``ModelInferRequest`` straight from the decoded JSON (binary tensors packed little-endian with
 ``array``/``struct``), calls the ``ModelInfer`` RPC on one reused ``grpc.aio`` channel per target,
-and turns the ``ModelInferResponse`` straight back into JSON v2. No numpy and no tritonclient
-client objects are on this path: only tritonclient's generated protobuf messages and gRPC stub.
+and turns the ``ModelInferResponse`` straight back into JSON v2. No numpy and no tritonclient are
+on this path: the messages are ``oip``'s, the call a plain ``grpc.aio`` unary method.
 Datatypes and shapes round-trip exactly; outputs given as raw bytes (Triton) or as typed contents
 (KServe) are both read.
 
@@ -31,11 +31,10 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 import orjson
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 from infergraph.router.engine.errors import BadRequest, UpstreamConnectionError, UpstreamTimeout
 from infergraph.router.engine.transport import Reply, StepCall
+from infergraph.router.http import oip
 
 JSON = "application/json"
 
@@ -461,7 +460,7 @@ def request_from_json(body: bytes, model: str = "", model_version: str = "") -> 
         raise InvalidV2Request(f"request body is not JSON: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise InvalidV2Request('a v2 request is an object with an "inputs" list')
-    request = service_pb2.ModelInferRequest(model_name=model, model_version=model_version)
+    request = oip.ModelInferRequest(model_name=model, model_version=model_version)
     for index, spec in enumerate(document["inputs"]):
         _add_input(request, spec, index)
     if document.get("outputs") is not None:  # null, as some clients send, is absent
@@ -554,33 +553,26 @@ def _error(status: int, message: str) -> Reply:
     return Reply(status, orjson.dumps({"error": message}), JSON)
 
 
-def error_reply(exc: InferenceServerException, url: str, timeout: float | None) -> Reply:
-    """The reply v2 REST gives for a failed ``ModelInfer``; raises for failures below HTTP.
+def error_reply(code: str, message: str, url: str, timeout: float | None) -> Reply:
+    """The reply v2 REST gives for a ``ModelInfer`` that failed with gRPC status ``code`` (its
+    name, e.g. ``NOT_FOUND``); raises for failures below HTTP.
 
     ``UNAVAILABLE`` is a connection error and ``DEADLINE_EXCEEDED`` a timeout; other codes map
     through ``HTTP_STATUS``, and any code not listed there is 500.
     """
-    code = (exc.status() or "").removeprefix("StatusCode.")
     if code == "UNAVAILABLE":
-        raise UpstreamConnectionError(f'ModelInfer "{url}": {exc.message()}') from exc
+        raise UpstreamConnectionError(f'ModelInfer "{url}": {message}')
     if code == "DEADLINE_EXCEEDED":
         raise UpstreamTimeout(
             f'ModelInfer "{url}": context deadline exceeded (timeout {timeout} s)'
-        ) from exc
-    return _error(HTTP_STATUS.get(code, 500), exc.message() or code)
-
-
-def rpc_exception(error: Any) -> InferenceServerException:
-    """A ``grpc.RpcError`` as the exception tritonclient raises for it."""
-    return InferenceServerException(
-        msg=error.details(), status=str(error.code()), debug_details=error.debug_error_string()
-    )
+        )
+    return _error(HTTP_STATUS.get(code, 500), message or code)
 
 
 class Upstream:
-    """One target's HTTP/2 channel and its ``GRPCInferenceService`` stub (``stub.ModelInfer``)."""
+    """One target's HTTP/2 channel and its ``ModelInfer`` method."""
 
-    __slots__ = ("channel", "stub")
+    __slots__ = ("channel", "model_infer")
 
     def __init__(self, address: str, secure: bool) -> None:
         if secure:
@@ -588,7 +580,11 @@ class Upstream:
             self.channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         else:
             self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub: Any = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.model_infer: Callable[..., Any] = self.channel.unary_unary(
+            oip.method_path("ModelInfer"),
+            request_serializer=oip.ModelInferRequest.SerializeToString,
+            response_deserializer=oip.ModelInferResponse.FromString,
+        )
 
     async def close(self) -> None:
         await self.channel.close()
@@ -623,7 +619,7 @@ class GrpcV2Transport:
             return _error(exc.status, exc.cause)
         headers = {n.lower(): v for n, v in call.all_headers() if n.lower() != "content-type"}
         metadata = tuple(headers.items())
-        model_infer: Callable[..., Any] = self._client(call).stub.ModelInfer
+        model_infer = self._client(call).model_infer
         try:
             response = await model_infer(
                 request=request,
@@ -632,5 +628,6 @@ class GrpcV2Transport:
                 compression=grpc.Compression.NoCompression,
             )
         except grpc.RpcError as exc:
-            return error_reply(rpc_exception(exc), call.target.url, call.timeout)
+            code = exc.code().name if exc.code() is not None else "UNKNOWN"
+            return error_reply(code, exc.details() or "", call.target.url, call.timeout)
         return Reply(200, orjson.dumps(response_to_json(response)), JSON)

@@ -13,7 +13,7 @@ CACHE=${1:-$HOME/.cache/infergraph}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 SUITE=bookworm
 PACKAGES=python3,python3-venv,ca-certificates
-BASE_TAG=localhost/infergraph-base:$SUITE-py3.11-1
+BASE_TAG=localhost/infergraph-base:$SUITE-py3.11-2
 IMAGES=$CACHE/images
 mkdir -p "$IMAGES"
 
@@ -41,13 +41,19 @@ EOF
 
 base_image() {
   podman image exists "$BASE_TAG" && return 0
-  local tar=$IMAGES/$SUITE-python3.11-1.tar
+  local tar=$IMAGES/$SUITE-python3.11-2.tar
   if [ ! -f "$tar" ]; then
     local mirror
     mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
     # mmdebstrap picks its output format from the name: keep the .tar ending.
-    mmdebstrap --quiet --variant=minbase --include="$PACKAGES" "$SUITE" "$tar.part.tar" \
-      "${mirror:-http://deb.debian.org/debian}"
+    # No recommended packages (perl came with them), and no documentation, manual pages or
+    # translations (copyright files stay).
+    mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
+      --aptopt='APT::Install-Recommends "false"' \
+      --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+      --dpkgopt='path-exclude=/usr/share/info/*' \
+      "$SUITE" "$tar.part.tar" "${mirror:-http://deb.debian.org/debian}"
     mv "$tar.part.tar" "$tar"
   fi
   podman import --quiet \

@@ -175,8 +175,8 @@ def test_workers_say_what_to_mount_on_a_read_only_root(netns: Netns) -> None:
     [
         (
             ROUTER,
-            ("aiohttp", "uvloop", "tritonclient", "opentelemetry.sdk"),
-            ("kopf", "kubernetes"),
+            ("aiohttp", "uvloop", "grpc", "google.protobuf", "opentelemetry.sdk"),
+            ("kopf", "kubernetes", "tritonclient", "numpy", "setuptools"),
         ),
         (OPERATOR, ("kopf", "kubernetes"), ("tritonclient", "numpy", "uvloop", "httptools")),
     ],

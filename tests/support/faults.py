@@ -275,7 +275,8 @@ class FaultServer:
         close = request.headers.get("connection", "").lower() == "close"
 
         if mode == "slow":
-            if self.rng.random() < float(params.get("rate", "1")):
+            # Only a rate draws from the seeded RNG (other modes' sequences stay as they were).
+            if "rate" not in params or self.rng.random() < float(params["rate"]):
                 await asyncio.sleep(float(params.get("ms", "100")) / 1000)
         elif mode == "fail" and self.rng.random() < float(params.get("rate", "1")):
             status = int(params.get("status", "503"))

@@ -16,7 +16,6 @@ import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 import orjson
 import pytest
 from tritonclient.grpc import service_pb2
-from tritonclient.utils import InferenceServerException
 
 from infergraph.router.engine.errors import BadRequest, UpstreamConnectionError, UpstreamTimeout
 from infergraph.router.engine.transport import Headers, Reply, StepCall, parse_target
@@ -49,7 +48,7 @@ def body(*inputs: Any, **fields: Any) -> bytes:
 
 
 class FakeStub:
-    """Stands in for ``GRPCInferenceServiceStub``: records each ``ModelInfer`` and answers it."""
+    """Stands in for the channel's ``ModelInfer`` method: records each call and answers it."""
 
     def __init__(self, answer: Callable[[Any], Any] | grpc.RpcError) -> None:
         self.answer = answer
@@ -99,7 +98,7 @@ async def send(
         model="m",
         model_version=model_version,
     )
-    transport._client(call).stub = stub
+    transport._client(call).model_infer = stub.ModelInfer
     try:
         return await transport.send(call)
     finally:
@@ -546,33 +545,31 @@ def test_the_table_here_covers_every_grpc_code_and_the_whole_mapping() -> None:
 def test_error_reply_maps_grpc_codes_to_v2_rest_statuses(
     code: grpc.StatusCode, status: int
 ) -> None:
-    reply = error_reply(InferenceServerException("the reason", status=str(code)), URL, 1.0)
+    reply = error_reply(code.name, "the reason", URL, 1.0)
     assert (reply.status, reply.content_type) == (status, "application/json")
     assert orjson.loads(reply.body) == {"error": "the reason"}
 
 
-def test_an_error_without_a_status_is_500() -> None:
-    reply = error_reply(InferenceServerException("client side"), URL, 1.0)
+def test_an_unknown_code_is_500() -> None:
+    reply = error_reply("NO_SUCH_CODE", "client side", URL, 1.0)
     assert (reply.status, orjson.loads(reply.body)) == (500, {"error": "client side"})
 
 
 def test_an_error_without_a_message_names_its_code() -> None:
-    reply = error_reply(InferenceServerException("", status="StatusCode.NOT_FOUND"), URL, 1.0)
+    reply = error_reply("NOT_FOUND", "", URL, 1.0)
     assert (reply.status, orjson.loads(reply.body)) == (404, {"error": "NOT_FOUND"})
 
 
 def test_unavailable_is_a_connection_error() -> None:
-    error = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
     with pytest.raises(UpstreamConnectionError) as raised:
-        error_reply(error, URL, 1.0)
+        error_reply("UNAVAILABLE", "failed to connect", URL, 1.0)
     assert raised.value.cause == f'ModelInfer "{URL}": failed to connect'
     assert raised.value.status == 500
 
 
 def test_deadline_exceeded_is_a_timeout() -> None:
-    error = InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
     with pytest.raises(UpstreamTimeout) as raised:
-        error_reply(error, URL, 0.25)
+        error_reply("DEADLINE_EXCEEDED", "Deadline Exceeded", URL, 0.25)
     assert raised.value.cause == f'ModelInfer "{URL}": context deadline exceeded (timeout 0.25 s)'
 
 

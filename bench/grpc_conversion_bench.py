@@ -32,7 +32,7 @@ import orjson
 from tritonclient.grpc import InferResult, service_pb2
 from tritonclient.grpc._utils import _get_inference_request
 
-from infergraph.router.http import v2_grpc as new
+from infergraph.router.http import tensors as new
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ([1, 4], [64, 128])

@@ -19,14 +19,8 @@ from tritonclient.grpc import service_pb2
 
 from infergraph.router.engine.errors import BadRequest, UpstreamConnectionError, UpstreamTimeout
 from infergraph.router.engine.transport import Headers, Reply, StepCall, parse_target
-from infergraph.router.http.v2_grpc import (
-    HTTP_STATUS,
-    GrpcV2Transport,
-    InvalidV2Request,
-    error_reply,
-    request_from_json,
-    response_to_json,
-)
+from infergraph.router.http.tensors import InvalidV2Request, request_from_json, response_to_json
+from infergraph.router.http.v2_grpc import HTTP_STATUS, GrpcV2Transport, error_reply
 from infergraph.router.protocols import Protocol
 
 URL = "grpc://127.0.0.1:1"  # never dialled: the stub answers

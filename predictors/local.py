@@ -41,6 +41,9 @@ class CallLog:
     cancelled: int = 0
 
 
+IDENTITY = "identity"
+
+
 def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(value), content_type=JSON)
 
@@ -138,9 +141,36 @@ async def v1_predict(request: web.Request) -> web.Response:
     )
 
 
+def identity(name: str, document: Any) -> dict[str, Any]:
+    """The v2 model ``identity``: every input back as an output, parameters and id kept."""
+    inputs = document.get("inputs") if isinstance(document, dict) else None
+    if not isinstance(inputs, list):
+        raise model_zoo.ModelInputError('a v2 request has an "inputs" list')
+    answer: dict[str, Any] = {"model_name": name, "outputs": inputs}
+    for key in ("id", "parameters"):
+        if key in document:
+            answer[key] = document[key]
+    return answer
+
+
 async def v2_infer(request: web.Request) -> web.Response:
+    if request.match_info["name"] == IDENTITY:
+        return await _serve_model(request, identity)
     zoo: model_zoo.ModelZoo = request.app["zoo"]
     return await _serve_model(request, zoo.infer_v2)
+
+
+async def v2_metadata(request: web.Request) -> web.Response:
+    """``GET /v2/models/<name>``: the model's tensors (the identity model's are open)."""
+    name = request.match_info["name"]
+    zoo: model_zoo.ModelZoo = request.app["zoo"]
+    if name == IDENTITY:
+        return _json(
+            {"name": name, "versions": [], "platform": "identity", "inputs": [], "outputs": []}
+        )
+    if name not in zoo.models:
+        return _json({"error": f"model {name} not found"}, 404)
+    return _json({"name": name, "versions": ["1"], "platform": "sklearn", **model_zoo.V2_TENSORS})
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -167,6 +197,7 @@ def make_app(zoo: model_zoo.ModelZoo) -> web.Application:
     app.router.add_post(inference_path(v1, "{name}"), v1_predict)
     app.router.add_get(servers.model_ready_path(v1, "{name}"), model_ready)
     app.router.add_post(inference_path(v2, "{name}"), v2_infer)
+    app.router.add_get("/v2/models/{name}", v2_metadata)
     app.router.add_get(servers.model_ready_path(v2, "{name}"), model_ready)
     app.router.add_get(servers.V2_HEALTH_READY, ready)
     app.router.add_get(servers.V2_HEALTH_LIVE, ready)

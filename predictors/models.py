@@ -11,6 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 FEATURES = 4
+# What infer_v2 takes and answers, as v2 metadata describes tensors (-1: any size).
+V2_TENSORS: dict[str, list[dict[str, Any]]] = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [
+        {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+    ],
+}
 SPECIES = ("setosa", "versicolor", "virginica")
 
 
@@ -79,7 +87,7 @@ class ModelZoo:
             return [[round(float(x), 6) for x in row] for row in model.transform(rows)]
         return [int(label) for label in model.predict(rows)]
 
-    def infer_v2(self, name: str, document: Any) -> dict[str, Any]:
+    def infer_v2(self, name: str, document: Any) -> dict[str, Any]:  # see V2_TENSORS
         """Open Inference Protocol v2: one FP32 input of shape [n, 4] -> label and probabilities."""
         model = self._model(name)
         inputs = document.get("inputs") if isinstance(document, dict) else None

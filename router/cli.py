@@ -39,6 +39,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="serve the Open Inference Protocol over gRPC on this port too (off unless given)",
+    )
+    p.add_argument(
+        "--grpc-max-message-bytes",
+        type=int,
+        default=8 * 1024 * 1024,
+        help="gRPC messages above this are refused (default 8 MiB, as KServe)",
+    )
+    p.add_argument(
         "--drain-seconds",
         type=float,
         default=30.0,
@@ -155,6 +167,8 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         service_name=os.environ.get("OTEL_SERVICE_NAME"),
         metrics=args.metrics,
         access_log=args.access_log,
+        grpc_port=args.grpc_port,
+        grpc_max_message_bytes=args.grpc_max_message_bytes,
     )
 
 

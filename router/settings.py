@@ -73,6 +73,10 @@ class RouterSettings:
     service_name: str | None = None
     metrics: bool = True
     access_log: bool = False
+    # gRPC ingress (the Open Inference Protocol) on this port when set; its message limit is
+    # KServe's (8 MiB) unless told.
+    grpc_port: int | None = None
+    grpc_max_message_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         _check_choice("the downstream client", self.client, Client)
@@ -89,5 +93,9 @@ class RouterSettings:
             )
         if self.pool_timeout <= 0 or self.idle_connection_seconds <= 0:
             raise SettingsError("--pool-timeout and --idle-connection-seconds must be above 0")
+        if self.grpc_port is not None and self.grpc_port == self.port and self.port != 0:
+            raise SettingsError("--grpc-port must differ from --port")
+        if self.grpc_max_message_bytes < 1024:
+            raise SettingsError("--grpc-max-message-bytes must be >= 1024")
         if self.drain_seconds < 0 or self.reload_interval <= 0:
             raise SettingsError("--drain-seconds must be >= 0 and --reload-interval above 0")

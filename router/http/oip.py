@@ -182,18 +182,38 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     return proto
 
 
+def _health_file() -> descriptor_pb2.FileDescriptorProto:
+    """``grpc.health.v1``: ``Health.Check`` and ``Health.Watch``, as Kubernetes' gRPC probes
+    call them. The status is an enum on the wire (a varint), kept here as its number."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="infergraph/health.proto", package=HEALTH_PACKAGE, syntax="proto3"
+    )
+    request = proto.message_type.add(name="HealthCheckRequest")
+    request.field.add(name="service", number=1, type=_T.TYPE_STRING, label=_T.LABEL_OPTIONAL)
+    response = proto.message_type.add(name="HealthCheckResponse")
+    response.field.add(name="status", number=1, type=_T.TYPE_INT32, label=_T.LABEL_OPTIONAL)
+    return proto
+
+
+HEALTH_PACKAGE = "grpc.health.v1"
+HEALTH_SERVICE = f"{HEALTH_PACKAGE}.Health"
+SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3  # HealthCheckResponse.ServingStatus
+
 POOL = descriptor_pool.DescriptorPool()
 FILE = POOL.Add(_file())
+HEALTH_FILE = POOL.Add(_health_file())
 
 
-def message(name: str) -> Any:
+def message(name: str, package: str = PACKAGE) -> Any:
     """The message class ``inference.<name>`` (nested ones as ``Outer.Inner``)."""
-    return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+    return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{package}.{name}"))
 
 
 ModelInferRequest: Any = message("ModelInferRequest")
 ModelInferResponse: Any = message("ModelInferResponse")
 InferParameter: Any = message("InferParameter")
+HealthCheckRequest: Any = message("HealthCheckRequest", HEALTH_PACKAGE)
+HealthCheckResponse: Any = message("HealthCheckResponse", HEALTH_PACKAGE)
 
 
 def method_path(method: str) -> str:

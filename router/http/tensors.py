@@ -330,34 +330,33 @@ def _numeric_contents(datatype: str, data: list[Any], shape: list[int]) -> bytes
 # --- JSON v2 request -> ModelInferRequest --------------------------------------------------------
 
 
-def _add_input(request: Any, spec: Any, index: int) -> None:
+def add_tensor(tensors: Any, raws: Any, spec: Any, where: str) -> Any:
+    """Append the JSON tensor ``spec`` to ``tensors`` (its values, packed, to ``raws``); the
+    protobuf tensor. ``where`` names it in reasons, e.g. ``inputs[0]``."""
     if not isinstance(spec, dict):
-        raise InvalidV2Request(f"inputs[{index}] must be an object")
+        raise InvalidV2Request(f"{where} must be an object")
     name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
     if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
-        raise InvalidV2Request(f"inputs[{index}] needs name, shape and datatype")
+        raise InvalidV2Request(f"{where} needs name, shape and datatype")
     if not all(type(d) is int and d >= 0 for d in shape):
-        raise InvalidV2Request(
-            f"inputs[{index}] ({name}): shape must be a list of non-negative integers"
-        )
+        raise InvalidV2Request(f"{where} ({name}): shape must be a list of non-negative integers")
     if datatype not in DATATYPES:
-        raise InvalidV2Request(f"inputs[{index}] ({name}): unsupported datatype {datatype}")
+        raise InvalidV2Request(f"{where} ({name}): unsupported datatype {datatype}")
     data = spec.get("data")
     if not isinstance(data, list):
-        raise InvalidV2Request(f"inputs[{index}] ({name}): data must be a list")
+        raise InvalidV2Request(f"{where} ({name}): data must be a list")
     try:
         if datatype == "BYTES":
             raw = _bytes_contents(data, shape)
         else:
             raw = _numeric_contents(datatype, data, shape)
     except OverflowError as exc:
-        raise InvalidV2Request(
-            f"inputs[{index}] ({name}): a value is out of range for {datatype}"
-        ) from exc
+        raise InvalidV2Request(f"{where} ({name}): a value is out of range for {datatype}") from exc
     except (ValueError, TypeError) as exc:
-        raise InvalidV2Request(f"inputs[{index}] ({name}): {exc}") from exc
-    request.inputs.add(name=name, datatype=datatype, shape=shape)
-    request.raw_input_contents.append(raw)
+        raise InvalidV2Request(f"{where} ({name}): {exc}") from exc
+    tensor = tensors.add(name=name, datatype=datatype, shape=shape)
+    raws.append(raw)
+    return tensor
 
 
 def _add_requested_outputs(request: Any, outputs: Any) -> None:
@@ -429,7 +428,7 @@ def request_from_json(body: bytes, model: str = "", model_version: str = "") -> 
         raise InvalidV2Request('a v2 request is an object with an "inputs" list')
     request = oip.ModelInferRequest(model_name=model, model_version=model_version)
     for index, spec in enumerate(document["inputs"]):
-        _add_input(request, spec, index)
+        add_tensor(request.inputs, request.raw_input_contents, spec, f"inputs[{index}]")
     if document.get("outputs") is not None:  # null, as some clients send, is absent
         _add_requested_outputs(request, document["outputs"])
     if isinstance(document.get("id"), str):
@@ -460,9 +459,9 @@ def _bytes_elements(raw: bytes) -> list[bytes]:
     return elements
 
 
-def _raw_values(datatype: str, raw: bytes) -> list[Any]:
+def _raw_values(datatype: str, raw: bytes, errors: str = "replace") -> list[Any]:
     if datatype == "BYTES":
-        return [v.decode("utf-8", "replace") for v in _bytes_elements(raw)]
+        return [v.decode("utf-8", errors) for v in _bytes_elements(raw)]
     if datatype == "BOOL":
         return list(map(bool, raw))
     if datatype == "FP16":
@@ -481,14 +480,16 @@ def _raw_values(datatype: str, raw: bytes) -> list[Any]:
     return values.tolist()
 
 
-def _output_values(response: Any, index: int, output: Any) -> list[Any]:
-    datatype = output.datatype
-    if index < len(response.raw_output_contents):
-        return _raw_values(datatype, response.raw_output_contents[index])
+def tensor_values(raws: Any, index: int, tensor: Any, errors: str = "replace") -> list[Any]:
+    """A protobuf tensor's values: its raw contents (``raws[index]``) or its typed ones;
+    ``errors`` says what a BYTES element that is not UTF-8 becomes (``strict``: an error)."""
+    datatype = tensor.datatype
+    if index < len(raws):
+        return _raw_values(datatype, raws[index], errors)
     field = TYPED_CONTENTS.get(datatype)
-    values = list(getattr(output.contents, field)) if field else []
+    values = list(getattr(tensor.contents, field)) if field else []
     if datatype == "BYTES":
-        return [v.decode("utf-8", "replace") for v in values]
+        return [v.decode("utf-8", errors) for v in values]
     if datatype == "FP32":
         return array("f", values).tolist()
     return values
@@ -506,7 +507,7 @@ def response_to_json(response: Any) -> dict[str, Any]:
             "name": output.name,
             "datatype": output.datatype,
             "shape": list(output.shape),
-            "data": _output_values(response, index, output),
+            "data": tensor_values(response.raw_output_contents, index, output),
         }
         for index, output in enumerate(response.outputs)
     ]

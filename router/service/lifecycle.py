@@ -2,6 +2,9 @@
 background tasks (graph reload, metrics publishing, the deadline sweep) around one
 ``RouterService``.
 
+With ``--grpc-port``, the gRPC ingress (``grpc_ingress``) starts and stops beside it: its
+``ServerReady`` and health answer not-ready through the drain, like ``/readyz``.
+
 After SIGTERM or SIGINT, ``/readyz`` answers 503 for ``drain_seconds`` while requests are still
 served (KServe's drain, so that load balancers stop sending); then the server stops accepting,
 closes idle connections and waits for every request in flight to finish (as Go's
@@ -19,7 +22,9 @@ from typing import Protocol
 
 from infergraph.router.engine.errors import GraphNotFound
 from infergraph.router.service.aiohttp_server import AiohttpServer
+from infergraph.router.service.grpc_ingress import GrpcIngress
 from infergraph.router.service.handler import RouterService
+from infergraph.router.service.metadata import ModelMetadata
 from infergraph.router.service.server import HttpServer, Limits
 
 log = logging.getLogger("infergraph.router")
@@ -53,6 +58,12 @@ def limits(service: RouterService) -> Limits:
     )
 
 
+def _longest_write(service: RouterService) -> float:
+    """How long a call in flight may still take: the longest ``serverWrite`` of the graphs."""
+    writes = [p.timeouts.server_write for p in service.registry.plans]
+    return max((w for w in writes if w is not None), default=60.0)
+
+
 def make_server(service: RouterService) -> Server:
     if service.settings.server == "aiohttp":
         return AiohttpServer(service.handle, limits(service))
@@ -64,6 +75,13 @@ async def serve(service: RouterService) -> None:
     settings = service.settings
     plans = service.registry.plans
     server = make_server(service)
+    ingress = None
+    if settings.grpc_port is not None:  # first: /readyz answering means both listen
+        ingress = GrpcIngress(service, ModelMetadata())
+        bound = await ingress.start(
+            settings.host, settings.grpc_port, reuse_port=settings.workers > 1
+        )
+        log.info("serving gRPC (Open Inference Protocol) on %s:%d", settings.host, bound)
     await server.start(settings.host, settings.port, reuse_port=settings.workers > 1)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,8 +103,14 @@ async def serve(service: RouterService) -> None:
         log.info("signal received: draining for %.1f s", settings.drain_seconds)
         await asyncio.sleep(settings.drain_seconds)
         log.info("drained: no new connections; waiting for the requests in flight")
-        await server.shutdown()
+        if ingress is not None:
+            await asyncio.gather(server.shutdown(), ingress.shutdown(_longest_write(service)))
+        else:
+            await server.shutdown()
     finally:
+        if ingress is not None:
+            await ingress.shutdown(0)
+            await ingress.metadata.close()
         for task in (watcher, publisher):
             if task is not None:
                 task.cancel()

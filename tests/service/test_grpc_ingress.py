@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -35,7 +35,7 @@ def v2_step(port: int, model: str, **step: Any) -> dict[str, Any]:
     return {"serviceUrl": f"http://127.0.0.1:{port}", "protocol": "v2", "model": model, **step}
 
 
-def grpc_router(start_router: RouterFactory, spec: str, *extra: str, **kwargs: Any) -> int:
+def grpc_router(start_router: RouterFactory, spec: str | None, *extra: str, **kwargs: Any) -> int:
     grpc_port = processes.free_port()
     start_router(spec, extra=("--grpc-port", str(grpc_port), *extra), **kwargs)
     return grpc_port
@@ -49,7 +49,7 @@ def identity_graph(iris: int) -> str:
     return graph({"root": {"routerType": "Sequence", "steps": [v2_step(iris, "identity")]}})
 
 
-TENSORS = [
+TENSORS: list[tuple[str, str, Any]] = [
     ("f32", "FP32", np.array([[1.5, -2.25, 3.0], [0.0, 1e-7, -1e30]], dtype=np.float32)),
     ("f64", "FP64", np.array([1.0000000000000002, -0.1], dtype=np.float64)),
     ("i64", "INT64", np.array([[-(2**62)], [2**62]], dtype=np.int64)),

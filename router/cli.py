@@ -44,6 +44,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="serve the Open Inference Protocol over gRPC on this port too (off unless given)",
     )
+    tls = p.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls-cert", type=Path, help="serve HTTPS (and gRPC over TLS) with this chain"
+    )
+    tls.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
+    tls.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
+    tls.add_argument("--upstream-ca", type=Path, help="verify https/grpcs steps against this CA")
+    tls.add_argument("--upstream-client-cert", type=Path, help="client certificate for steps")
+    tls.add_argument("--upstream-client-key", type=Path, help="its private key")
     p.add_argument(
         "--grpc-max-message-bytes",
         type=int,
@@ -169,6 +178,12 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         access_log=args.access_log,
         grpc_port=args.grpc_port,
         grpc_max_message_bytes=args.grpc_max_message_bytes,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        upstream_ca=args.upstream_ca,
+        upstream_client_cert=args.upstream_client_cert,
+        upstream_client_key=args.upstream_client_key,
     )
 
 

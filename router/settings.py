@@ -77,6 +77,16 @@ class RouterSettings:
     # KServe's (8 MiB) unless told.
     grpc_port: int | None = None
     grpc_max_message_bytes: int = 8 * 1024 * 1024
+    # TLS at the edge (HTTP and gRPC ingress), mutual when a client CA is given; reloaded
+    # when the files change.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Downstream https:// and grpcs:// steps: verified against the system store, or this CA;
+    # with a client certificate for mutual TLS to model servers.
+    upstream_ca: Path | None = None
+    upstream_client_cert: Path | None = None
+    upstream_client_key: Path | None = None
 
     def __post_init__(self) -> None:
         _check_choice("the downstream client", self.client, Client)
@@ -93,6 +103,12 @@ class RouterSettings:
             )
         if self.pool_timeout <= 0 or self.idle_connection_seconds <= 0:
             raise SettingsError("--pool-timeout and --idle-connection-seconds must be above 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key")
+        if (self.upstream_client_cert is None) != (self.upstream_client_key is None):
+            raise SettingsError("--upstream-client-cert and --upstream-client-key go together")
         if self.grpc_port is not None and self.grpc_port == self.port and self.port != 0:
             raise SettingsError("--grpc-port must differ from --port")
         if self.grpc_max_message_bytes < 1024:

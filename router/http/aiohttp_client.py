@@ -11,6 +11,7 @@ sends a POST only once: it retries only idempotent methods on a reused connectio
 
 from __future__ import annotations
 
+import ssl
 from types import SimpleNamespace
 from typing import Any
 
@@ -94,7 +95,9 @@ class AiohttpTransport:
         max_connections: int = 1024,
         pool_timeout: float = 5.0,
         idle_connection_seconds: float = 4.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self._tls = tls
         self._max_connections = max_connections
         self._pool_timeout = pool_timeout
         self._idle_seconds = idle_connection_seconds
@@ -106,6 +109,7 @@ class AiohttpTransport:
             limit_per_host=self._max_connections,
             keepalive_timeout=self._idle_seconds,
             ttl_dns_cache=60,
+            ssl=self._tls if self._tls is not None else True,
         )
         queue = aiohttp.TraceConfig()
         queue.on_connection_queued_start.append(_queued)

@@ -7,6 +7,7 @@ from typing import Protocol as Interface
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.http.aiohttp_client import AiohttpTransport
 from infergraph.router.http.fast_client import FastTransport
+from infergraph.router.http.upstream_tls import UpstreamTls
 from infergraph.router.http.v2_grpc import GrpcV2Transport
 from infergraph.router.protocols import Protocol
 from infergraph.router.settings import RouterSettings
@@ -42,9 +43,14 @@ class ProtocolTransport:
 def make_transport(settings: RouterSettings) -> ManagedTransport:
     """The HTTP client the settings name, with their per-backend connection limits."""
     client = AiohttpTransport if settings.client == "aiohttp" else FastTransport
+    tls = UpstreamTls(
+        settings.upstream_ca, settings.upstream_client_cert, settings.upstream_client_key
+    )
+    custom = settings.upstream_ca is not None or settings.upstream_client_cert is not None
     http: ManagedTransport = client(
         max_connections=settings.max_connections,
         pool_timeout=settings.pool_timeout,
         idle_connection_seconds=settings.idle_connection_seconds,
+        tls=tls.context() if custom else None,
     )
-    return ProtocolTransport(http, GrpcV2Transport())
+    return ProtocolTransport(http, GrpcV2Transport(tls))

@@ -368,13 +368,14 @@ class FastTransport:
         max_idle_per_host: int = 512,
         pool_timeout: float = 5.0,
         idle_connection_seconds: float = 4.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._max_connections = max_connections if max_connections > 0 else 2**62
         self._max_idle = max_idle_per_host
         self._pool_timeout = pool_timeout
         self._idle_seconds = idle_connection_seconds
         self._pools: dict[PoolKey, _Pool] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl: ssl.SSLContext | None = tls  # made on the first https step when None
         self._open: set[_Connection] = set()
         self._heads = _HeadCache()
         self._sweeper: asyncio.TimerHandle | None = None

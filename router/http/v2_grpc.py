@@ -24,6 +24,7 @@ from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTim
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.http import oip
 from infergraph.router.http.tensors import InvalidV2Request, request_from_json, response_to_json
+from infergraph.router.http.upstream_tls import UpstreamTls
 
 JSON = "application/json"
 
@@ -77,9 +78,8 @@ class Upstream:
 
     __slots__ = ("channel", "model_infer")
 
-    def __init__(self, address: str, secure: bool) -> None:
-        if secure:
-            credentials = grpc.ssl_channel_credentials()
+    def __init__(self, address: str, credentials: Any) -> None:
+        if credentials is not None:
             self.channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         else:
             self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -94,9 +94,11 @@ class Upstream:
 
 
 class GrpcV2Transport:
-    """One ``grpc.aio`` channel per target, reused; each step is one ``ModelInfer`` call."""
+    """One ``grpc.aio`` channel per target, reused; each step is one ``ModelInfer`` call.
+    ``grpcs://`` targets use ``tls``'s credentials (the system's trust store by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: UpstreamTls | None = None) -> None:
+        self._tls = tls or UpstreamTls()
         self._clients: dict[tuple[str, str, int], Upstream] = {}
 
     async def start(self) -> None:
@@ -111,7 +113,9 @@ class GrpcV2Transport:
         key = (target.scheme, target.host, target.port)
         client = self._clients.get(key)
         if client is None:
-            client = Upstream(f"{target.host}:{target.port}", secure=target.scheme == "grpcs")
+            secure = target.scheme == "grpcs"
+            credentials = self._tls.grpc_credentials() if secure else None
+            client = Upstream(f"{target.host}:{target.port}", credentials)
             self._clients[key] = client
         return client
 

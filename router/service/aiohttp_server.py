@@ -11,6 +11,7 @@ the whole head, and its count of header lines is capped (``max_headers``).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
@@ -35,7 +36,14 @@ class AiohttpServer:
         self._site: web.TCPSite | None = None
         self.shutting_down = False
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         limit = self.limits.max_header_bytes
         server = web_server.Server(
             self._handle,
@@ -50,7 +58,12 @@ class AiohttpServer:
         await self._runner.setup()
         # Shutdown waits for the requests in flight (each is bounded by serverWrite).
         self._site = web.TCPSite(
-            self._runner, host, port, shutdown_timeout=3600.0, reuse_port=reuse_port or None
+            self._runner,
+            host,
+            port,
+            shutdown_timeout=3600.0,
+            reuse_port=reuse_port or None,
+            ssl_context=tls,
         )
         await self._site.start()
 

@@ -100,8 +100,11 @@ class GrpcIngress:
 
     # -- the server ------------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Listen on ``host:port`` (0: any free port); the port bound."""
+    async def start(
+        self, host: str, port: int, *, reuse_port: bool = False, credentials: Any = None
+    ) -> int:
+        """Listen on ``host:port`` (0: any free port), over TLS with ``credentials``; the
+        port bound."""
         limit = self.service.settings.grpc_max_message_bytes
         self.server = grpc.aio.server(
             options=[
@@ -112,7 +115,11 @@ class GrpcIngress:
             ]
         )
         self.server.add_generic_rpc_handlers((self._inference(), self._health()))
-        bound: int = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if credentials is not None:
+            bound: int = self.server.add_secure_port(address, credentials)
+        else:
+            bound = self.server.add_insecure_port(address)
         if bound == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
         await self.server.start()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from contextlib import suppress
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from infergraph.router.service.grpc_ingress import GrpcIngress
 from infergraph.router.service.handler import RouterService
 from infergraph.router.service.metadata import ModelMetadata
 from infergraph.router.service.server import HttpServer, Limits
+from infergraph.router.service.tls import ServerTls, TlsFiles
 
 log = logging.getLogger("infergraph.router")
 DEFAULT_READ = 60.0  # KServe's serverRead default, for paths that name no graph
@@ -33,7 +35,14 @@ DEFAULT_IDLE = 180.0
 
 
 class Server(Protocol):
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None: ...
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None: ...
     async def shutdown(self) -> None: ...
 
 
@@ -58,6 +67,13 @@ def limits(service: RouterService) -> Limits:
     )
 
 
+async def _reload_tls(tls: ServerTls, interval: float = 1.0) -> None:
+    """Pick up rotated certificate files (cert-manager rewrites them in place)."""
+    while True:
+        await asyncio.sleep(interval)
+        tls.reload_if_changed()
+
+
 def _longest_write(service: RouterService) -> float:
     """How long a call in flight may still take: the longest ``serverWrite`` of the graphs."""
     writes = [p.timeouts.server_write for p in service.registry.plans]
@@ -75,14 +91,27 @@ async def serve(service: RouterService) -> None:
     settings = service.settings
     plans = service.registry.plans
     server = make_server(service)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = ServerTls(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
     ingress = None
     if settings.grpc_port is not None:  # first: /readyz answering means both listen
         ingress = GrpcIngress(service, ModelMetadata())
+        credentials = tls.grpc_credentials() if tls is not None else None
         bound = await ingress.start(
-            settings.host, settings.grpc_port, reuse_port=settings.workers > 1
+            settings.host,
+            settings.grpc_port,
+            reuse_port=settings.workers > 1,
+            credentials=credentials,
         )
         log.info("serving gRPC (Open Inference Protocol) on %s:%d", settings.host, bound)
-    await server.start(settings.host, settings.port, reuse_port=settings.workers > 1)
+    await server.start(
+        settings.host,
+        settings.port,
+        reuse_port=settings.workers > 1,
+        tls=tls.context if tls is not None else None,
+    )
+    reloader = asyncio.ensure_future(_reload_tls(tls)) if tls is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -111,7 +140,7 @@ async def serve(service: RouterService) -> None:
         if ingress is not None:
             await ingress.shutdown(0)
             await ingress.metadata.close()
-        for task in (watcher, publisher):
+        for task in (watcher, publisher, reloader):
             if task is not None:
                 task.cancel()
                 with suppress(asyncio.CancelledError):

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from infergraph.router.http.bodies import BodyBuffer
 from infergraph.router.service.messages import Request, Response, error_body
 
 log = logging.getLogger("infergraph.router")
+TLS_HANDSHAKE_SECONDS = 10.0  # a client that does not finish its handshake by then is dropped
 
 Handler = Callable[[Request], Awaitable[Response]]
 _PIPELINE_DEPTH = 16  # requests queued on one connection before it stops reading
@@ -407,7 +409,14 @@ class HttpServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._all_closed: asyncio.Event | None = None
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self),
@@ -415,6 +424,8 @@ class HttpServer:
             port,
             reuse_port=reuse_port or None,
             backlog=4096,
+            ssl=tls,
+            ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS if tls is not None else None,
         )
         self._sweeper = loop.create_task(self._sweep())
 

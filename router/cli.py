@@ -12,11 +12,12 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast, get_args
+from typing import Any, cast, get_args
 
 from infergraph.router.engine.errors import GraphSpecError
 from infergraph.router.service.registry import load_file
 from infergraph.router.settings import (
+    Auth,
     Client,
     GraphSource,
     OtlpProtocol,
@@ -53,6 +54,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tls.add_argument("--upstream-ca", type=Path, help="verify https/grpcs steps against this CA")
     tls.add_argument("--upstream-client-cert", type=Path, help="client certificate for steps")
     tls.add_argument("--upstream-client-key", type=Path, help="its private key")
+    auth = p.add_argument_group("client authentication")
+    auth.add_argument("--auth", choices=get_args(Auth), default="none",
+                      help="kubernetes: bearer tokens checked by TokenReview, access by "
+                      "SubjectAccessReview on the graph's resource")  # fmt: skip
+    auth.add_argument("--auth-api-url", help="the API server (default: in-cluster)")
+    auth.add_argument("--auth-token-file", type=Path, help="the router's token for reviews")
+    auth.add_argument("--auth-ca-file", type=Path, help="the API server's CA")
+    auth.add_argument("--auth-namespace", help="the graph's namespace (default: the pod's)")
+    auth.add_argument("--auth-resource", default="serving.kserve.io/inferencegraphs",
+                      help="group/resource the review asks about")  # fmt: skip
+    auth.add_argument("--auth-verb", default="get", help="the verb the review asks about")
+    auth.add_argument("--auth-cache-seconds", type=float, default=10.0)
+    auth.add_argument("--auth-probes", action="store_true",
+                      help="probes and /metrics need a token too (default: open)")  # fmt: skip
     p.add_argument(
         "--grpc-max-message-bytes",
         type=int,
@@ -184,7 +199,37 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         upstream_ca=args.upstream_ca,
         upstream_client_cert=args.upstream_client_cert,
         upstream_client_key=args.upstream_client_key,
+        **auth_settings(args, os.environ),
     )
+
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def auth_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    """The authentication settings, in a pod defaulting to its service account's own."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
+    in_pod = args.auth == "kubernetes" and host is not None
+    api_url = args.auth_api_url or (f"https://{host}:{port}" if in_pod else None)
+    token, ca, namespace = args.auth_token_file, args.auth_ca_file, args.auth_namespace
+    if in_pod and token is None:
+        token = SERVICE_ACCOUNT / "token"
+    if in_pod and ca is None:
+        ca = SERVICE_ACCOUNT / "ca.crt"
+    if namespace is None:
+        found = SERVICE_ACCOUNT / "namespace"
+        namespace = found.read_text().strip() if in_pod and found.exists() else "default"
+    return {
+        "auth": args.auth,
+        "auth_api_url": api_url,
+        "auth_token_file": token,
+        "auth_ca_file": ca,
+        "auth_namespace": namespace,
+        "auth_resource": args.auth_resource,
+        "auth_verb": args.auth_verb,
+        "auth_cache_seconds": args.auth_cache_seconds,
+        "auth_probes": args.auth_probes,
+    }
 
 
 def tracing_wanted(choice: str, env: Mapping[str, str]) -> bool:

@@ -18,6 +18,7 @@ Server = Literal["fast", "aiohttp"]
 SpanExport = Literal["process", "process-sdk", "thread"]
 # The OTLP transports OpenTelemetry's Python exporters implement.
 OtlpProtocol = Literal["http/protobuf", "grpc"]
+Auth = Literal["none", "kubernetes"]
 
 
 class SettingsError(ValueError):
@@ -87,11 +88,29 @@ class RouterSettings:
     upstream_ca: Path | None = None
     upstream_client_cert: Path | None = None
     upstream_client_key: Path | None = None
+    # Client authentication: "kubernetes" checks bearer tokens with TokenReview and access
+    # with SubjectAccessReview (router/service/auth.py); the API server's address, and the
+    # router's own token and CA for it (in a pod: the service account's files).
+    auth: Auth = "none"
+    auth_api_url: str | None = None
+    auth_token_file: Path | None = None
+    auth_ca_file: Path | None = None
+    auth_namespace: str = "default"
+    auth_resource: str = "serving.kserve.io/inferencegraphs"
+    auth_verb: str = "get"
+    auth_cache_seconds: float = 10.0
+    auth_probes: bool = False  # True: probes and /metrics need a token too
 
     def __post_init__(self) -> None:
         _check_choice("the downstream client", self.client, Client)
         _check_choice("the server", self.server, Server)
         _check_choice("the span export", self.span_export, SpanExport)
+        _check_choice("--auth", self.auth, Auth)
+        if self.auth == "kubernetes" and not self.auth_api_url:
+            raise SettingsError(
+                "--auth kubernetes needs the API server: --auth-api-url, or run in a pod "
+                "(KUBERNETES_SERVICE_HOST)"
+            )
         _check_choice(
             "the OTLP protocol (OTEL_EXPORTER_OTLP_PROTOCOL)", self.otlp_protocol, OtlpProtocol
         )

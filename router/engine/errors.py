@@ -24,6 +24,8 @@
         ├── BodyTooLarge (413)
         ├── GraphNotFound (404)
         ├── RequestMappingError (400)     a data mapping found nothing it needs in the request
+        ├── Unauthenticated (401)         no bearer token, or one the API server does not know
+        ├── Forbidden (403)               the caller may not use this graph (or it cannot be told)
         └── ClientReadTimeout (408)       the body took longer than serverRead: connection closed
 
 An error whose ``close_connection`` is true is not rendered: as Go's ``ReadTimeout`` and
@@ -151,6 +153,15 @@ class GraphNotFound(BadRequest):
 
 class RequestMappingError(BadRequest):
     """The client's request lacks what a data mapping selects from it."""
+
+
+class Unauthenticated(BadRequest):
+    status = 401
+    headers = (("WWW-Authenticate", 'Bearer realm="infergraph"'),)
+
+
+class Forbidden(BadRequest):
+    status = 403
 
 
 class ClientReadTimeout(BadRequest):

@@ -23,6 +23,7 @@ from infergraph.router.engine.transport import Headers, Reply, Transport
 from infergraph.router.http.streams import ChunkStream
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.telemetry import Telemetry
+from infergraph.router.service.auth import KubernetesAuth
 from infergraph.router.service.deadlines import Deadlines
 from infergraph.router.service.messages import Request, Response, error_body
 from infergraph.router.service.registry import GraphRegistry
@@ -108,7 +109,10 @@ class RouterService:
         transport: Transport,
         rng: random.Random | None = None,
         telemetry: Telemetry | None = None,
+        *,
+        auth: KubernetesAuth | None = None,
     ) -> None:
+        self.auth = auth
         self.settings = settings
         self.registry = registry
         self.telemetry = telemetry or Telemetry()
@@ -123,6 +127,12 @@ class RouterService:
 
     async def handle(self, request: Request) -> Response:
         path = request.path
+        auth = self.auth
+        if auth is not None and auth.settings.protect_probes:
+            try:
+                await auth.authenticate(request.header("authorization"))
+            except GraphRequestError as error:
+                return error_response(error)
         if path == "/readyz":
             return SHUTTING_DOWN if self.draining else READY
         if path == "/healthz":
@@ -132,7 +142,12 @@ class RouterService:
             if page is not None:
                 return Response(200, page[0], page[1])
         try:
+            caller = None
+            if auth is not None:  # 401 before a 404 names what is served
+                caller = await auth.authenticate(request.header("authorization"))
             plan = self.registry.lookup(path)
+            if auth is not None and caller is not None:
+                await auth.authorize(caller, plan.name)
         except GraphRequestError as error:
             return error_response(error)
         recorder = self.telemetry.recorder(plan.name, request.header_map, path)

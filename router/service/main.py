@@ -15,6 +15,7 @@ from infergraph.router.http.factory import make_transport
 from infergraph.router.observability import span_export
 from infergraph.router.observability.metrics import RouterMetrics, SharedMetrics
 from infergraph.router.observability.telemetry import Telemetry
+from infergraph.router.service.auth import AuthSettings, KubernetesAuth
 from infergraph.router.service.handler import RouterService
 from infergraph.router.service.lifecycle import serve
 from infergraph.router.service.registry import GraphRegistry
@@ -40,15 +41,36 @@ def make_telemetry(settings: RouterSettings, registry: GraphRegistry) -> Telemet
     return telemetry
 
 
+def make_auth(settings: RouterSettings) -> KubernetesAuth | None:
+    if settings.auth != "kubernetes":
+        return None
+    assert settings.auth_api_url is not None  # checked with the settings
+    return KubernetesAuth(
+        AuthSettings(
+            api_url=settings.auth_api_url,
+            token_file=settings.auth_token_file,
+            ca_file=settings.auth_ca_file,
+            namespace=settings.auth_namespace,
+            resource=settings.auth_resource,
+            verb=settings.auth_verb,
+            cache_seconds=settings.auth_cache_seconds,
+            protect_probes=settings.auth_probes,
+        )
+    )
+
+
 async def _main(settings: RouterSettings, registry: GraphRegistry) -> None:
     transport = make_transport(settings)
     telemetry = make_telemetry(settings, registry)
+    auth = make_auth(settings)
     await transport.start()
     try:
-        await serve(RouterService(settings, registry, transport, telemetry=telemetry))
+        await serve(RouterService(settings, registry, transport, telemetry=telemetry, auth=auth))
     finally:
         await transport.close()
         telemetry.close()
+        if auth is not None:
+            await auth.close()
 
 
 def run(settings: RouterSettings) -> int:

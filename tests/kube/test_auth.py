@@ -1,0 +1,154 @@
+"""``--auth kubernetes`` against the real API server, with real ServiceAccount tokens (from the
+TokenRequest API): a caller RBAC allows, one it does not, a token the API server no longer
+accepts (its ServiceAccount deleted), a made-up token, none, and an API server that cannot be
+reached (refused, closed). The router asks with its own ServiceAccount, bound to
+``system:auth-delegator`` as a real deployment would be."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from infergraph.predictors import processes
+from infergraph.testing.cluster import NAMESPACE, Cluster
+from infergraph.testing.harness import Predictor, request
+
+GRAPH = "guarded"
+
+
+def token_for(cluster: Cluster, name: str) -> str:
+    core = client.CoreV1Api(cluster.api)
+    review = core.create_namespaced_service_account_token(
+        name, NAMESPACE, {"spec": {"expirationSeconds": 3600}}
+    )
+    return str(review.status.token)
+
+
+def service_account(cluster: Cluster, name: str) -> None:
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": name, "namespace": NAMESPACE}}
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
+    port = processes.free_port()
+    log = tmp_path_factory.mktemp("predictor") / "predictor.log"
+    with processes.predictor(port, log_path=log):
+        yield Predictor(port)
+
+
+@pytest.fixture(scope="module")
+def tokens(cluster: Cluster) -> dict[str, str]:
+    for name in ("ig-router", "alice", "bob", "gone"):
+        service_account(cluster, name)
+    cluster.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "ig-router-auth-delegator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:auth-delegator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "ig-router", "namespace": NAMESPACE}],
+        }
+    )  # fmt: skip
+    for who in ("alice", "gone"):
+        cluster.apply(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": f"use-{GRAPH}-{who}", "namespace": NAMESPACE},
+                "rules": [{"apiGroups": ["serving.kserve.io"], "resources": ["inferencegraphs"],
+                           "resourceNames": [GRAPH], "verbs": ["get"]}],
+            }
+        )  # fmt: skip
+        cluster.apply(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": f"use-{GRAPH}-{who}", "namespace": NAMESPACE},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                            "name": f"use-{GRAPH}-{who}"},
+                "subjects": [{"kind": "ServiceAccount", "name": who, "namespace": NAMESPACE}],
+            }
+        )  # fmt: skip
+    return {name: token_for(cluster, name) for name in ("ig-router", "alice", "bob", "gone")}
+
+
+def guarded_router(
+    cluster: Cluster, tokens: dict[str, str], predictor: Predictor, tmp_path: Path, api_url: str
+) -> processes.ServerProcess:
+    (tmp_path / "router.token").write_text(tokens["ig-router"])
+    work = cluster.admin_kubeconfig.parent
+    steps = [{"serviceUrl": predictor.url("s")}]
+    spec = json.dumps(
+        {
+            "apiVersion": "serving.kserve.io/v1alpha1",
+            "kind": "InferenceGraph",
+            "metadata": {"name": GRAPH},  # the name the reviews ask about
+            "spec": {"nodes": {"root": {"routerType": "Sequence", "steps": steps}}},
+        }
+    )
+    port = processes.free_port()
+    return processes.router(
+        port,
+        "--graph-json",
+        spec,
+        extra=(
+            "--drain-seconds", "0", "--auth", "kubernetes", "--auth-api-url", api_url,
+            "--auth-token-file", str(tmp_path / "router.token"),
+            "--auth-ca-file", str(work / "certs" / "apiserver.crt"),
+            "--auth-namespace", NAMESPACE, "--auth-cache-seconds", "0.5",
+        ),
+        log_path=tmp_path / "router.log",
+    )  # fmt: skip
+
+
+def _port(server: processes.ServerProcess) -> int:
+    return int(server.ready_url.split(":")[2].split("/")[0])
+
+
+def post(port: int, token: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return request(port, {}, headers=headers)
+
+
+def test_tokens_and_access_are_checked_by_the_api_server(
+    cluster: Cluster, tokens: dict[str, str], predictor: Predictor, tmp_path: Path
+) -> None:
+    with guarded_router(cluster, tokens, predictor, tmp_path, cluster.url) as router:
+        port = _port(router)
+        assert request(port, method="GET", path="/readyz").status == 200  # probes stay open
+        allowed = post(port, tokens["alice"])
+        assert allowed.status == 200, allowed.body
+        denied = post(port, tokens["bob"])
+        assert denied.status == 403
+        assert "may not get serving.kserve.io/inferencegraphs 'guarded'" in denied.json()["cause"]
+        for token in (None, "not-a-token"):
+            refused = post(port, token)
+            assert refused.status == 401
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        assert post(port, tokens["gone"]).status == 200
+        client.CoreV1Api(cluster.api).delete_namespaced_service_account("gone", NAMESPACE)
+        time.sleep(1.0)  # past the router's 0.5 s cache
+        revoked = post(port, tokens["gone"])
+        assert revoked.status == 401
+        assert "does not accept the token" in revoked.json()["cause"]
+
+
+def test_an_unreachable_api_server_refuses_every_call(
+    cluster: Cluster, tokens: dict[str, str], predictor: Predictor, tmp_path: Path
+) -> None:
+    dead = f"https://127.0.0.1:{processes.free_port()}"
+    with guarded_router(cluster, tokens, predictor, tmp_path, dead) as router:
+        refused = post(_port(router), tokens["alice"])
+        assert refused.status == 403
+        assert "unreachable" in refused.json()["cause"]
+        assert predictor.calls() == [] or all(c["step"] != "s" for c in predictor.calls())

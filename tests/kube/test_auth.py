@@ -137,8 +137,12 @@ def test_tokens_and_access_are_checked_by_the_api_server(
             assert refused.headers["WWW-Authenticate"].startswith("Bearer")
         assert post(port, tokens["gone"]).status == 200
         client.CoreV1Api(cluster.api).delete_namespaced_service_account("gone", NAMESPACE)
-        time.sleep(1.0)  # past the router's 0.5 s cache
+        # Past the router's 0.5 s cache, and the API server's own view of ServiceAccounts.
+        deadline = time.monotonic() + 20
         revoked = post(port, tokens["gone"])
+        while revoked.status == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            revoked = post(port, tokens["gone"])
         assert revoked.status == 401
         assert "does not accept the token" in revoked.json()["cause"]
 
@@ -148,7 +152,8 @@ def test_an_unreachable_api_server_refuses_every_call(
 ) -> None:
     dead = f"https://127.0.0.1:{processes.free_port()}"
     with guarded_router(cluster, tokens, predictor, tmp_path, dead) as router:
+        predictor.clear()
         refused = post(_port(router), tokens["alice"])
         assert refused.status == 403
         assert "unreachable" in refused.json()["cause"]
-        assert predictor.calls() == [] or all(c["step"] != "s" for c in predictor.calls())
+        assert predictor.calls() == []  # the graph did not run

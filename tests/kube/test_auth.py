@@ -24,9 +24,11 @@ GRAPH = "guarded"
 
 def token_for(cluster: Cluster, name: str) -> str:
     core = client.CoreV1Api(cluster.api)
-    review = core.create_namespaced_service_account_token(
-        name, NAMESPACE, {"spec": {"expirationSeconds": 3600}}
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
     )
+    review = core.create_namespaced_service_account_token(name, NAMESPACE, request)
+    assert review.status is not None
     return str(review.status.token)
 
 

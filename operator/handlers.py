@@ -95,6 +95,13 @@ def graph_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler_of(memo).reconcile_graph(dict(body))
 
 
+def graph_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The one object of a graph that its deletion does not take along: the cluster-scoped
+    binding of its router (owned objects go with the graph)."""
+    meta = body["metadata"]
+    reconciler_of(memo).delete_access(meta["namespace"], meta["name"])
+
+
 def standard_deployment_changed(
     body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -147,6 +154,7 @@ def build_registry(admission: kopf.WebhookServer | None = None) -> kopf.Operator
     kopf.on.resume(*inference_graphs, registry=registry)(graph_changed)
     kopf.on.create(*inference_graphs, registry=registry)(graph_changed)
     kopf.on.update(*inference_graphs, registry=registry, field="spec")(graph_changed)
+    kopf.on.delete(*inference_graphs, registry=registry, optional=True)(graph_deleted)
     # KServe's deployment-mode and autoscaler-class annotations choose what the graph becomes.
     kopf.on.update(*inference_graphs, registry=registry, field="metadata.annotations")(
         graph_changed

@@ -9,7 +9,7 @@ tier holds each rule against Knative's own webhook).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from infergraph.operator.resources import PodPlacement, PredictorSpec
 from infergraph.predictors import servers
@@ -30,6 +30,9 @@ FEATURE_FLAGGED = {
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
 VLLM_IMAGE = "vllm/vllm-openai:v0.6.3"
 ROUTER_IMAGE = "ghcr.io/infergraph/router:0.1.0"
+GRPC_PORT = 8081  # the router's gRPC ingress, when a graph asks for it
+GRPC_SUFFIX = "-grpc"  # the Knative Service that carries it
+AUTH_RESOURCE = "infergraph.dev/inferencegraphs"
 GRAPH_MOUNT = "/etc/infergraph"
 GRAPH_FILE = "graph.json"
 # The router's drain after SIGTERM (passed as --drain-seconds), and what the pod's grace period
@@ -197,20 +200,37 @@ def router_service(
     service_account: str | None = None,
     affinity: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    grpc: Literal["off", "also", "only"] = "off",
+    auth: bool = False,
+    graph: str | None = None,
 ) -> dict[str, Any]:
     """The graph's router: reads the resolved graph from a mounted ConfigMap (hot-reloaded).
 
     Its ``timeoutSeconds`` (the pod's grace period under Knative) covers the router's drain
-    and the longest request, so SIGKILL never cuts a request the router was finishing."""
+    and the longest request, so SIGKILL never cuts a request the router was finishing.
+    ``grpc``: ``also`` serves gRPC ingress beside HTTP (Standard mode's second port); ``only``
+    makes the one port Knative allows the gRPC one (``h2c``), for the graph's ``-grpc`` twin.
+    ``auth``: callers are checked with the API server. ``graph``: the graph's name, when the
+    Service is named otherwise (the twin)."""
+    args = [
+        *("router", "--graph", f"{GRAPH_MOUNT}/{GRAPH_FILE}", "--port", "8080"),
+        *("--drain-seconds", str(ROUTER_DRAIN_SECONDS)),
+    ]
+    if grpc != "off":
+        args += ["--grpc-port", str(GRPC_PORT)]
+    if auth:
+        args += ["--auth", "kubernetes", "--auth-resource", AUTH_RESOURCE]
+    port: dict[str, Any] = {"name": "http1", "containerPort": 8080}
+    probe: dict[str, Any] = {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 2}
+    if grpc == "only":
+        port = {"name": "h2c", "containerPort": GRPC_PORT}
+        probe = {"tcpSocket": {"port": GRPC_PORT}, "periodSeconds": 2}
     container: dict[str, Any] = {
         "name": "router",
         "image": image,
-        "args": [
-            *("router", "--graph", f"{GRAPH_MOUNT}/{GRAPH_FILE}", "--port", "8080"),
-            *("--drain-seconds", str(ROUTER_DRAIN_SECONDS)),
-        ],
-        "ports": [{"name": "http1", "containerPort": 8080}],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 2},
+        "args": args,
+        "ports": [port],
+        "readinessProbe": probe,
         "volumeMounts": [{"name": "graph", "mountPath": GRAPH_MOUNT, "readOnly": True}],
         "securityContext": {
             "runAsNonRoot": True,
@@ -240,13 +260,13 @@ def router_service(
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**MANAGED_BY, GRAPH_LABEL: name},
+            "labels": {**MANAGED_BY, GRAPH_LABEL: graph or name},
             "ownerReferences": [owner],
         },
         "spec": {
             "template": {
                 "metadata": {
-                    "labels": {GRAPH_LABEL: name},
+                    "labels": {GRAPH_LABEL: graph or name},
                     "annotations": autoscaling_annotations(settings),
                 },
                 "spec": pod,

@@ -21,7 +21,7 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from infergraph.operator import graphs, knative, standard
+from infergraph.operator import access, graphs, knative, standard
 from infergraph.operator.resources import (
     API_VERSION,
     GROUP,
@@ -207,6 +207,14 @@ def graph_status(
     }
 
 
+def grpc_address(url: str | None) -> str | None:
+    """A Knative URL (``http://host``) as the address gRPC clients dial (``grpc://host:80``)."""
+    if not url:
+        return None
+    host = url.split("://", 1)[-1].rstrip("/")
+    return f"grpc://{host}:{443 if url.startswith('https') else 80}"
+
+
 def graph_config_map(
     name: str, namespace: str, resolved: dict[str, Any], owner: dict[str, Any]
 ) -> dict[str, Any]:
@@ -254,6 +262,7 @@ class Reconciler:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
         self.settings = settings
 
     # reading
@@ -319,14 +328,54 @@ class Reconciler:
             self.delete_ours("HorizontalPodAutoscaler", namespace, name)
         self.delete_ours("ksvc", namespace, name)
 
+    def apply_access(
+        self, namespace: str, graph: str, named: str | None, owner: dict[str, Any], auth: bool
+    ) -> str | None:
+        """The router's ServiceAccount (made when the graph names none) and its binding to
+        ``system:auth-delegator`` when the graph checks its callers; the account to run as."""
+        if not auth:
+            self.delete_access(namespace, graph)
+            return named
+        account = access.router_account(graph, named)
+        options: dict[str, Any] = {"field_manager": MANAGER, "force": True, "_content_type": APPLY}
+        if named is None:
+            manifest = access.service_account(account, namespace, graph, owner)
+            self.core.patch_namespaced_service_account(account, namespace, manifest, **options)
+        binding = access.auth_delegator_binding(namespace, graph, account)
+        self.rbac.patch_cluster_role_binding(binding["metadata"]["name"], binding, **options)
+        return account
+
+    def delete_access(self, namespace: str, graph: str) -> None:
+        """Remove the graph's auth-delegator binding, if this operator made one."""
+        name = access.binding_name(namespace, graph)
+        try:
+            found = self.rbac.read_cluster_role_binding(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        labels = (found.metadata.labels if found.metadata is not None else None) or {}
+        if (
+            labels.get(access.NAMESPACE_LABEL) == namespace
+            and labels.get(knative.GRAPH_LABEL) == graph
+        ):
+            try:
+                self.rbac.delete_cluster_role_binding(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
     def leave_standard(self, namespace: str, name: str) -> None:
         """Delete the Standard-mode objects of a graph or Predictor now in Serverless mode."""
         for kind in ("HorizontalPodAutoscaler", "Service", "Deployment"):
             self.delete_ours(kind, namespace, name)
 
-    def delete_ours(self, kind: str, namespace: str, name: str) -> None:
+    def delete_ours(
+        self, kind: str, namespace: str, name: str, owner_name: str | None = None
+    ) -> None:
         """Delete an object this operator made for a graph or Predictor (it carries that
-        label); a missing one, or one someone else made, is left alone."""
+        label, naming ``owner_name``, by default the object's own name); a missing one, or one
+        someone else made, is left alone."""
         readers = {
             "ksvc": lambda: self.ksvc(namespace, name),
             "Deployment": lambda: self.deployment(namespace, name),
@@ -337,7 +386,8 @@ class Reconciler:
         }
         found = readers[kind]()
         labels = ((found or {}).get("metadata") or {}).get("labels") or {}
-        if name not in (labels.get(knative.GRAPH_LABEL), labels.get(knative.PREDICTOR_LABEL)):
+        owned = owner_name or name
+        if owned not in (labels.get(knative.GRAPH_LABEL), labels.get(knative.PREDICTOR_LABEL)):
             return
         try:
             if kind == "ksvc":
@@ -496,6 +546,8 @@ class Reconciler:
         settings = InferenceGraphSpec.model_validate(spec)
         server_write = settings.router_timeouts.server_write if settings.router_timeouts else None
         labels, annotations = copied_metadata(body)
+        auth = settings.auth == "kubernetes"
+        account = self.apply_access(namespace, name, settings.service_account_name, owner, auth)
         try:
             mode = standard.deployment_mode(annotations, self.settings.default_mode)
             hpa = standard.hpa(
@@ -513,34 +565,48 @@ class Reconciler:
                 owner,
                 image=self.settings.router_image,
                 server_write=server_write,
-                service_account=settings.service_account_name,
+                service_account=account,
                 affinity=settings.affinity,
                 env=self.settings.router_env(),
                 labels=labels,
                 annotations=annotations,
+                grpc=settings.grpc,
+                auth=auth,
             )
             service = standard.router_k8s_service(
-                name, namespace, owner, labels=labels, annotations=annotations
+                name, namespace, owner, labels=labels, annotations=annotations, grpc=settings.grpc
             )
             self.apply_standard(deployment, service, hpa)
+            self.delete_ours("ksvc", namespace, name + knative.GRPC_SUFFIX, owner_name=name)
         else:
-            service = knative.router_service(
-                name,
-                namespace,
-                config_name,
-                settings,
-                owner,
-                image=self.settings.router_image,
-                timeout=settings.timeout,
-                server_write=server_write,
-                service_account=settings.service_account_name,
-                affinity=settings.affinity,
-                env=self.settings.router_env(),
-            )
-            refusal = self.apply_ksvc(service)
-            if refusal is not None:
-                self.set_status("inferencegraphs", namespace, name, invalid_graph_status([refusal]))
-                return
+            common: dict[str, Any] = {
+                "image": self.settings.router_image,
+                "timeout": settings.timeout,
+                "server_write": server_write,
+                "service_account": account,
+                "affinity": settings.affinity,
+                "env": self.settings.router_env(),
+                "auth": auth,
+                "graph": name,
+            }
+            services = [
+                knative.router_service(name, namespace, config_name, settings, owner, **common)
+            ]
+            twin = name + knative.GRPC_SUFFIX
+            if settings.grpc:
+                services.append(
+                    knative.router_service(
+                        twin, namespace, config_name, settings, owner, grpc="only", **common
+                    )
+                )
+            for service in services:
+                refusal = self.apply_ksvc(service)
+                if refusal is not None:
+                    status = invalid_graph_status([refusal])
+                    self.set_status("inferencegraphs", namespace, name, status)
+                    return
+            if not settings.grpc:
+                self.delete_ours("ksvc", namespace, twin, owner_name=name)
             self.leave_standard(namespace, name)
         self.mirror_graph(namespace, name, readiness.not_ready, mode)
 
@@ -551,10 +617,29 @@ class Reconciler:
         not_ready: list[str],
         mode: standard.DeploymentMode = "Serverless",
     ) -> None:
+        grpc = bool(((self._graph_or_none(namespace, name) or {}).get("spec") or {}).get("grpc"))
         if mode == "Standard":
             ready, message = standard.deployment_ready(self.deployment(namespace, name))
             router = (ready, standard.cluster_url(name, namespace), message)
             status = graph_status(None, not_ready, router)
+            if grpc:
+                status["grpcUrl"] = standard.cluster_grpc_address(name, namespace)
         else:
             status = graph_status(self.ksvc(namespace, name), not_ready)
+            if grpc:
+                twin = self.ksvc(namespace, name + knative.GRPC_SUFFIX)
+                twin_ready, twin_url, twin_message = ksvc_ready(twin)
+                status["grpcUrl"] = grpc_address(twin_url)
+                if not twin_ready:
+                    status["conditions"] = [
+                        condition(False, "NotReady", f"gRPC router: {twin_message}")
+                    ]
         self.set_status("inferencegraphs", namespace, name, status)
+
+    def _graph_or_none(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.graph(namespace, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise

@@ -63,6 +63,16 @@ class InferenceGraphSpec(PodPlacement):
     retry_budget: RetryBudget | None = Field(default=None, alias="retryBudget")
     outlier_detection: OutlierDetection | None = Field(default=None, alias="outlierDetection")
     max_in_flight: int | None = Field(default=None, alias="maxInFlight", ge=1)
+    grpc: bool = Field(
+        default=False,
+        description="also serve the Open Inference Protocol over gRPC (a <name>-grpc Knative "
+        "Service; in Standard mode a second port, 8081, on the graph's Service)",
+    )
+    auth: Literal["none", "kubernetes"] = Field(
+        default="none",
+        description="kubernetes: callers need a bearer token the API server accepts and RBAC "
+        "get on this InferenceGraph (the operator gives the router system:auth-delegator)",
+    )
     affinity: dict[str, Any] | None = None
     service_account_name: str | None = Field(default=None, alias="serviceAccountName")
 
@@ -118,6 +128,7 @@ class PredictorStatus(_Spec):
 
 class InferenceGraphStatus(_Spec):
     url: str | None = None
+    grpc_url: str | None = Field(default=None, alias="grpcUrl")
     conditions: list[Condition] = Field(default_factory=list)
 
 

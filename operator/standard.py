@@ -147,10 +147,13 @@ def router_deployment(
     env: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
     annotations: dict[str, str] | None = None,
+    grpc: bool = False,
+    auth: bool = False,
 ) -> dict[str, Any]:
     """The router's Deployment: the same container as under Knative (the graph from its
     ConfigMap, hot-reloaded), a grace period that covers the drain and the longest request, and
-    no service-account token."""
+    no service-account token unless it checks callers with the API server (``auth``); with
+    ``grpc``, gRPC ingress on a second port."""
     service = knative.router_service(
         name,
         namespace,
@@ -162,8 +165,16 @@ def router_deployment(
         service_account=service_account,
         affinity=affinity,
         env=env,
+        grpc="also" if grpc else "off",
+        auth=auth,
     )
     pod = _pod_of(service, "http", container_name=name)
+    if grpc:
+        container = pod["containers"][0]
+        grpc_port = {"name": "grpc", "containerPort": knative.GRPC_PORT, "protocol": "TCP"}
+        container["ports"] = [*container["ports"], grpc_port]
+    if auth:
+        pod["automountServiceAccountToken"] = True
     pod.pop("timeoutSeconds")  # Knative's; a Deployment's pods have a grace period instead
     pod["terminationGracePeriodSeconds"] = knative.router_grace_seconds(server_write)
     metadata = _metadata(name, namespace, owner, labels or {}, annotations or {})
@@ -222,16 +233,28 @@ def router_k8s_service(
     *,
     labels: dict[str, str] | None = None,
     annotations: dict[str, str] | None = None,
+    grpc: bool = False,
 ) -> dict[str, Any]:
-    """Port 80, named after the graph, to the router's 8080."""
+    """Port 80, named after the graph, to the router's 8080; with ``grpc``, 8081 to its gRPC
+    ingress too."""
+    ports: list[dict[str, Any]] = [
+        {"name": name, "port": SERVICE_PORT, "targetPort": 8080, "protocol": "TCP"}
+    ]
+    if grpc:
+        ports.append(
+            {
+                "name": "grpc",
+                "port": knative.GRPC_PORT,
+                "targetPort": knative.GRPC_PORT,
+                "protocol": "TCP",
+                "appProtocol": "kubernetes.io/h2c",
+            }
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(name, namespace, owner, labels or {}, annotations or {}),
-        "spec": {
-            "selector": pod_selector(name),
-            "ports": [{"name": name, "port": SERVICE_PORT, "targetPort": 8080, "protocol": "TCP"}],
-        },
+        "spec": {"selector": pod_selector(name), "ports": ports},
     }
 
 
@@ -284,6 +307,11 @@ def deployment_ready(deployment: dict[str, Any] | None) -> tuple[bool, str]:
                 return True, ""
             return False, cond.get("message") or cond.get("reason") or "not available"
     return False, "the Deployment is not available yet"
+
+
+def cluster_grpc_address(name: str, namespace: str) -> str:
+    """Where a Standard-mode graph's gRPC ingress answers inside the cluster."""
+    return f"grpc://{name}.{namespace}.svc.cluster.local:{knative.GRPC_PORT}"
 
 
 def cluster_url(name: str, namespace: str) -> str:

@@ -154,7 +154,8 @@ def build_registry(admission: kopf.WebhookServer | None = None) -> kopf.Operator
     kopf.on.resume(*inference_graphs, registry=registry)(graph_changed)
     kopf.on.create(*inference_graphs, registry=registry)(graph_changed)
     kopf.on.update(*inference_graphs, registry=registry, field="spec")(graph_changed)
-    kopf.on.delete(*inference_graphs, registry=registry, optional=True)(graph_deleted)
+    # Not optional: kopf's finalizer holds the graph until its binding is gone.
+    kopf.on.delete(*inference_graphs, registry=registry)(graph_deleted)
     # KServe's deployment-mode and autoscaler-class annotations choose what the graph becomes.
     kopf.on.update(*inference_graphs, registry=registry, field="metadata.annotations")(
         graph_changed

@@ -527,3 +527,60 @@ def test_a_standard_mode_predictor_is_a_deployment_a_graph_resolves(cluster: Clu
     document = wait_for(resolved, "the graph's ConfigMap")
     step = document["spec"]["nodes"]["root"]["steps"][0]
     assert step["serviceUrl"] == f"{url}/v1/models/iris:predict"
+
+
+def test_grpc_ingress_and_auth_get_their_objects_and_lose_them(cluster: Cluster) -> None:
+    """grpc: a <name>-grpc twin Knative Service (its one port h2c), its URL in the status;
+    auth: the router's ServiceAccount and its system:auth-delegator binding. Turned off, both
+    go; the binding (cluster-scoped, not owned) also goes with the graph."""
+    ready_predictor(cluster, "guarded-model", "m")
+    spec = {**one_step_on("guarded-model"), "grpc": True, "auth": "kubernetes"}
+    create(cluster, "inferencegraphs", "guarded", spec)
+    twin = wait_for(lambda: get(cluster, "ksvc", "guarded-grpc"), "the gRPC twin")
+    router = twin["spec"]["template"]["spec"]["containers"][0]
+    assert ports(router) == [{"name": "h2c", "containerPort": knative.GRPC_PORT}]
+    main = get(cluster, "ksvc", "guarded")["spec"]["template"]["spec"]
+    assert main["serviceAccountName"] == "guarded-router"
+    assert "--auth" in main["containers"][0]["args"]
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    core = client.CoreV1Api(cluster.api)
+    assert wait_for(lambda: core.read_namespaced_service_account("guarded-router", NAMESPACE), "SA")
+    binding_name = f"infergraph-router-{NAMESPACE}-guarded"
+    binding = wait_for(lambda: rbac.read_cluster_role_binding(binding_name), "the binding")
+    assert binding.role_ref.name == "system:auth-delegator"
+    make_ksvc_ready(cluster, "guarded", "http://guarded.ns.example.com")
+    make_ksvc_ready(cluster, "guarded-grpc", "http://guarded-grpc.ns.example.com")
+    status = wait_for(
+        lambda: (get(cluster, "inferencegraphs", "guarded").get("status") or {}).get("grpcUrl"),
+        "grpcUrl in the status",
+    )
+    assert status == "grpc://guarded-grpc.ns.example.com:80"
+    custom(cluster).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencegraphs", "guarded",
+        {"spec": {"grpc": False, "auth": "none"}},
+    )  # fmt: skip
+
+    def twin_gone() -> bool:
+        try:
+            get(cluster, "ksvc", "guarded-grpc")
+        except client.exceptions.ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    def binding_gone() -> bool:
+        try:
+            rbac.read_cluster_role_binding(binding_name)
+        except client.exceptions.ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    wait_for(twin_gone, "the twin deleted")
+    wait_for(binding_gone, "the binding deleted")
+    custom(cluster).patch_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencegraphs", "guarded", {"spec": {"auth": "kubernetes"}}
+    )
+    wait_for(lambda: rbac.read_cluster_role_binding(binding_name), "the binding again")
+    custom(cluster).delete_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "inferencegraphs", "guarded"
+    )
+    wait_for(binding_gone, "the binding deleted with the graph")

@@ -56,7 +56,7 @@ def activities(registry: kopf.OperatorRegistry) -> list[tuple[str, str, str]]:
 RESOURCE_HANDLERS = [
     ("create", "graph_changed", GRAPHS, "", ""),
     ("create", "predictor_changed", PREDICTORS, "", ""),
-    ("delete", "graph_deleted", GRAPHS, "", "optional"),
+    ("delete", "graph_deleted", GRAPHS, "", ""),
     ("delete", "predictor_deleted", PREDICTORS, "", "optional"),
     (
         "event",

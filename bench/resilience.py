@@ -96,6 +96,7 @@ class Bench:
         with router:
             self._warm(f"http://127.0.0.1:{port}/")
             row = self.attack(f"http://127.0.0.1:{port}/", rate, router.pid)
+            row["policy_counts"] = policy_counts(port)
         row.update(system="infergraph", scenario=scenario, variant=variant)
         self.rows.append(row)
         return row
@@ -162,6 +163,27 @@ class Bench:
             self.infergraph("nothing fails", "every policy", everything, self.args.price_rate)
 
 
+POLICY_METRICS = (
+    "infergraph_retries_total",
+    "infergraph_hedges_total",
+    "infergraph_retry_budget_exhausted_total",
+    "infergraph_shed_total",
+)
+
+
+def policy_counts(port: int) -> dict[str, float]:
+    """What the policies did in a run, from the router's /metrics (warm-up calls included)."""
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    counts = dict.fromkeys(POLICY_METRICS, 0.0)
+    for line in page.splitlines():
+        name = line.split("{", 1)[0]
+        if name in counts and not line.startswith("#"):
+            counts[name] += float(line.rsplit(" ", 1)[1])
+    return {
+        name.removeprefix("infergraph_").removesuffix("_total"): v for name, v in counts.items()
+    }
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def pick(scenario: str, variant: str, system: str = "infergraph") -> list[dict[str, Any]]:
         return [
@@ -185,17 +207,27 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _counts(row: dict[str, Any]) -> str:
+    counts = row.get("policy_counts")
+    if not counts:
+        return "-"
+    return (
+        f"{counts['retries']:.0f} / {counts['hedges']:.0f} / {counts['retry_budget_exhausted']:.0f}"
+    )
+
+
 def render(rows: list[dict[str, Any]], verdicts: dict[str, Any], notes: list[str]) -> str:
     lines = [
         "| scenario | system | policy | rate/s | success | backend calls/request | p50 ms "
-        "| p99 ms | max ms | router CPU us/request |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| p99 ms | max ms | router CPU us/request | retries / hedges / budget exhausted |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['system']} | {r['variant']} | {r['rate']} "
             f"| {100 * r['success']:.2f}% | {r['backend_calls_per_request']:.3f} "
-            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['cpu_us']:.0f} |"
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['cpu_us']:.0f} "
+            f"| {_counts(r)} |"
         )
     lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
     if "retry_success" in verdicts:
@@ -226,6 +258,11 @@ def main() -> int:
     parser.add_argument("--price-rate", type=int, default=2000, help="offered rate, no faults")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs for the price")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--scenarios",
+        default="retries,hedging,price",
+        help="which to run, comma-separated (default: all three)",
+    )
     args = parser.parse_args()
     if not VEGETA.exists():
         print(f"vegeta is missing ({VEGETA}): run make bench-resilience", file=sys.stderr)
@@ -238,9 +275,8 @@ def main() -> int:
         server.argv = pinned(server.argv, 1)
         with server:
             bench = Bench(args, workdir, f"http://127.0.0.1:{port}")
-            bench.retries()
-            bench.hedging()
-            bench.price()
+            for scenario in args.scenarios.split(","):
+                getattr(bench, scenario.strip())()
     verdicts = summary(bench.rows)
     text = render(bench.rows, verdicts, bench.notes)
     base.with_suffix(".json").write_text(

@@ -149,19 +149,27 @@ class _Loop:
         self.started = 0
         self.last_start = 0.0
 
-    def launch(self, *, budgeted: bool, hedge: bool, reserved: bool = False) -> None:
-        """Start an attempt; ``reserved``: its place in the budget is taken already."""
+    def pick(self) -> int | None:
+        """The replica for the next attempt (None: the step's one service), counted as
+        outstanding."""
+        replicas = self.replicas
+        if replicas is None:
+            return None
         ctx = self.ctx
-        replica = None
-        if self.replicas is not None:
-            replica, back = self.replicas.pick(ctx.rng, ctx.clock(), self.tried)
+        replica, back = replicas.pick(ctx.rng, ctx.clock(), self.tried)
+        if back:
             self._changed(back, "returned")
-            self.tried.append(replica)
-            self.replicas.replicas[replica].outstanding += 1
+        self.tried.append(replica)
+        replicas.replicas[replica].outstanding += 1
+        return replica
+
+    def launch(self, *, budgeted: bool, hedge: bool, reserved: bool = False) -> None:
+        """Start an attempt as a task; ``reserved``: its place in the budget is taken."""
+        replica = self.pick()
         self.started += 1
         if budgeted and not reserved:
             self.runtime.retries_in_flight += 1
-        self.last_start = ctx.clock()
+        self.last_start = self.ctx.clock()
         task = asyncio.ensure_future(self.attempt(replica, self.started, hedge))
         self.running[task] = _Attempt(self.started, replica, budgeted)
 
@@ -210,16 +218,22 @@ class _Loop:
         return reply
 
     def settle(self, task: asyncio.Task[Reply]) -> _Outcome:
-        """An attempt's outcome, counted for its replica and the budget."""
+        """A finished attempt task's outcome, counted for its replica and the budget."""
         attempt = self.running.pop(task)
-        ctx, retry = self.ctx, self.policy.retry
         if attempt.budgeted:
             self.runtime.retries_in_flight -= 1
         error = task.exception()
+        return self.judge(attempt.replica, None if error is not None else task.result(), error)
+
+    def judge(
+        self, replica: int | None, reply: Reply | None, error: BaseException | None
+    ) -> _Outcome:
+        """An attempt's outcome (its reply or its error): retriable or not, and counted for
+        its replica's health. An error that is no outcome (a bug) is raised."""
+        retry = self.policy.retry
         status: int | None = None
         failure: Failure | None = None
-        if error is None:
-            reply = task.result()
+        if reply is not None:
             status = reply.status
             outcome = _Outcome(reply, None, retry.retries_status(status))
             if status >= 500:
@@ -229,14 +243,16 @@ class _Loop:
             outcome = _Outcome(None, error, failure is not None and retry.retries(failure))
         else:  # a bug, not an outcome: nothing to count
             outcome = _Outcome(None, None, False)
-        if attempt.replica is not None and self.replicas is not None:
-            self.replicas.replicas[attempt.replica].outstanding -= 1
+        replicas = self.replicas
+        if replica is not None and replicas is not None:
+            replicas.replicas[replica].outstanding -= 1
             if not isinstance(error, GraphTimeout):
-                change = self.replicas.record(attempt.replica, ctx.clock(), status, failure)
+                change = replicas.record(replica, self.ctx.clock(), status, failure)
                 if change is not None:
                     self._changed([change.replica], change.kind, change.seconds)
         if outcome.reply is None and outcome.error is None:
-            raise error  # type: ignore[misc]
+            assert error is not None
+            raise error
         return outcome
 
     async def cancel_all(self) -> None:
@@ -303,7 +319,45 @@ class _Loop:
         can_skip = replicas is not None and policy.fallback is not None
         if can_skip and replicas is not None and not replicas.healthy(ctx.clock()):
             raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
-        hedge_after = policy.hedge_after
+        if policy.hedge_after is None:
+            return await self.serial()
+        return await self.hedged()
+
+    async def serial(self) -> Reply:
+        """One attempt at a time, in this task (no hedge: nothing runs beside it)."""
+        retries = 0
+        while True:
+            replica = self.pick()
+            self.started += 1
+            reply: Reply | None = None
+            error: BaseException | None = None
+            try:
+                reply = await self.attempt(replica, self.started, False)
+            except GraphRequestError as failed:
+                error = failed
+            except BaseException:
+                self._release(replica, budgeted=retries > 0)
+                raise
+            if retries:
+                self.runtime.retries_in_flight -= 1
+            outcome = self.judge(replica, reply, error)
+            if not outcome.retriable:
+                return _result(outcome)
+            retries += 1
+            if not await self.retry(retries, outcome, launch=False):
+                return _result(outcome)
+
+    def _release(self, replica: int | None, *, budgeted: bool) -> None:
+        """An attempt that ended in no outcome (cancelled): its counts given back."""
+        if budgeted:
+            self.runtime.retries_in_flight -= 1
+        if replica is not None and self.replicas is not None:
+            self.replicas.replicas[replica].outstanding -= 1
+
+    async def hedged(self) -> Reply:
+        """Attempts as tasks, so that a hedge can run beside the first."""
+        ctx = self.ctx
+        hedge_after = self.policy.hedge_after
         retries = 0
         last: _Outcome | None = None
         try:
@@ -312,9 +366,7 @@ class _Loop:
                 wait_for = None
                 if hedge_after is not None and len(self.running) == 1:
                     wait_for = max(0.0, self.last_start + hedge_after - ctx.clock())
-                done, _ = await asyncio.wait(
-                    self.running, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
-                )
+                done = await _first_done(self.running, wait_for)
                 if not done:  # the hedge's time came
                     hedge_after = None
                     self.hedge()
@@ -345,9 +397,10 @@ class _Loop:
             observer.policy_event(self.step, "hedge", {"attempt": self.started + 1})
         self.launch(budgeted=True, hedge=True)
 
-    async def retry(self, number: int, last: _Outcome | None) -> bool:
-        """Back off and send retry ``number``; False when no retry is left, the budget is
-        spent, or the backoff would end past the graph's deadline."""
+    async def retry(self, number: int, last: _Outcome | None, *, launch: bool = True) -> bool:
+        """Back off and send retry ``number`` (``launch``: as a task; else the caller makes
+        it, its place in the budget taken); False when no retry is left, the budget is spent,
+        or the backoff would end past the graph's deadline."""
         ctx, retry, observer = self.ctx, self.policy.retry, self.ctx.observer
         if number > retry.max_retries:
             return False
@@ -368,8 +421,37 @@ class _Loop:
         except BaseException:
             self.runtime.retries_in_flight -= 1
             raise
-        self.launch(budgeted=True, hedge=False, reserved=True)
+        if launch:
+            self.launch(budgeted=True, hedge=False, reserved=True)
         return True
+
+
+async def _first_done(
+    tasks: dict[asyncio.Task[Reply], _Attempt], within: float | None
+) -> list[asyncio.Task[Reply]]:
+    """The tasks done once one is, or after ``within`` seconds (then maybe none):
+    ``asyncio.wait``'s FIRST_COMPLETED with one waiter and no set bookkeeping."""
+    done = [task for task in tasks if task.done()]
+    if done:
+        return done
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    for task in tasks:
+        task.add_done_callback(wake)
+    timer = loop.call_later(within, wake) if within is not None else None
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for task in tasks:
+            task.remove_done_callback(wake)
+    return [task for task in tasks if task.done()]
 
 
 def _result(outcome: _Outcome) -> Reply:

@@ -52,9 +52,12 @@ class ReplicaSet:
     def __init__(self, count: int, policy: OutlierPolicy) -> None:
         self.replicas = tuple(Replica(i) for i in range(count))
         self.policy = policy
+        self.out = 0  # replicas ejected or marked unhealthy now
 
     def _settle(self, now: float) -> list[int]:
         """Return the replicas whose time is up; the indices returned."""
+        if not self.out:
+            return []
         back = []
         for replica in self.replicas:
             if replica.out_until is not None and now >= replica.out_until:
@@ -63,6 +66,7 @@ class ReplicaSet:
                 replica.back_since = now
                 replica.consecutive_5xx = replica.consecutive_gateway = 0
                 back.append(replica.index)
+                self.out -= 1
         return back
 
     def ejected_count(self) -> int:
@@ -70,22 +74,35 @@ class ReplicaSet:
 
     def healthy(self, now: float) -> bool:
         """Whether some replica is neither ejected nor marked unhealthy."""
+        if not self.out:
+            return True
         self._settle(now)
-        return any(r.out_until is None for r in self.replicas)
+        return self.out < len(self.replicas)
 
     def pick(
         self, rng: random.Random, now: float, tried: Sequence[int] = ()
     ) -> tuple[int, list[int]]:
         """The replica for the next attempt, and the replicas that just came back."""
         back = self._settle(now)
+        if not self.out and not tried:  # the common case: every replica in, a first attempt
+            return self._two_choices(rng, self.replicas).index, back
         pool = [r for r in self.replicas if not r.ejected]
         fresh = [r for r in pool if r.index not in tried] or pool
         healthy = [r for r in fresh if r.out_until is None] or fresh
-        if len(healthy) == 1:
-            return healthy[0].index, back
-        first, second = rng.sample(healthy, 2)
-        chosen = second if second.outstanding < first.outstanding else first
-        return chosen.index, back
+        return self._two_choices(rng, healthy).index, back
+
+    @staticmethod
+    def _two_choices(rng: random.Random, among: Sequence[Replica]) -> Replica:
+        """Of two distinct replicas drawn uniformly (as ``rng.sample(among, 2)``, with fewer
+        calls), the one with fewer outstanding requests (the first drawn on a tie)."""
+        count = len(among)
+        if count == 1:
+            return among[0]
+        i = int(rng.random() * count)
+        j = int(rng.random() * (count - 1))
+        j += j >= i
+        first, second = among[i], among[j]
+        return second if second.outstanding < first.outstanding else first
 
     def record(
         self, index: int, now: float, status: int | None, failure: Failure | None
@@ -100,6 +117,7 @@ class ReplicaSet:
             if replica.out_until is not None and not replica.ejected:
                 replica.out_until = None  # an unhealthy replica answered: healthy again
                 replica.back_since = now
+                self.out -= 1
             return None
         replica.consecutive_5xx += 1
         replica.consecutive_gateway = replica.consecutive_gateway + 1 if is_gateway else 0
@@ -121,6 +139,7 @@ class ReplicaSet:
         replica.ejections += 1
         seconds = policy.ejection_seconds(replica.ejections)
         replica.out_until = now + seconds
+        self.out += 1
         replica.ejected = self.ejected_count() < policy.max_ejected(len(self.replicas))
         return Change("ejected" if replica.ejected else "unhealthy", index, seconds)
 

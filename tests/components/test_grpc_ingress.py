@@ -15,7 +15,7 @@ import tritonclient.grpc.aio as triton_aio
 
 from infergraph.predictors import processes
 
-from .conftest import TRITON_GRPC
+TRITON_GRPC = 18201  # tests/components/conftest.py starts Triton with gRPC here
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [0.1, 0.2, 0.3, 0.4]], np.float32)

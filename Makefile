@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS_CACHE ?= $(HOME)/.cache/infergraph
 
-.PHONY: demo test lint typecheck contracts pyright components kube jaeger images cluster unit bench bench-router bench-resilience install clean
+.PHONY: demo test lint typecheck contracts pyright components kube jaeger images cluster unit bench bench-router bench-resilience bench-grpc install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ bench: $(STAMP) jaeger components
 bench-resilience: $(STAMP)
 	bash bench/install_peers.sh $(TOOLS_CACHE) no-ray
 	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python bench/resilience.py
+
+# gRPC ingress against direct Triton gRPC and REST ingress, on a real Triton (a minute or two).
+bench-grpc: $(STAMP) components
+	INFERGRAPH_CACHE=$(TOOLS_CACHE) $(BIN)/python bench/grpc_ingress.py
 
 bench-router: $(STAMP) components jaeger
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -15,6 +15,9 @@ streams (an OpenAI step asked for ``"stream": true`` by a request parameter ``st
 ``ModelStreamInferResponse`` per server-sent event, its data as the BYTES output ``text_output``;
 any other graph one response per request.
 
+With ``--auth``, ``ModelInfer`` is checked by the handler as any request; ``ModelReady`` and
+``ModelMetadata`` here, the same way; the server-wide probes and health stay open.
+
 ``ModelMetadata`` describes the graph as the model it fronts: inputs from the first step's model
 and outputs from the answering step's (asked over v2 REST or gRPC), when they are v2 models.
 """
@@ -194,6 +197,7 @@ class GrpcIngress:
         return oip.message("ServerReadyResponse")(ready=ready)
 
     async def model_ready(self, request: Any, context: Any) -> Any:
+        await self._authorized(context, request.name)
         ready = not self.service.draining and self._plan(request.name, strict=False) is not None
         return oip.message("ModelReadyResponse")(ready=ready)
 
@@ -202,6 +206,7 @@ class GrpcIngress:
         return oip.message("ServerMetadataResponse")(name="infergraph", version=version)
 
     async def model_metadata(self, request: Any, context: Any) -> Any:
+        await self._authorized(context, request.name)
         plan = self._plan(request.name)
         described = await self.metadata.describe(plan)
         response = oip.message("ModelMetadataResponse")(
@@ -228,6 +233,21 @@ class GrpcIngress:
         if service not in ("", oip.SERVICE):
             return oip.SERVICE_UNKNOWN
         return oip.NOT_SERVING if self.service.draining else oip.SERVING
+
+    async def _authorized(self, context: Any, model: str) -> None:
+        """With ``--auth``, what a graph is (ready, its tensors) is the callers' business only:
+        checked as for ``ModelInfer``, from the call's ``authorization`` metadata."""
+        auth = self.service.auth
+        if auth is None:
+            return
+        header = dict(context.invocation_metadata() or ()).get("authorization")
+        try:
+            caller = await auth.authenticate(header)
+            plan = self._plan(model, strict=False)
+            if plan is not None:
+                await auth.authorize(caller, plan.name)
+        except GraphRequestError as error:
+            raise _Abort(code_for(error.status), error.cause) from error
 
     def _plan(self, model: str, *, strict: bool = True) -> Any:
         try:

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tritonclient.grpc as triton
 from kubernetes import client
+from tritonclient.utils import InferenceServerException
 
 from infergraph.predictors import processes
 from infergraph.testing.cluster import NAMESPACE, Cluster
@@ -85,7 +87,12 @@ def tokens(cluster: Cluster) -> dict[str, str]:
 
 
 def guarded_router(
-    cluster: Cluster, tokens: dict[str, str], predictor: Predictor, tmp_path: Path, api_url: str
+    cluster: Cluster,
+    tokens: dict[str, str],
+    predictor: Predictor,
+    tmp_path: Path,
+    api_url: str,
+    grpc_port: int | None = None,
 ) -> processes.ServerProcess:
     (tmp_path / "router.token").write_text(tokens["ig-router"])
     work = cluster.admin_kubeconfig.parent
@@ -108,6 +115,7 @@ def guarded_router(
             "--auth-token-file", str(tmp_path / "router.token"),
             "--auth-ca-file", str(work / "certs" / "apiserver.crt"),
             "--auth-namespace", NAMESPACE, "--auth-cache-seconds", "0.5",
+            *(("--grpc-port", str(grpc_port)) if grpc_port is not None else ()),
         ),
         log_path=tmp_path / "router.log",
     )  # fmt: skip
@@ -159,3 +167,27 @@ def test_an_unreachable_api_server_refuses_every_call(
         assert refused.status == 403
         assert "unreachable" in refused.json()["cause"]
         assert predictor.calls() == []  # the graph did not run
+
+
+def test_grpc_ingress_checks_the_same_way(
+    cluster: Cluster, tokens: dict[str, str], predictor: Predictor, tmp_path: Path
+) -> None:
+    grpc_port = processes.free_port()
+    with (
+        guarded_router(cluster, tokens, predictor, tmp_path, cluster.url, grpc_port),
+        triton.InferenceServerClient(f"127.0.0.1:{grpc_port}") as c,
+    ):
+        assert c.is_server_live()  # server-wide probes stay open
+        allowed = {"authorization": f"Bearer {tokens['alice']}"}
+        assert c.is_model_ready(GRAPH, headers=allowed)
+        c.infer(GRAPH, [], headers=allowed)
+        for headers, code in (
+            ({"authorization": f"Bearer {tokens['bob']}"}, "PERMISSION_DENIED"),
+            ({}, "UNAUTHENTICATED"),
+        ):
+            with pytest.raises(InferenceServerException) as raised:
+                c.infer(GRAPH, [], headers=headers)
+            assert raised.value.status() == f"StatusCode.{code}"
+            with pytest.raises(InferenceServerException) as raised:
+                c.get_model_metadata(GRAPH, headers=headers)
+            assert raised.value.status() == f"StatusCode.{code}"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from infergraph.predictors import processes
+from infergraph.testing.harness import Predictor
 from infergraph.testing.jaeger import JAEGER_CONFIG, Jaeger
 from infergraph.testing.paths import CACHE
 
@@ -69,3 +70,13 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
             f"http://127.0.0.1:{ports['query']}",
             f"http://127.0.0.1:{ports['otlp_grpc']}",
         )
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
+    """The local predictor's scriptable endpoints, one process per test module (the service
+    and kube tests' model server)."""
+    port = processes.free_port()
+    log = tmp_path_factory.mktemp("predictor") / "predictor.log"
+    with processes.predictor(port, log_path=log):
+        yield Predictor(port)

@@ -89,18 +89,11 @@ async def run(
     assert policy is not None
     assert running is not None
     assert fallbacks is not None
-    running.append(policy.label)
+    running.append(policy.label)  # what a GraphTimeout names while this step runs
     try:
         outcome = await _Loop(step, policy, payload, ctx, final, send).primary(run_step)
-    except asyncio.CancelledError:
-        # Cancelled by the graph's deadline: the label stays, so the 504 names this step.
-        if ctx.deadline is None or ctx.clock() < ctx.deadline:
-            running.remove(policy.label)
-        raise
-    except BaseException:
+    finally:
         running.remove(policy.label)
-        raise
-    running.remove(policy.label)
     if isinstance(outcome, Reply):
         return outcome
     reason = outcome
@@ -115,7 +108,6 @@ async def run(
 
 @dataclass(slots=True)
 class _Attempt:
-    number: int
     replica: int | None
     budgeted: bool  # a retry or hedge: counted in the retry budget while in flight
 
@@ -171,7 +163,7 @@ class _Loop:
             self.runtime.retries_in_flight += 1
         self.last_start = self.ctx.clock()
         task = asyncio.ensure_future(self.attempt(replica, self.started, hedge))
-        self.running[task] = _Attempt(self.started, replica, budgeted)
+        self.running[task] = _Attempt(replica, budgeted)
 
     def _changed(self, replicas: list[int], kind: str, seconds: float = 0.0) -> None:
         observer = self.ctx.observer
@@ -264,10 +256,7 @@ class _Loop:
         for task in tasks:
             if task in self.running:
                 attempt = self.running.pop(task)
-                if attempt.budgeted:
-                    self.runtime.retries_in_flight -= 1
-                if attempt.replica is not None and self.replicas is not None:
-                    self.replicas.replicas[attempt.replica].outstanding -= 1
+                self._release(attempt.replica, budgeted=attempt.budgeted)
                 if not task.cancelled() and task.exception() is None:
                     stream = task.result().stream
                     if stream is not None:
@@ -348,7 +337,8 @@ class _Loop:
                 return _result(outcome)
 
     def _release(self, replica: int | None, *, budgeted: bool) -> None:
-        """An attempt that ended in no outcome (cancelled): its counts given back."""
+        """An attempt that ended in no outcome (cancelled, or not waited for): its counts
+        given back."""
         if budgeted:
             self.runtime.retries_in_flight -= 1
         if replica is not None and self.replicas is not None:

@@ -128,9 +128,10 @@ class RouterService:
     async def handle(self, request: Request) -> Response:
         path = request.path
         auth = self.auth
+        caller = None
         if auth is not None and auth.settings.protect_probes:
             try:
-                await auth.authenticate(request.header("authorization"))
+                caller = await auth.authenticate(request.header("authorization"))
             except GraphRequestError as error:
                 return error_response(error)
         if path == "/readyz":
@@ -142,8 +143,7 @@ class RouterService:
             if page is not None:
                 return Response(200, page[0], page[1])
         try:
-            caller = None
-            if auth is not None:  # 401 before a 404 names what is served
+            if auth is not None and caller is None:  # 401 before a 404 names what is served
                 caller = await auth.authenticate(request.header("authorization"))
             plan = self.registry.lookup(path)
             if auth is not None and caller is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,6 @@ def service_account(cluster: Cluster, name: str) -> None:
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": name, "namespace": NAMESPACE}}
     )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
-    port = processes.free_port()
-    log = tmp_path_factory.mktemp("predictor") / "predictor.log"
-    with processes.predictor(port, log_path=log):
-        yield Predictor(port)
 
 
 @pytest.fixture(scope="module")

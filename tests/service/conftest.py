@@ -1,4 +1,5 @@
-"""Fixtures that start real processes on loopback: one predictor per module, routers per test."""
+"""Fixtures that start real processes on loopback: routers per test (the predictor, one per
+module, is the suite's: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,6 @@ import pytest
 
 from infergraph.predictors import processes
 from infergraph.testing.harness import Predictor, RouterFactory
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
-    port = processes.free_port()
-    log = tmp_path_factory.mktemp("predictor") / "predictor.log"
-    with processes.predictor(port, log_path=log):
-        yield Predictor(port)
 
 
 @pytest.fixture

@@ -345,14 +345,80 @@ class _Loop:
             self.replicas.replicas[replica].outstanding -= 1
 
     async def hedged(self) -> Reply:
-        """Attempts as tasks, so that a hedge can run beside the first."""
-        ctx = self.ctx
-        hedge_after = self.policy.hedge_after
-        retries = 0
-        last: _Outcome | None = None
+        """The first attempt in this task with a timer for the hedge; tasks only from when
+        the hedge goes out or the first attempt must be retried."""
+        outcome, hedge_after = await self.first(self.policy.hedge_after)
+        if not outcome.retriable:
+            return _result(outcome)
+        return await self.tasks(hedge_after, outcome)
+
+    async def first(self, hedge_after: float | None) -> tuple[_Outcome, float | None]:
+        """The first attempt, awaited in this task. When the hedge's time comes, the hedge
+        runs as a task beside it; a hedge that answers for good first interrupts this task
+        (a cancellation of our own, taken back with ``uncancel``) and its outcome stands.
+        Returns the outcome and the hedge delay left (None once the hedge went out)."""
+        assert hedge_after is not None
+        watch = _HedgeWatch(self)
+        replica = self.pick()
+        self.started += 1
+        timer = asyncio.get_running_loop().call_later(hedge_after, watch.fire)
+        reply: Reply | None = None
+        error: GraphRequestError | None = None
         try:
-            self.launch(budgeted=False, hedge=False)
+            reply = await self.attempt(replica, self.started, False)
+        except GraphRequestError as failed:
+            error = failed
+        except asyncio.CancelledError:
+            timer.cancel()
+            self._release(replica, budgeted=False)
+            won = watch.won
+            if won is not None and watch.main.uncancel() == 0:  # the hedge's answer came
+                await self.cancel_all()
+                if isinstance(won, BaseException):
+                    raise won from None
+                return won, None
+            watch.waiting = False
+            await self._drop(won)
+            raise
+        except BaseException:
+            timer.cancel()
+            watch.waiting = False
+            self._release(replica, budgeted=False)
+            await self.cancel_all()
+            raise
+        # No await since the attempt ended: the hedge cannot have interrupted it.
+        watch.waiting = False
+        timer.cancel()
+        try:
+            outcome = self.judge(replica, reply, error)
+        except BaseException:
+            await self.cancel_all()
+            raise
+        if not outcome.retriable:
+            await self.cancel_all()
+            return outcome, None
+        return outcome, None if watch.fired else hedge_after
+
+    async def _drop(self, won: _Outcome | BaseException | None) -> None:
+        """A hedge's winning reply that nobody will read, closed; the other attempts
+        cancelled."""
+        if isinstance(won, _Outcome) and won.reply is not None:
+            stream = won.reply.stream
+            if stream is not None:
+                await stream.aclose()
+        await self.cancel_all()
+
+    async def tasks(self, hedge_after: float | None, last: _Outcome | None) -> Reply:
+        """Attempts as tasks, after a first attempt that failed (retriable) or whose hedge
+        is running (in ``self.running``)."""
+        ctx = self.ctx
+        retries = 0
+        try:
             while True:
+                if not self.running:
+                    retries += 1
+                    if not await self.retry(retries, last):
+                        break
                 wait_for = None
                 if hedge_after is not None and len(self.running) == 1:
                     wait_for = max(0.0, self.last_start + hedge_after - ctx.clock())
@@ -366,11 +432,6 @@ class _Loop:
                     if not outcome.retriable:
                         return _result(outcome)
                     last = outcome
-                if self.running:
-                    continue
-                retries += 1
-                if not await self.retry(retries, last):
-                    break
         finally:
             await self.cancel_all()
         assert last is not None
@@ -414,6 +475,40 @@ class _Loop:
         if launch:
             self.launch(budgeted=True, hedge=False, reserved=True)
         return True
+
+
+class _HedgeWatch:
+    """The hedge beside a first attempt that runs in the step's own task: sends it when its
+    time comes, and interrupts that task when the hedge answers for good first."""
+
+    def __init__(self, loop: _Loop) -> None:
+        main = asyncio.current_task()
+        assert main is not None
+        self.attempts, self.main = loop, main
+        self.waiting = True  # the first attempt is still being awaited
+        self.fired = False
+        self.won: _Outcome | BaseException | None = None  # the hedge's outcome that stands
+
+    def fire(self) -> None:
+        self.fired = True
+        before = set(self.attempts.running)
+        self.attempts.hedge()
+        for task in set(self.attempts.running) - before:
+            task.add_done_callback(self.done)
+
+    def done(self, task: asyncio.Task[Reply]) -> None:
+        if not self.waiting or task not in self.attempts.running:
+            return  # the first attempt moved on: the task loop settles the hedge
+        try:
+            outcome = self.attempts.settle(task)
+        except BaseException as bug:  # raised again in the main task
+            self.won = bug
+        else:
+            if outcome.retriable:
+                return  # the first attempt may still answer
+            self.won = outcome
+        self.waiting = False
+        self.main.cancel()
 
 
 async def _first_done(

@@ -384,6 +384,82 @@ def test_a_hedge_goes_out_after_after_ms_and_the_first_success_wins() -> None:
     assert slow.cancelled == 1
 
 
+def timed(graph: GraphPlan, fake: Fake, seed: int = 7) -> tuple[Reply, float]:
+    async def main() -> tuple[Reply, float]:
+        answer = await run_graph(graph, b"{}", ctx_for(fake, seed))
+        return answer, asyncio.get_running_loop().time()
+
+    return virtual_time.run(main())
+
+
+def test_the_first_attempt_can_still_win_after_the_hedge_went_out() -> None:
+    slow, slower = Server([("slow", 0.08, 200)]), Server([("slow", 0.2, 200)])
+    graph = one_step({"endpoints": [url("slow"), url("slower")], "hedge": {"afterMs": 50}})
+    fake = Fake({"slow": slow, "slower": slower})
+    answer, finished = timed(graph, fake, seed=1)  # seed 1 draws the first replica first
+    assert [c.hedge for c in fake.calls] == [False, True]
+    assert orjson.loads(answer.body)["from"] == url("slow")
+    assert finished == pytest.approx(0.08)
+    assert slower.cancelled == 1
+    assert graph.runtime.retries_in_flight == 0
+    assert [r.outstanding for r in graph.runtime.replicas["root/s"].replicas] == [0, 0]
+
+
+def test_a_hedge_that_fails_leaves_the_first_attempt_running() -> None:
+    slow, failing = Server([("slow", 0.2, 200)]), Server([503])
+    graph = one_step(
+        {
+            "endpoints": [url("slow"), url("failing")],
+            "hedge": {"afterMs": 50},
+            "retry": {"maxRetries": 1, "initialDelayMs": 1},
+        }
+    )
+    fake = Fake({"slow": slow, "failing": failing})
+    answer, finished = timed(graph, fake, seed=1)
+    assert failing.times == [0.05]
+    assert orjson.loads(answer.body)["from"] == url("slow")
+    assert finished == pytest.approx(0.2)
+    assert slow.cancelled == 0
+    assert graph.runtime.retries_in_flight == 0
+
+
+def test_a_retry_after_a_quick_failure_is_hedged_too() -> None:
+    server = Server([503, ("slow", 0.2, 200), ("slow", 0.01, 200)])
+    graph = one_step(
+        {
+            "serviceUrl": url("a"),
+            "hedge": {"afterMs": 50},
+            "retry": {"maxRetries": 1, "initialDelayMs": 1},
+        }
+    )
+    fake = Fake({"a": server})
+    answer, _ = timed(graph, fake)
+    assert answer.status == 200
+    assert [c.hedge for c in fake.calls] == [False, False, True]
+    assert server.times[2] == pytest.approx(server.times[1] + 0.05)
+    assert server.cancelled == 1
+    assert graph.runtime.retries_in_flight == 0
+
+
+def test_an_outside_cancellation_during_the_first_attempt_leaves_no_count() -> None:
+    slow, slower = Server([("slow", 1.0, 200)]), Server([("slow", 1.0, 200)])
+    graph = one_step({"endpoints": [url("slow"), url("slower")], "hedge": {"afterMs": 50}})
+    fake = Fake({"slow": slow, "slower": slower})
+
+    async def main() -> None:
+        task = asyncio.ensure_future(run_graph(graph, b"{}", ctx_for(fake, 1)))
+        await asyncio.sleep(0.1)  # the hedge is out
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    virtual_time.run(main())
+    assert slow.cancelled == 1
+    assert slower.cancelled == 1
+    assert graph.runtime.retries_in_flight == 0
+    assert [r.outstanding for r in graph.runtime.replicas["root/s"].replicas] == [0, 0]
+
+
 def test_no_hedge_when_the_answer_comes_in_time() -> None:
     server = Server([("slow", 0.03, 200)])
     graph = one_step({"serviceUrl": url("a"), "hedge": {"afterMs": 50}})

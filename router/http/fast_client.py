@@ -44,6 +44,7 @@ from infergraph.router.engine.errors import (
 from infergraph.router.engine.transport import Headers, Reply, ServiceTarget, StepCall
 from infergraph.router.http.bodies import BodyBuffer
 from infergraph.router.http.streams import ChunkStream
+from infergraph.router.http.timeouts import CallTimeouts
 
 PoolKey = tuple[str, str, int]
 _COPY_LIMIT = 64 * 1024
@@ -379,6 +380,7 @@ class FastTransport:
         self._open: set[_Connection] = set()
         self._heads = _HeadCache()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._timeouts = CallTimeouts()
         self._closed = False
 
     async def start(self) -> None:
@@ -386,6 +388,7 @@ class FastTransport:
 
     async def close(self) -> None:
         self._closed = True
+        self._timeouts.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -532,12 +535,17 @@ class FastTransport:
         try:
             if call.timeout is None:
                 return await self._send(call)
-            async with asyncio.timeout(call.timeout):
+            task = self._timeouts.enter(call.timeout)
+            try:
                 return await self._send(call)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f'Post "{url}": context deadline exceeded (timeout {call.timeout} s)'
-            ) from exc
+            except asyncio.CancelledError as exc:
+                if self._timeouts.leave(task) and task.cancelling() == 0:
+                    raise UpstreamTimeout(
+                        f'Post "{url}": context deadline exceeded (timeout {call.timeout} s)'
+                    ) from exc
+                raise
+            finally:
+                self._timeouts.leave(task)
         except UpstreamConnectionError as exc:
             raise UpstreamConnectionError(f'Post "{url}": {exc.cause}') from exc
         except OSError as exc:  # from connecting: nothing was sent

@@ -86,7 +86,8 @@ class Bench:
             "max_ms": latencies["max"] / 1e6,
         }
 
-    def infergraph(self, scenario: str, variant: str, spec: str, rate: int) -> dict[str, Any]:
+    def _router(self, scenario: str, variant: str, spec: str) -> tuple[Any, int]:
+        """A router for ``spec`` on core 0 (not started) and its port."""
         port = processes.free_port()
         router = processes.router(
             port,
@@ -96,6 +97,10 @@ class Bench:
             log_path=self.workdir / f"infergraph-{scenario}-{variant}.log",
         )
         router.argv = pinned(router.argv, 0)
+        return router, port
+
+    def infergraph(self, scenario: str, variant: str, spec: str, rate: int) -> dict[str, Any]:
+        router, port = self._router(scenario, variant, spec)
         with router:
             self._warm(f"http://127.0.0.1:{port}/")
             row = self.attack(f"http://127.0.0.1:{port}/", rate, router.pid)
@@ -177,15 +182,7 @@ class Bench:
             ports = []
             pids = []
             for variant, spec in variants:
-                port = processes.free_port()
-                router = processes.router(
-                    port,
-                    "--graph-json",
-                    spec,
-                    extra=("--drain-seconds", "0", "--log-level", "ERROR"),
-                    log_path=self.workdir / f"infergraph-{scenario}-{variant}.log",
-                )
-                router.argv = pinned(router.argv, 0)
+                router, port = self._router(scenario, variant, spec)
                 stack.enter_context(router)
                 self._warm(f"http://127.0.0.1:{port}/")
                 ports.append(port)

@@ -43,8 +43,8 @@ from infergraph.router.engine.errors import (
 )
 from infergraph.router.engine.transport import Headers, Reply, ServiceTarget, StepCall
 from infergraph.router.http.bodies import BodyBuffer
+from infergraph.router.http.deadlines import Deadlines
 from infergraph.router.http.streams import ChunkStream
-from infergraph.router.http.timeouts import CallTimeouts
 
 PoolKey = tuple[str, str, int]
 _COPY_LIMIT = 64 * 1024
@@ -380,7 +380,7 @@ class FastTransport:
         self._open: set[_Connection] = set()
         self._heads = _HeadCache()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._timeouts = CallTimeouts()
+        self._deadlines = Deadlines(resolution=0.01)  # per-call timeouts
         self._closed = False
 
     async def start(self) -> None:
@@ -388,7 +388,7 @@ class FastTransport:
 
     async def close(self) -> None:
         self._closed = True
-        self._timeouts.close()
+        await self._deadlines.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -535,17 +535,20 @@ class FastTransport:
         try:
             if call.timeout is None:
                 return await self._send(call)
-            task = self._timeouts.enter(call.timeout)
+            deadlines = self._deadlines
+            task = deadlines.current_task()
+            assert task is not None
+            deadlines.add(task, call.timeout)
             try:
                 return await self._send(call)
             except asyncio.CancelledError as exc:
-                if self._timeouts.leave(task) and task.cancelling() == 0:
+                if deadlines.remove(task) and task.uncancel() == 0:
                     raise UpstreamTimeout(
                         f'Post "{url}": context deadline exceeded (timeout {call.timeout} s)'
                     ) from exc
                 raise
             finally:
-                self._timeouts.leave(task)
+                deadlines.remove(task)
         except UpstreamConnectionError as exc:
             raise UpstreamConnectionError(f'Post "{url}": {exc.cause}') from exc
         except OSError as exc:  # from connecting: nothing was sent

@@ -20,11 +20,11 @@ from infergraph.router.engine.headers import HeaderPolicy
 from infergraph.router.engine.plan import GraphPlan
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Headers, Reply, Transport
+from infergraph.router.http.deadlines import Deadlines
 from infergraph.router.http.streams import ChunkStream
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.auth import KubernetesAuth
-from infergraph.router.service.deadlines import Deadlines
 from infergraph.router.service.messages import Request, Response, error_body
 from infergraph.router.service.registry import GraphRegistry
 from infergraph.router.settings import RouterSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from infergraph.router.service.deadlines import Deadlines
+from infergraph.router.http.deadlines import Deadlines
 
 
 async def test_overdue_task_is_cancelled_and_reported_expired() -> None:

@@ -1,4 +1,4 @@
-"""The fast client's per-call timeouts (router/http/timeouts.py) against a server that never
+"""The fast client's per-call timeouts (router/http/deadlines.py) against a server that never
 answers: a timeout is an UpstreamTimeout no earlier than asked and at most a resolution or so
 later; a cancellation from outside stays a cancellation; nothing stays timed afterwards."""
 
@@ -40,8 +40,8 @@ def test_a_timed_call_ends_in_upstream_timeout_on_time() -> None:
         with pytest.raises(UpstreamTimeout, match=r"timeout 0\.2 s"):
             await transport.send(_call(port, 0.2))
         took = loop.time() - started
-        assert not transport._timeouts._due
-        assert not transport._timeouts._expired
+        assert not transport._deadlines._due
+        assert not transport._deadlines._expired
         await transport.close()
         server.close()
         return took
@@ -59,7 +59,7 @@ def test_a_cancellation_from_outside_is_not_a_timeout() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not transport._timeouts._due
+        assert not transport._deadlines._due
         await transport.close()
         server.close()
 

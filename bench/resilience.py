@@ -69,22 +69,9 @@ class Bench:
 
     def attack(self, url: str, rate: int, group: int) -> dict[str, Any]:
         self.counts(reset=True)
-        before = cpu_seconds(group)
-        report = vegeta_attack(VEGETA, url, rate, self.args.duration, self.workdir, BODY)
-        cpu = cpu_seconds(group) - before
-        requests = report["requests"]
-        latencies = report["latencies"]
-        return {
-            "rate": rate,
-            "requests": requests,
-            "success": report["success"],
-            "status_codes": report.get("status_codes", {}),
-            "backend_calls_per_request": self.counts() / requests,
-            "cpu_us": cpu / requests * 1e6,
-            "p50_ms": latencies["50th"] / 1e6,
-            "p99_ms": latencies["99th"] / 1e6,
-            "max_ms": latencies["max"] / 1e6,
-        }
+        row = self._attack_one(url, rate, group, self.workdir)
+        row["backend_calls_per_request"] = self.counts() / row["requests"]
+        return row
 
     def _router(self, scenario: str, variant: str, spec: str) -> tuple[Any, int]:
         """A router for ``spec`` on core 0 (not started) and its port."""
@@ -192,7 +179,7 @@ class Bench:
                 rows = list(
                     pool.map(
                         lambda i: self._attack_one(
-                            f"http://127.0.0.1:{ports[i]}/", rate, pids[i], i
+                            f"http://127.0.0.1:{ports[i]}/", rate, pids[i], self.workdir / str(i)
                         ),
                         range(len(variants)),
                     )
@@ -204,8 +191,8 @@ class Bench:
                 row.update(system="infergraph", scenario=scenario, variant=variant, together=True)
                 self.rows.append(row)
 
-    def _attack_one(self, url: str, rate: int, group: int, index: int) -> dict[str, Any]:
-        workdir = self.workdir / f"attack-{index}"
+    def _attack_one(self, url: str, rate: int, group: int, workdir: Path) -> dict[str, Any]:
+        """One vegeta attack on ``url`` (its files in ``workdir``) and the CPU of ``group``."""
         workdir.mkdir(exist_ok=True)
         before = cpu_seconds(group)
         report = vegeta_attack(VEGETA, url, rate, self.args.duration, workdir, BODY)

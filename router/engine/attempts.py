@@ -155,7 +155,7 @@ class _Loop:
         replicas.replicas[replica].outstanding += 1
         return replica
 
-    def launch(self, *, budgeted: bool, hedge: bool, reserved: bool = False) -> None:
+    def launch(self, *, budgeted: bool, hedge: bool, reserved: bool = False) -> asyncio.Task[Reply]:
         """Start an attempt as a task; ``reserved``: its place in the budget is taken."""
         replica = self.pick()
         self.started += 1
@@ -164,6 +164,7 @@ class _Loop:
         self.last_start = self.ctx.clock()
         task = asyncio.ensure_future(self.attempt(replica, self.started, hedge))
         self.running[task] = _Attempt(replica, budgeted)
+        return task
 
     def _changed(self, replicas: list[int], kind: str, seconds: float = 0.0) -> None:
         observer = self.ctx.observer
@@ -316,17 +317,7 @@ class _Loop:
         """One attempt at a time, in this task (no hedge: nothing runs beside it)."""
         retries = 0
         while True:
-            replica = self.pick()
-            self.started += 1
-            reply: Reply | None = None
-            error: BaseException | None = None
-            try:
-                reply = await self.attempt(replica, self.started, False)
-            except GraphRequestError as failed:
-                error = failed
-            except BaseException:
-                self._release(replica, budgeted=retries > 0)
-                raise
+            replica, reply, error = await self.inline(budgeted=retries > 0)
             if retries:
                 self.runtime.retries_in_flight -= 1
             outcome = self.judge(replica, reply, error)
@@ -335,6 +326,22 @@ class _Loop:
             retries += 1
             if not await self.retry(retries, outcome, launch=False):
                 return _result(outcome)
+
+    async def inline(
+        self, *, budgeted: bool
+    ) -> tuple[int | None, Reply | None, GraphRequestError | None]:
+        """One attempt awaited in this task: its replica and its reply or failure. Ended by
+        anything else (a cancellation), its counts are given back (``budgeted``: its place in
+        the retry budget too) and that is raised."""
+        replica = self.pick()
+        self.started += 1
+        try:
+            return replica, await self.attempt(replica, self.started, False), None
+        except GraphRequestError as failed:
+            return replica, None, failed
+        except BaseException:
+            self._release(replica, budgeted=budgeted)
+            raise
 
     def _release(self, replica: int | None, *, budgeted: bool) -> None:
         """An attempt that ended in no outcome (cancelled, or not waited for): its counts
@@ -359,18 +366,11 @@ class _Loop:
         Returns the outcome and the hedge delay left (None once the hedge went out)."""
         assert hedge_after is not None
         watch = _HedgeWatch(self)
-        replica = self.pick()
-        self.started += 1
         timer = asyncio.get_running_loop().call_later(hedge_after, watch.fire)
-        reply: Reply | None = None
-        error: GraphRequestError | None = None
         try:
-            reply = await self.attempt(replica, self.started, False)
-        except GraphRequestError as failed:
-            error = failed
-        except asyncio.CancelledError:
+            replica, reply, error = await self.inline(budgeted=False)
+        except asyncio.CancelledError:  # its counts given back by inline
             timer.cancel()
-            self._release(replica, budgeted=False)
             won = watch.won
             if won is not None and watch.main.uncancel() == 0:  # the hedge's answer came
                 await self.cancel_all()
@@ -383,7 +383,6 @@ class _Loop:
         except BaseException:
             timer.cancel()
             watch.waiting = False
-            self._release(replica, budgeted=False)
             await self.cancel_all()
             raise
         # No await since the attempt ended: the hedge cannot have interrupted it.
@@ -437,16 +436,16 @@ class _Loop:
         assert last is not None
         return _result(last)
 
-    def hedge(self) -> None:
-        """Send the hedge, if the budget allows it."""
+    def hedge(self) -> asyncio.Task[Reply] | None:
+        """Send the hedge, if the budget allows it: its task."""
         observer = self.ctx.observer
         if not self.runtime.retry_allowed():
             if observer is not None:
                 observer.policy_event(self.step, "budget_exhausted", {"for": "hedge"})
-            return
+            return None
         if observer is not None:
             observer.policy_event(self.step, "hedge", {"attempt": self.started + 1})
-        self.launch(budgeted=True, hedge=True)
+        return self.launch(budgeted=True, hedge=True)
 
     async def retry(self, number: int, last: _Outcome | None, *, launch: bool = True) -> bool:
         """Back off and send retry ``number`` (``launch``: as a task; else the caller makes
@@ -491,9 +490,8 @@ class _HedgeWatch:
 
     def fire(self) -> None:
         self.fired = True
-        before = set(self.attempts.running)
-        self.attempts.hedge()
-        for task in set(self.attempts.running) - before:
+        task = self.attempts.hedge()
+        if task is not None:
             task.add_done_callback(self.done)
 
     def done(self, task: asyncio.Task[Reply]) -> None:

@@ -6,10 +6,11 @@ decides the result (the first such step in step order) and the branches still ru
 cancelled; any branch error fails the ensemble at once and cancels the rest.
 
 With ``minSuccess: k`` (``join: any`` is k = 1) the ensemble answers as soon as k steps
-succeeded and every Hard step did, cancels the rest, and merges only the successes (in step
-order). A Soft step's failure, error or unmergeable body just does not count; a Hard step's
-failure decides the result as above. Once k successes can no longer be reached, the ensemble
-fails as its last failing step did (its reply, or its error).
+succeeded and every Hard step did, cancels the rest, and merges only those successes (in step
+order; of branches that finished at the same moment, the first in step order count). A Soft
+step's failure, error or unmergeable body just does not count; a Hard step's failure decides the
+result as above. Once k successes can no longer be reached, the ensemble fails as its last
+failing step did (its reply, or its error).
 
 Bodies are checked with ``jsontext.valid``, which is safe at any depth (a model echoing a client
 body nested a million levels deep must not crash the router), and kept as they are.
@@ -138,6 +139,8 @@ async def _quorum(
                     failure = exc
                     continue
                 hard_waiting.discard(step.key)
+                if len(successes) >= needed and not hard_waiting:
+                    break  # enough: the rest that finished at once count as cancelled
             if len(successes) >= needed and not hard_waiting:
                 keyed = sorted(successes.items(), key=lambda item: order[item[0]])
                 return Reply(200, merge(keyed), JSON)

@@ -460,6 +460,23 @@ def test_an_outside_cancellation_during_the_first_attempt_leaves_no_count() -> N
     assert [r.outstanding for r in graph.runtime.replicas["root/s"].replicas] == [0, 0]
 
 
+def test_join_any_answers_with_one_branch_when_two_finish_at_once() -> None:
+    graph = plan(
+        {
+            "root": {
+                "routerType": "Ensemble",
+                "join": "any",
+                "steps": [
+                    {"name": "a", "serviceUrl": url("a")},
+                    {"name": "b", "serviceUrl": url("b")},
+                ],
+            }
+        }
+    )
+    fake = Fake({"a": Server([200]), "b": Server([200])})  # both answer on the same loop pass
+    assert list(orjson.loads(go(graph, fake).body)) == ["a"]
+
+
 def test_no_hedge_when_the_answer_comes_in_time() -> None:
     server = Server([("slow", 0.03, 200)])
     graph = one_step({"serviceUrl": url("a"), "hedge": {"afterMs": 50}})

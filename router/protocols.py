@@ -48,3 +48,11 @@ def parse_grpc_model_path(path: str) -> tuple[str | None, str | None]:
         version = parts[4] if len(parts) >= 5 and parts[3] == "versions" else None
         return parts[2], version
     return None, None
+
+
+# Internal media types of bodies that are Open Inference Protocol messages in protobuf's wire
+# format (a graph reached over gRPC ingress whose steps all speak ``v2-grpc``): never sent to a
+# client over HTTP, only between the gRPC ingress, the engine and the ``v2-grpc`` transport.
+OIP_INFER_REQUEST = "application/x-protobuf; messageType=inference.ModelInferRequest"
+OIP_INFER_RESPONSE = "application/x-protobuf; messageType=inference.ModelInferResponse"
+OIP_MEDIA = (OIP_INFER_REQUEST, OIP_INFER_RESPONSE)

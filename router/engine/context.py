@@ -14,6 +14,7 @@ from infergraph.router.engine.transport import Headers, Transport
 
 if TYPE_CHECKING:
     from infergraph.router.engine.runtime import GraphRuntime
+    from infergraph.router.engine.tensors import TensorCodec
 
 
 def loop_time() -> float:
@@ -40,6 +41,8 @@ class ExecutionContext:
     # The clock the resilience policies read (ejection times, the graph's deadline): it must
     # be the loop's, whose timers the attempts' sleeps and timeouts use.
     clock: Callable[[], float] = loop_time
+    # Maps binary OIP messages when the request is one (gRPC ingress): ``engine.tensors``.
+    tensors: TensorCodec | None = None
     # Set by run_graph for graphs with policies: the plan's running state, the deadline (on
     # ``clock``) and the graph's timeout; the labels of the steps running now; the fallbacks
     # that answered ("node/step=target"), for the response header.

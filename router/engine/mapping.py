@@ -31,7 +31,14 @@ from jsonpath_ng.ext.parser import parse as parse_jsonpath
 from infergraph.router.engine.errors import MappingError, RequestMappingError
 from infergraph.router.engine.jsontext import EncodeError
 from infergraph.router.engine.payload import NotJSON, Payload
+from infergraph.router.engine.tensors import (
+    InvalidMessage,
+    MissingOutputs,
+    TensorCodec,
+    payload_of,
+)
 from infergraph.router.engine.transport import Reply
+from infergraph.router.protocols import OIP_INFER_REQUEST, OIP_INFER_RESPONSE
 
 ROOTS = ("$request", "$response", "$steps.")
 # How deep a request template may nest, and how many values it may hold (its own structure,
@@ -51,6 +58,8 @@ class Sources:
     request: Payload
     previous: Reply | None = None
     earlier: Mapping[str, Reply] | None = None
+    # Maps binary OIP replies (``engine.tensors``); None when the request is JSON.
+    codec: TensorCodec | None = None
 
 
 def _error(client_side: bool) -> type[MappingError | RequestMappingError]:
@@ -131,11 +140,11 @@ class Selection:
         if self.root == "response":
             if sources.previous is None:
                 return sources.request  # as KServe: $response on the first step is the input
-            return Payload(sources.previous.body)
+            return payload_of(sources.previous)
         reply = (sources.earlier or {}).get(self.step or "")
         if reply is None:
             raise MappingError(f"{self.source}: step {self.step!r} has not run")
-        return Payload(reply.body)
+        return payload_of(reply)
 
 
 def compile_selection(text: str) -> Selection:
@@ -259,10 +268,21 @@ class OutputsToInputs:
 
     renames: tuple[tuple[str, str], ...] | None  # None keeps every output under its own name
 
-    def apply(self, payload: Payload, client_side: bool = False) -> Payload:
+    def apply(
+        self, payload: Payload, client_side: bool = False, codec: TensorCodec | None = None
+    ) -> Payload:
         """Convert ``payload``; ``client_side`` when it is the request (the node input, not a
-        model's reply), whose faults are the client's (400) rather than the model's (500)."""
+        model's reply), whose faults are the client's (400) rather than the model's (500).
+        A binary ``ModelInferResponse`` is converted by ``codec``, into a binary request."""
         what = "the request" if client_side else "the v2 response"
+        if payload.media == OIP_INFER_RESPONSE and codec is not None:
+            try:
+                raw = codec.outputs_to_inputs(payload.raw, self.renames)
+            except MissingOutputs as exc:
+                raise _error(client_side)(self._missing(what, exc.missing, exc.present)) from exc
+            except InvalidMessage as exc:
+                raise _error(client_side)(f"outputsToInputs: {what}: {exc}") from exc
+            return Payload(raw, OIP_INFER_REQUEST)
         document = _document(payload, what, client_side)
         outputs = document.get("outputs") if isinstance(document, dict) else None
         if not isinstance(outputs, list):
@@ -275,10 +295,7 @@ class OutputsToInputs:
         else:
             missing = [old for old, _ in self.renames if old not in by_name]
             if missing:
-                raise _error(client_side)(
-                    f"outputsToInputs: {what} has no output named {', '.join(missing)}"
-                    f" (it has {', '.join(str(n) for n in by_name)})"
-                )
+                raise _error(client_side)(self._missing(what, missing, list(by_name)))
             chosen = list(self.renames)
         inputs = []
         for old, new in chosen:
@@ -291,6 +308,13 @@ class OutputsToInputs:
         if "id" in document:
             request["id"] = document["id"]
         return _encoded(request, "outputsToInputs: the v2 request", client_side)
+
+    @staticmethod
+    def _missing(what: str, missing: list[str], present: list[Any]) -> str:
+        return (
+            f"outputsToInputs: {what} has no output named {', '.join(missing)}"
+            f" (it has {', '.join(str(n) for n in present)})"
+        )
 
 
 def compile_outputs_to_inputs(setting: bool | dict[str, str]) -> OutputsToInputs | None:
@@ -350,7 +374,7 @@ class StepInput:
             payload = predictions_to_instances(payload)
         if self.outputs_to_inputs is not None:
             from_request = self.data is None or self.data.client_side(sources)
-            payload = self.outputs_to_inputs.apply(payload, from_request)
+            payload = self.outputs_to_inputs.apply(payload, from_request, sources.codec)
         return payload
 
 

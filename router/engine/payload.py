@@ -3,6 +3,10 @@
 Reading goes through ``jsontext``, so no body (invalid UTF-8, nesting thousands of levels deep,
 lone surrogate escapes, numbers beyond a double) makes the engine raise anything but
 ``NotJSON`` with a reason.
+
+A payload may instead hold an Open Inference Protocol message in protobuf's wire format
+(``media`` is one of ``protocols.OIP_MEDIA``): the engine passes it on as bytes and maps it only
+through the execution context's ``TensorCodec`` (``engine.tensors``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ _UNPARSED = object()
 class Payload:
     """Bytes that travel between steps untouched, with a lazily cached JSON view."""
 
-    __slots__ = ("_error", "_parsed", "_text", "_valid", "raw")
+    __slots__ = ("_error", "_parsed", "_text", "_valid", "media", "raw")
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, media: str | None = None) -> None:
         self.raw = raw
+        # None for JSON (or bytes a plain step passes on); an OIP media type for protobuf.
+        self.media = media
         self._parsed: Any = _UNPARSED
         self._valid: bool | None = None
         self._error: NotJSON | None = None  # why ``json()`` failed, or ``TooDeep``

@@ -34,6 +34,7 @@ from infergraph.router.engine.policy import NO_RETRY, RetryPolicy
 from infergraph.router.engine.policy_compile import GraphPolicy
 from infergraph.router.engine.runtime import GraphRuntime, ReplicaSet
 from infergraph.router.engine.spec import InferenceGraphSpec, InferenceStep, NamedSpec, load_text
+from infergraph.router.engine.tensors import carries_tensors
 from infergraph.router.engine.transport import ServiceTarget, parse_target
 from infergraph.router.protocols import (
     OPENAI_CHAT,
@@ -153,6 +154,8 @@ class GraphPlan:
     # True when some step has a policy or the graph a timeout or maxInFlight: requests then
     # keep the running state's counts.
     resilient: bool = False
+    # True when a binary OIP request can run through the graph as it is (engine.tensors).
+    carries_tensors: bool = False
     # The one mutable part: requests in flight, bulkheads, replica health (engine.runtime).
     runtime: GraphRuntime = field(default_factory=GraphRuntime, compare=False)
 
@@ -553,6 +556,7 @@ def compile_plan(named: NamedSpec, *, source: str | None = None) -> GraphPlan:
         streams=any(s.protocol is Protocol.OPENAI for n in nodes.values() for s in n.steps),
         policy=graph_policy,
         resilient=resilient,
+        carries_tensors=carries_tensors(compiler.built[ROOT]),
         runtime=compiler.runtime,
     )
 

@@ -41,7 +41,7 @@ async def run(
         if step.input.passthrough:
             step_input = payload
         else:
-            step_input = step.input.build(Sources(payload, previous, earlier))
+            step_input = step.input.build(Sources(payload, previous, earlier, ctx.tensors))
         reply = await run_step(step, step_input, ctx, final and step.index == last)
         if step.hard and not reply.ok:
             return reply

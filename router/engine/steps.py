@@ -110,6 +110,7 @@ async def call_service(
         trace_headers=ctx.trace_headers,
         attempt=number,
         hedge=hedge,
+        media=payload.media,
     )
     watcher = ctx.calls
     if watcher is None:
@@ -127,9 +128,12 @@ def wants_stream(payload: Payload) -> bool:
     return document is not None and document["stream"] is True
 
 
-async def run_graph(plan: GraphPlan, body: bytes, ctx: ExecutionContext) -> Reply:
-    """Run a graph from its root node on a request body."""
-    payload = Payload(body)
+async def run_graph(
+    plan: GraphPlan, body: bytes, ctx: ExecutionContext, media: str | None = None
+) -> Reply:
+    """Run a graph from its root node on a request body (a binary OIP message when ``media``
+    says so: only for a plan that ``carries_tensors``, with ``ctx.tensors`` set)."""
+    payload = Payload(body, media)
     if plan.streams:
         ctx.stream_requested = wants_stream(payload)
     if not plan.resilient:

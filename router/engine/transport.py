@@ -90,7 +90,8 @@ class StepCall:
     """One downstream call: where, what, with which headers, and how long it may take.
 
     ``protocol`` is None for a plain POST (KServe's behaviour); ``v2-grpc`` calls ``model`` over
-    gRPC with the JSON v2 ``body``; ``stream`` asks for the reply body as it arrives.
+    gRPC with the JSON v2 ``body``, or with the ``ModelInferRequest`` it is when ``media`` says
+    so (``protocols.OIP_INFER_REQUEST``); ``stream`` asks for the reply body as it arrives.
     """
 
     target: ServiceTarget
@@ -111,6 +112,8 @@ class StepCall:
     # Which attempt of the step call this is (1: the first), and whether it is a hedge.
     attempt: int = 1
     hedge: bool = False
+    # None: ``body`` is JSON (or bytes passed on); else the OIP message type it holds.
+    media: str | None = None
 
     def with_headers(self, headers: Headers, trace_headers: Headers = ()) -> StepCall:
         """The same call with other headers (built directly: ``dataclasses.replace`` inspects
@@ -130,6 +133,7 @@ class StepCall:
             trace_headers,
             self.attempt,
             self.hedge,
+            self.media,
         )
 
     def all_headers(self) -> Headers:

@@ -7,6 +7,11 @@ per target, and turns the ``ModelInferResponse`` straight back into JSON v2. No 
 tritonclient are on this path: the messages are ``oip``'s, the call a plain ``grpc.aio`` unary
 method. Datatypes and shapes round-trip exactly.
 
+A call whose body already is a ``ModelInferRequest`` (a graph reached over gRPC ingress,
+``engine.tensors``) is sent as those bytes, with the step's model written in
+(``binary_tensors.with_model``), and its reply is the ``ModelInferResponse``'s bytes as they came:
+no tensor is decoded on that path.
+
 A request that is not valid JSON v2 gets 400 with a reason, as a v2 REST server answers; gRPC
 status codes map to the HTTP statuses v2 REST uses; an unreachable server is a connection error.
 """
@@ -23,8 +28,10 @@ import orjson
 from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.http import oip
+from infergraph.router.http.binary_tensors import with_model
 from infergraph.router.http.tensors import InvalidV2Request, request_from_json, response_to_json
 from infergraph.router.http.upstream_tls import UpstreamTls
+from infergraph.router.protocols import OIP_INFER_REQUEST, OIP_INFER_RESPONSE
 
 JSON = "application/json"
 
@@ -74,9 +81,9 @@ def error_reply(code: str, message: str, url: str, timeout: float | None) -> Rep
 
 
 class Upstream:
-    """One target's HTTP/2 channel and its ``ModelInfer`` method."""
+    """One target's HTTP/2 channel and its ``ModelInfer`` method, on messages and on bytes."""
 
-    __slots__ = ("channel", "model_infer")
+    __slots__ = ("channel", "model_infer", "model_infer_bytes")
 
     def __init__(self, address: str, credentials: Any) -> None:
         if credentials is not None:
@@ -87,6 +94,10 @@ class Upstream:
             oip.method_path("ModelInfer"),
             request_serializer=oip.ModelInferRequest.SerializeToString,
             response_deserializer=oip.ModelInferResponse.FromString,
+        )
+        # Without (de)serializers grpc sends and returns the bytes as they are.
+        self.model_infer_bytes: Callable[..., Any] = self.channel.unary_unary(
+            oip.method_path("ModelInfer")
         )
 
     async def close(self) -> None:
@@ -120,13 +131,19 @@ class GrpcV2Transport:
         return client
 
     async def send(self, call: StepCall) -> Reply:
-        try:
-            request = request_from_json(call.body, call.model or "", call.model_version or "")
-        except InvalidV2Request as exc:
-            return _error(exc.status, exc.cause)
+        request: Any
+        binary = call.media == OIP_INFER_REQUEST
+        if binary:
+            request = with_model(call.body, call.model or "", call.model_version or "")
+            model_infer = self._client(call).model_infer_bytes
+        else:
+            try:
+                request = request_from_json(call.body, call.model or "", call.model_version or "")
+            except InvalidV2Request as exc:
+                return _error(exc.status, exc.cause)
+            model_infer = self._client(call).model_infer
         headers = {n.lower(): v for n, v in call.all_headers() if n.lower() != "content-type"}
         metadata = tuple(headers.items())
-        model_infer = self._client(call).model_infer
         try:
             response = await model_infer(
                 request=request,
@@ -137,4 +154,6 @@ class GrpcV2Transport:
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() is not None else "UNKNOWN"
             return error_reply(code, exc.details() or "", call.target.url, call.timeout)
+        if binary:
+            return Reply(200, response, OIP_INFER_RESPONSE)
         return Reply(200, orjson.dumps(response_to_json(response)), JSON)

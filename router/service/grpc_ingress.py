@@ -10,6 +10,11 @@ metadata, its headers), ``traceparent``, deadlines and errors. The answer comes 
 (``STATUS_CODES``), with the same cause. The client's ``grpc-timeout`` bounds the graph; a
 client that cancels cancels the graph's calls.
 
+A graph that ``carries_tensors`` (every step it can reach speaks ``v2-grpc`` and only passes
+tensors on: ``engine.tensors``) runs on the request's own bytes, and its answer is the last
+step's ``ModelInferResponse`` as the model server sent it: no tensor is written as JSON, and
+BYTES elements need not be UTF-8. Any other graph runs on JSON v2.
+
 ``ModelStreamInfer`` answers each request of the stream in turn: a graph whose answering step
 streams (an OpenAI step asked for ``"stream": true`` by a request parameter ``stream``) sends one
 ``ModelStreamInferResponse`` per server-sent event, its data as the BYTES output ``text_output``;
@@ -35,9 +40,10 @@ import orjson
 from google.protobuf.message import DecodeError
 
 from infergraph.router.engine.errors import GraphRequestError
-from infergraph.router.http import oip
+from infergraph.router.http import binary_tensors, oip
 from infergraph.router.http.ingress_tensors import request_to_json, response_from_json
 from infergraph.router.http.tensors import U32, InvalidV2Request
+from infergraph.router.protocols import OIP_INFER_REQUEST, OIP_INFER_RESPONSE
 from infergraph.router.service.handler import RouterService
 from infergraph.router.service.messages import Request, Response
 from infergraph.router.service.metadata import ModelMetadata
@@ -64,6 +70,7 @@ STATUS_CODES = {
     504: Code.DEADLINE_EXCEEDED,
 }
 STREAM_OUTPUT = "text_output"
+STREAMED_RESPONSE = 2  # ModelStreamInferResponse.infer_response
 
 
 def code_for(status: int) -> Any:
@@ -139,7 +146,7 @@ class GrpcIngress:
             return grpc.unary_unary_rpc_method_handler(
                 self._guarded(call),
                 request_deserializer=_lenient(oip.message(request)),
-                response_serializer=oip.message(response).SerializeToString,
+                response_serializer=_serializer(oip.message(response)),
             )
 
         handlers = {
@@ -152,7 +159,7 @@ class GrpcIngress:
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self.model_stream_infer,
                 request_deserializer=_lenient(oip.ModelInferRequest),
-                response_serializer=oip.message("ModelStreamInferResponse").SerializeToString,
+                response_serializer=_serializer(oip.message("ModelStreamInferResponse")),
             ),
         }
         return grpc.method_handlers_generic_handler(oip.SERVICE, handlers)
@@ -259,22 +266,27 @@ class GrpcIngress:
 
     # -- inference ---------------------------------------------------------------------------------
 
-    async def model_infer(self, request: Any, context: Any) -> Any:
-        response = await self._run(request, context)
+    async def model_infer(self, inbound: Any, context: Any) -> Any:
+        response = await self._run(inbound, context)
         if response.stream is not None:
             chunks = [chunk async for chunk in response.stream]
             response = Response(response.status, b"".join(chunks), response.content_type)
-        return self._answer(request, response)
+        return self._answer(inbound.message, response)
 
     async def model_stream_infer(self, requests: AsyncIterator[Any], context: Any) -> Any:
         stream_response = oip.message("ModelStreamInferResponse")
-        async for request in requests:
+        async for inbound in requests:
             try:
-                if isinstance(request, _Malformed):
-                    raise _Abort(Code.INVALID_ARGUMENT, request.reason)
-                response = await self._run(request, context)
+                if isinstance(inbound, _Malformed):
+                    raise _Abort(Code.INVALID_ARGUMENT, inbound.reason)
+                request = inbound.message
+                response = await self._run(inbound, context)
                 if response.stream is None:
-                    yield stream_response(infer_response=self._answer(request, response))
+                    answer = self._answer(request, response)
+                    if isinstance(answer, bytes):  # as it came: embedded as it is
+                        yield binary_tensors.length_delimited(STREAMED_RESPONSE, answer)
+                    else:
+                        yield stream_response(infer_response=answer)
                     continue
                 async for chunk in response.stream:
                     yield stream_response(infer_response=_text_output(request, chunk))
@@ -282,22 +294,29 @@ class GrpcIngress:
                 # As Triton: the stream goes on; this request's answer is its error.
                 yield stream_response(error_message=f"{abort.code.name}: {abort.details}")
 
-    async def _run(self, request: Any, context: Any) -> Response:
-        self._plan(request.model_name)  # NOT_FOUND before any conversion
-        try:
-            body = request_to_json(request)
-        except InvalidV2Request as error:
-            raise _Abort(Code.INVALID_ARGUMENT, error.cause) from error
+    async def _run(self, inbound: Inbound, context: Any) -> Response:
+        request = inbound.message
+        plan = self._plan(request.model_name)  # NOT_FOUND before any conversion
         stream = request.parameters.get("stream")
-        if stream is not None and stream.WhichOneof("parameter_choice") == "bool_param":
-            # What an OpenAI step reads is the body's own "stream".
-            body = body[:-1] + (b',"stream":true}' if stream.bool_param else b"}")
+        if stream is not None and stream.WhichOneof("parameter_choice") != "bool_param":
+            stream = None
+        media = None
+        if plan.carries_tensors and stream is None:
+            body, media = inbound.raw, OIP_INFER_REQUEST
+        else:
+            try:
+                body = request_to_json(request)
+            except InvalidV2Request as error:
+                raise _Abort(Code.INVALID_ARGUMENT, error.cause) from error
+            if stream is not None:
+                # What an OpenAI step reads is the body's own "stream".
+                body = body[:-1] + (b',"stream":true}' if stream.bool_param else b"}")
 
         headers = [("Content-Type", "application/json")]
         for key, value in context.invocation_metadata() or ():
             if not key.startswith(":") and not key.endswith("-bin") and key != "content-type":
                 headers.append((key, value))
-        http = Request("POST", GRAPHS_PREFIX + request.model_name, tuple(headers), body)
+        http = Request("POST", GRAPHS_PREFIX + request.model_name, tuple(headers), body, media)
         remaining = context.time_remaining()
         try:
             async with asyncio.timeout(remaining):
@@ -311,6 +330,10 @@ class GrpcIngress:
         return response
 
     def _answer(self, request: Any, response: Response) -> Any:
+        """The ``ModelInferResponse`` for the graph's answer: bytes as the last step sent them
+        when the graph ran on binary tensors, else converted from JSON."""
+        if response.content_type == OIP_INFER_RESPONSE:
+            return response.body
         try:
             return response_from_json(response.body, request.model_name, request.model_version)
         except InvalidV2Request as error:
@@ -325,6 +348,16 @@ def _text_output(request: Any, chunk: bytes) -> Any:
     return response
 
 
+class Inbound:
+    """A ``ModelInferRequest`` as parsed, and the bytes it came as (for graphs that run on
+    them)."""
+
+    __slots__ = ("message", "raw")
+
+    def __init__(self, message: Any, raw: bytes) -> None:
+        self.message, self.raw = message, raw
+
+
 class _Malformed:
     """What a message that does not parse becomes, so the handler answers INVALID_ARGUMENT
     with the reason (gRPC's own answer would be an INTERNAL without one)."""
@@ -334,12 +367,28 @@ class _Malformed:
 
 
 def _lenient(message: Any) -> Callable[[bytes], Any]:
+    """Parse ``message``; a ``ModelInferRequest`` comes as an ``Inbound``."""
     name = message.DESCRIPTOR.name
+    keep = message is oip.ModelInferRequest
 
     def parse(raw: bytes) -> Any:
         try:
-            return message.FromString(raw)
+            parsed = message.FromString(raw)
         except DecodeError as error:
             return _Malformed(f"not a valid {name}: {error}")
+        return Inbound(parsed, raw) if keep else parsed
 
     return parse
+
+
+def _serializer(message: Any) -> Callable[[Any], bytes]:
+    """``message``'s encoding; bytes (an answer that already is one) go as they are."""
+    serialize = message.SerializeToString
+
+    def encode(value: Any) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        encoded: bytes = serialize(value)
+        return encoded
+
+    return encode

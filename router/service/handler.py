@@ -20,10 +20,14 @@ from infergraph.router.engine.headers import HeaderPolicy
 from infergraph.router.engine.plan import GraphPlan
 from infergraph.router.engine.steps import run_graph
 from infergraph.router.engine.transport import Headers, Reply, Transport
+from infergraph.router.http import oip
+from infergraph.router.http.binary_tensors import OipTensorCodec
 from infergraph.router.http.deadlines import Deadlines
+from infergraph.router.http.ingress_tensors import request_to_json
 from infergraph.router.http.streams import ChunkStream
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.telemetry import Telemetry
+from infergraph.router.protocols import OIP_MEDIA
 from infergraph.router.service.auth import KubernetesAuth
 from infergraph.router.service.messages import Request, Response, error_body
 from infergraph.router.service.registry import GraphRegistry
@@ -38,6 +42,7 @@ HEALTHY = Response(200, b"ok", "text/plain; charset=utf-8")
 STREAM_HEADERS = (("Cache-Control", "no-cache"),)
 # Which steps their fallback answered: "node/step=target", comma-separated.
 FALLBACK_HEADER = "X-Infergraph-Fallback"
+TENSOR_CODEC = OipTensorCodec()
 
 
 def error_response(error: GraphRequestError, headers: Headers = ()) -> Response:
@@ -52,11 +57,17 @@ def _fallback_headers(ctx: ExecutionContext) -> Headers:
 
 def _content_type(reply: Reply) -> str:
     declared = reply.content_type
-    if declared is not None and declared.startswith(JSON):
+    if declared is not None and (declared.startswith(JSON) or declared in OIP_MEDIA):
         return declared
     if reply.body and jsontext.valid(reply.body):
         return JSON
     return declared or "application/octet-stream"
+
+
+def _as_json(request: Request) -> Request:
+    """A binary ``ModelInferRequest`` (already parsed once by gRPC ingress) as JSON v2."""
+    body = request_to_json(oip.ModelInferRequest.FromString(request.body))
+    return Request(request.method, request.path, request.headers, body)
 
 
 class _Relay(ChunkStream):
@@ -148,6 +159,9 @@ class RouterService:
             plan = self.registry.lookup(path)
             if auth is not None and caller is not None:
                 await auth.authorize(caller, plan.name)
+            if request.media is not None and not plan.carries_tensors:
+                # Reloaded since gRPC ingress chose the binary path: run it on JSON v2.
+                request = _as_json(request)
         except GraphRequestError as error:
             return error_response(error)
         recorder = self.telemetry.recorder(plan.name, request.header_map, path)
@@ -162,6 +176,8 @@ class RouterService:
             calls=recorder.upstream,
             trace_headers=recorder.trace_headers,
         )
+        if request.media is not None:
+            ctx.tensors = TENSOR_CODEC
         with recorder:
             response = await self._respond(request, plan, ctx, recorder)
             recorder.answered(response.status)
@@ -185,7 +201,7 @@ class RouterService:
         recorder: RequestRecorder,
     ) -> Response:
         try:
-            reply = await self._run(plan, request.body, ctx)
+            reply = await self._run(plan, request, ctx)
         except GraphRequestError as error:
             recorder.failed(error)
             if error.close_connection:
@@ -204,17 +220,18 @@ class RouterService:
             )
         return Response(reply.status, reply.body, _content_type(reply), _fallback_headers(ctx))
 
-    async def _run(self, plan: GraphPlan, body: bytes, ctx: ExecutionContext) -> Reply:
+    async def _run(self, plan: GraphPlan, request: Request, ctx: ExecutionContext) -> Reply:
         """Run the graph; ``DeadlineExceeded`` when it ran past ``serverWrite``."""
         timeouts = plan.timeouts
+        body, media = request.body, request.media
         if timeouts.server_write is None:
-            return await run_graph(plan, body, ctx)
+            return await run_graph(plan, body, ctx, media)
         task = self.deadlines.current_task()
         assert task is not None
         self.deadlines.add(task, timeouts.server_write)
         expired = False
         try:
-            return await run_graph(plan, body, ctx)
+            return await run_graph(plan, body, ctx, media)
         except asyncio.CancelledError:
             expired = self.deadlines.remove(task)
             if not expired:

@@ -28,6 +28,9 @@ class Request:
     path: str  # percent-decoded, without the query
     headers: Headers
     body: bytes
+    # Set by gRPC ingress only (never from a header): the body is this OIP message in
+    # protobuf's wire format (``protocols.OIP_INFER_REQUEST``).
+    media: str | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of a header (``name`` in lower case), or None."""

@@ -79,6 +79,12 @@ def triton(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger) -> Iterator
 
 
 @pytest.fixture(scope="session")
+def kserve_python() -> Path:
+    """The Python of KServe's environment (its clients run there)."""
+    return component_python("kserve-0.21.0")
+
+
+@pytest.fixture(scope="session")
 def kserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real KServe ModelServer with the models of predictors/kserve_server.py."""
     python = component_python("kserve-0.21.0")

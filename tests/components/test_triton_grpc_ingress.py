@@ -1,10 +1,15 @@
 """gRPC ingress in front of a real Triton: tritonclient's sync and aio gRPC clients call the
-router, whose graphs call Triton over v2 gRPC and over v2 REST; every output is compared, value by
-value, with the same chain of calls made straight to Triton over gRPC."""
+router, whose graphs call Triton over v2 gRPC and over v2 REST; so does KServe's
+``InferenceGRPCClient``, from its own environment. Every output is compared, value by value,
+with the same chain of calls made straight to Triton over gRPC. A chain of v2-grpc steps runs on
+the binary messages themselves, so it carries BYTES that JSON cannot."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 
 from infergraph.predictors import processes
+from infergraph.testing.harness import request
 
 TRITON_GRPC = 18201  # tests/components/conftest.py starts Triton with gRPC here
 
@@ -35,31 +41,40 @@ def direct_chain() -> dict[str, np.ndarray]:
         return {o.name: result.as_numpy(o.name) for o in response.outputs}
 
 
-@pytest.fixture(scope="module")
-def grpc_router(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    started: list[processes.ServerProcess] = []
-    logs = tmp_path_factory.mktemp("grpc-routers")
+class Routers:
+    """Starts a router with gRPC ingress on an example graph; its gRPC port (``http_ports``
+    maps it to the router's REST port)."""
 
-    def start(example: str) -> int:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[processes.ServerProcess] = []
+        self.http_ports: dict[int, int] = {}
+
+    def __call__(self, example: str) -> int:
         port, grpc_port = processes.free_port(), processes.free_port()
         server = processes.router(
             port,
             "--graph",
             str(REPO / "graphs" / example),
             extra=("--drain-seconds", "0", "--grpc-port", str(grpc_port)),
-            log_path=logs / f"{port}.log",
+            log_path=self.logs / f"{port}.log",
         )
-        started.append(server.start())
+        self.started.append(server.start())
+        self.http_ports[grpc_port] = port
         return grpc_port
 
-    yield start
-    for server in started:
+
+@pytest.fixture(scope="module")
+def grpc_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routers]:
+    routers = Routers(tmp_path_factory.mktemp("grpc-routers"))
+    yield routers
+    for server in routers.started:
         server.stop()
 
 
 @pytest.mark.parametrize("example", ["triton-grpc.yaml", "triton-v2.yaml"])
 def test_the_chain_over_grpc_ingress_matches_direct_calls(
-    example: str, triton: str, grpc_router: Any
+    example: str, triton: str, grpc_router: Routers
 ) -> None:
     port = grpc_router(example)
     expected = direct_chain()
@@ -77,7 +92,7 @@ def test_the_chain_over_grpc_ingress_matches_direct_calls(
         assert np.array_equal(got, values), name
 
 
-def test_the_aio_client_in_parallel(triton: str, grpc_router: Any) -> None:
+def test_the_aio_client_in_parallel(triton: str, grpc_router: Routers) -> None:
     port = grpc_router("triton-grpc.yaml")
     expected = direct_chain()["label"]
 
@@ -93,3 +108,134 @@ def test_the_aio_client_in_parallel(triton: str, grpc_router: Any) -> None:
 
     for labels in asyncio.run(main()):
         assert np.array_equal(labels, expected)
+
+
+def test_kserves_grpc_client_through_the_router_matches_direct_calls(
+    triton: str, grpc_router: Routers, kserve_python: Path
+) -> None:
+    """KServe's InferenceGRPCClient (its own environment) against both graphs."""
+    expected = direct_chain()
+    for example in ("triton-grpc.yaml", "triton-v2.yaml"):
+        port = grpc_router(example)
+        run = subprocess.run(
+            [
+                str(kserve_python),
+                str(Path(__file__).with_name("kserve_grpc_client.py")),
+                f"127.0.0.1:{port}",
+                example.removesuffix(".yaml"),
+                "k-1",
+            ],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).parent,
+        )
+        assert run.returncode == 0, run.stderr
+        answer = json.loads(run.stdout)
+        assert answer["id"] == "k-1", example
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        assert set(outputs) == set(expected), example
+        for name, values in expected.items():
+            got = outputs[name]
+            assert got["datatype"] == triton_grpc.np_to_triton_dtype(values.dtype), (example, name)
+            assert got["shape"] == list(values.shape), (example, name)
+            assert np.array_equal(np.array(got["data"], values.dtype), values), (example, name)
+
+
+TYPES_INPUTS: dict[str, np.ndarray] = {
+    "f": np.array([1.5, -4.0, 0.25], np.float32),
+    "i": np.array([7, -(2**40), 0], np.int64),
+    "b": np.array([True, False, True]),
+}
+
+
+def types_inputs(client: Any, strings: np.ndarray) -> list[Any]:
+    inputs = []
+    for name, values in [*TYPES_INPUTS.items(), ("s", strings)]:
+        tensor = client.InferInput(
+            name, list(values.shape), client.np_to_triton_dtype(values.dtype)
+        )
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    return inputs
+
+
+def types_twice_direct(strings: np.ndarray) -> dict[str, np.ndarray]:
+    """``types``, then ``types`` again on its outputs, straight to Triton over gRPC."""
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{TRITON_GRPC}") as c:
+        first = c.infer("types", types_inputs(triton_grpc, strings))
+        again = []
+        for name in ("f", "i", "b", "s"):
+            values = first.as_numpy(f"{name}_out")
+            assert values is not None
+            tensor = triton_grpc.InferInput(
+                name, list(values.shape), triton_grpc.np_to_triton_dtype(values.dtype)
+            )
+            tensor.set_data_from_numpy(values)
+            again.append(tensor)
+        result = c.infer("types", again)
+        return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+
+
+def test_a_grpc_chain_carries_bytes_json_cannot(triton: str, grpc_router: Routers) -> None:
+    """Over gRPC ingress a graph of v2-grpc steps runs on the binary messages: BYTES elements
+    that are not UTF-8 (which the JSON path refuses: tests/service/test_grpc_ingress.py) go
+    through two Triton calls and back, byte for byte, as the same calls made directly give."""
+    strings = np.array([b"\xff\xfe\x00ab", b"", "é".encode("latin-1")], np.object_)
+    expected = types_twice_direct(strings)
+    assert list(expected["s_out"]) == [b"\xff\xfe\x00AB", b"", b"\xe9"]
+    port = grpc_router("triton-grpc-types.yaml")
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") as c:
+        result = c.infer("triton-grpc-types", types_inputs(triton_grpc, strings), request_id="t")
+    response = result.get_response()
+    assert (response.id, response.model_name) == ("t", "types")
+    assert {o.name for o in response.outputs} == set(expected)
+    for name, values in expected.items():
+        got = result.as_numpy(name)
+        assert got is not None
+        assert got.dtype == values.dtype, name
+        assert np.array_equal(got, values), name
+
+
+def test_the_same_chain_over_rest_gives_what_grpc_ingress_gives(
+    triton: str, grpc_router: Routers
+) -> None:
+    """UTF-8 strings: REST ingress (JSON all the way) and gRPC ingress (binary all the way)
+    answer the same values."""
+    strings = np.array([b"abc", "ünï".encode()], np.object_)
+    inputs = {name: values[:2] for name, values in TYPES_INPUTS.items()}
+    grpc_port = grpc_router("triton-grpc-types.yaml")
+    http_port = grpc_router.http_ports[grpc_port]
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as c:
+        tensors = []
+        for name, values in [*inputs.items(), ("s", strings)]:
+            tensor = triton_grpc.InferInput(
+                name, list(values.shape), triton_grpc.np_to_triton_dtype(values.dtype)
+            )
+            tensor.set_data_from_numpy(values)
+            tensors.append(tensor)
+        over_grpc = c.infer("g", tensors)
+    body = {
+        "inputs": [
+            *(
+                {
+                    "name": name,
+                    "shape": list(values.shape),
+                    "datatype": triton_grpc.np_to_triton_dtype(values.dtype),
+                    "data": values.tolist(),
+                }
+                for name, values in inputs.items()
+            ),
+            {"name": "s", "shape": [2], "datatype": "BYTES", "data": ["abc", "ünï"]},
+        ]
+    }
+    over_rest = request(http_port, body)
+    assert over_rest.status == 200, over_rest.body
+    for output in over_rest.json()["outputs"]:
+        got = over_grpc.as_numpy(output["name"])
+        assert got is not None
+        if output["datatype"] == "BYTES":
+            assert [v.decode() for v in got] == output["data"], output["name"]
+        else:
+            assert got.tolist() == output["data"], output["name"]

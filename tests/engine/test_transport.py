@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from infergraph.router.engine.transport import StepCall, parse_target
+from infergraph.router.protocols import OIP_INFER_REQUEST
 
 
 def test_with_headers_changes_only_the_headers() -> None:
@@ -22,6 +23,9 @@ def test_with_headers_changes_only_the_headers() -> None:
         node="n",
         step="s",
         trace_headers=(("traceparent", "old"),),
+        attempt=2,
+        hedge=True,
+        media=OIP_INFER_REQUEST,
     )
     new = {"headers": (("B", "2"),), "trace_headers": (("traceparent", "00-1-2-01"),)}
     changed = call.with_headers(new["headers"], new["trace_headers"])
@@ -29,4 +33,4 @@ def test_with_headers_changes_only_the_headers() -> None:
         expected = new.get(field.name, getattr(call, field.name))
         assert getattr(changed, field.name) == expected, field.name
     assert changed.all_headers() == (("B", "2"), ("traceparent", "00-1-2-01"))
-    assert len(dataclasses.fields(StepCall)) == 14, "a new StepCall field: add it to with_headers"
+    assert len(dataclasses.fields(StepCall)) == 15, "a new StepCall field: add it to with_headers"

@@ -176,6 +176,15 @@ def test_malformed_and_oversized_messages_are_refused_with_reasons(
             infer(bad)
         assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "2 values for shape [3]" in raised.value.details()
+        # A graph of REST steps runs on JSON, which cannot carry these bytes (a graph of
+        # v2-grpc steps can: tests/components/test_triton_grpc_ingress.py).
+        latin = oip.ModelInferRequest(model_name="g")
+        latin.inputs.add(name="s", datatype="BYTES", shape=[1])
+        latin.raw_input_contents.append(b"\x02\x00\x00\x00\xff\xfe")
+        with pytest.raises(grpc.RpcError) as raised:
+            infer(latin)
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "not UTF-8" in raised.value.details()
 
 
 def test_errors_map_to_grpc_codes_with_their_cause(

@@ -1,0 +1,138 @@
+"""What the cluster tier's tests share: waiting with diagnostics, the API clients, readiness of
+the objects the operator and Knative write, and requests from the node."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+
+from infergraph.testing import cluster
+from infergraph.testing.cluster import GROUP, NAMESPACE, VERSION
+from infergraph.testing.localcluster import Tier
+
+
+def wait_for(
+    check: Callable[[], Any], what: str, timeout: float = 120, tier: Tier | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        time.sleep(0.5)
+    seen = f"; last seen: {last}" + (f"\n{diagnostics(tier)}" if tier is not None else "")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
+
+
+def diagnostics(tier: Tier) -> str:
+    """What the cluster looks like: objects' conditions, pods, recent events."""
+    lines = []
+    for group, version, plural in (
+        (GROUP, VERSION, "predictors"),
+        (GROUP, VERSION, "inferencegraphs"),
+        ("serving.knative.dev", "v1", "services"),
+        ("serving.knative.dev", "v1", "revisions"),
+        ("networking.internal.knative.dev", "v1alpha1", "ingresses"),
+    ):
+        found = custom(tier).list_namespaced_custom_object(group, version, NAMESPACE, plural)
+        for item in found["items"]:
+            conditions = [
+                (c.get("type"), c.get("status"), c.get("message"))
+                for c in (item.get("status") or {}).get("conditions") or []
+                if c.get("status") != "True"
+            ]
+            lines.append(f"{plural}/{item['metadata']['name']}: {conditions}")
+    for pod in core(tier).list_namespaced_pod(NAMESPACE).items:
+        states = [(c.name, c.ready, c.restart_count) for c in pod.status.container_statuses or []]
+        lines.append(f"pod/{pod.metadata.name}: {pod.status.phase} {states}")
+    events = core(tier).list_namespaced_event(NAMESPACE).items[-15:]
+    lines += [f"event {e.involved_object.name}: {e.reason} {e.message}" for e in events]
+    return "\n".join(lines)
+
+
+# The clients' models are typed with every field optional: the tests read them as Any.
+def custom(tier: Tier) -> Any:
+    return client.CustomObjectsApi(tier.kube.api)
+
+
+def core(tier: Tier) -> Any:
+    return client.CoreV1Api(tier.kube.api)
+
+
+def apps(tier: Tier) -> Any:
+    return client.AppsV1Api(tier.kube.api)
+
+
+def create(tier: Tier, plural: str, name: str, spec: dict[str, Any], **metadata: Any) -> None:
+    cluster.create(tier.kube, plural, name, spec, **metadata)
+
+
+def get(tier: Tier, plural: str, name: str) -> Any:
+    return cluster.get(tier.kube, plural, name)
+
+
+def ready(body: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (body.get("status") or {}).get("conditions") or []
+    )
+
+
+def iris_predictor(model: str, **placement: Any) -> dict[str, Any]:
+    return {
+        "runtime": "custom",
+        "image": "",  # set per tier (the local image's tag)
+        "port": 8080,
+        "protocol": "v1",
+        "model": {"name": model},
+        **placement,
+    }
+
+
+def running_pods(tier: Tier, selector: str) -> list[Any]:
+    pods = core(tier).list_namespaced_pod(NAMESPACE, label_selector=selector).items
+    return [
+        pod
+        for pod in pods
+        if pod.status.phase == "Running"
+        and pod.metadata.deletion_timestamp is None
+        and all(s.ready for s in pod.status.container_statuses or [])
+    ]
+
+
+def serving_directly(tier: Tier, service: str) -> bool:
+    """Whether the latest revision's Service leads to its own pods, not to the activator.
+
+    Knative puts the activator in a revision's path while it scales (and at zero); the
+    activator then needs an ingress's headers to find the revision, which nothing adds here
+    (see knative_install: target-burst-capacity 0 takes it out once pods are up)."""
+    revision = (get(tier, "ksvc", service).get("status") or {}).get("latestReadyRevisionName")
+    if not revision:
+        return False
+    endpoints = core(tier).read_namespaced_endpoints(revision, NAMESPACE)
+    targets = [
+        address.target_ref
+        for subset in endpoints.subsets or []
+        for address in subset.addresses or []
+    ]
+    return bool(targets) and all(t is not None and t.namespace == NAMESPACE for t in targets)
+
+
+def service_ip(tier: Tier, name: str) -> str:
+    ip: str = core(tier).read_namespaced_service(name, NAMESPACE).spec.cluster_ip
+    return ip
+
+
+def post(tier: Tier, url: str, document: Any, headers: dict[str, str] | None = None) -> Any:
+    reply = tier.node.netns.http(url, json.dumps(document).encode(), headers, timeout=60)
+    assert reply.status == 200, (url, reply.status, reply.body[:500])
+    return reply.json()

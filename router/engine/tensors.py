@@ -53,17 +53,17 @@ def payload_of(reply: Reply) -> Payload:
 
 
 def _input_passes_tensors(spec: StepInput, first: bool) -> bool:
+    """The node input as it is, or a whole earlier reply through ``outputsToInputs``."""
     if spec.passthrough:
         return True
     data = spec.data
-    return (
-        spec.template is None
-        and not spec.map_predictions_to_instances
-        and spec.outputs_to_inputs is not None
-        and data is not None
-        and data.expr is None
-        and (data.root == "steps" or (data.root == "response" and not first))
-    )
+    if spec.template is not None or spec.map_predictions_to_instances or data is None:
+        return False
+    if data.expr is not None:
+        return False
+    if spec.outputs_to_inputs is None:
+        return data.root == "request"
+    return data.root == "steps" or (data.root == "response" and not first)
 
 
 def _step_passes_tensors(step: StepPlan, first: bool) -> bool:

@@ -58,6 +58,11 @@ CARRIES: list[tuple[str, dict[str, Any], bool]] = [
         True,
     ),
     (
+        "the request named",
+        {"root": sequence(grpc_step("a"), grpc_step("b", data="$request"))},
+        True,
+    ),
+    (
         "a Splitter",
         {
             "root": {

@@ -23,6 +23,10 @@ from infergraph.router.http.tensors import (
 )
 
 ANSWER_TENSOR = "answer"  # the one BYTES output holding an answer that is not a v2 response
+# The binary tensor extension's size of a tensor's bytes (KServe's gRPC client sets it beside
+# raw contents): it describes bytes that JSON does not carry, and a v2 REST server that read it
+# would look for them after the JSON, so it is not written into the JSON request.
+BINARY_SIZE = "binary_data_size"
 
 
 def parameter_value(parameter: Any) -> Any:
@@ -81,8 +85,10 @@ def request_to_json(request: Any) -> bytes:
         if any(d < 0 for d in shape) or math.prod(shape) != len(data):
             raise InvalidV2Request(f"{where}: {len(data)} values for shape {shape}")
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": shape}
-        if tensor.parameters:
-            entry["parameters"] = _parameters_json(tensor.parameters)
+        parameters = _parameters_json(tensor.parameters)
+        parameters.pop(BINARY_SIZE, None)
+        if parameters:
+            entry["parameters"] = parameters
         entry["data"] = data
         inputs.append(entry)
     document: dict[str, Any] = {}

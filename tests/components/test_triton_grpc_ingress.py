@@ -143,10 +143,11 @@ def test_kserves_grpc_client_through_the_router_matches_direct_calls(
             assert np.array_equal(np.array(got["data"], values.dtype), values), (example, name)
 
 
+# One batch row each (the model batches: a first dimension is the batch).
 TYPES_INPUTS: dict[str, np.ndarray] = {
-    "f": np.array([1.5, -4.0, 0.25], np.float32),
-    "i": np.array([7, -(2**40), 0], np.int64),
-    "b": np.array([True, False, True]),
+    "f": np.array([[1.5, -4.0, 0.25]], np.float32),
+    "i": np.array([[7, -(2**40), 0]], np.int64),
+    "b": np.array([[True, False, True]]),
 }
 
 
@@ -182,9 +183,9 @@ def test_a_grpc_chain_carries_bytes_json_cannot(triton: str, grpc_router: Router
     """Over gRPC ingress a graph of v2-grpc steps runs on the binary messages: BYTES elements
     that are not UTF-8 (which the JSON path refuses: tests/service/test_grpc_ingress.py) go
     through two Triton calls and back, byte for byte, as the same calls made directly give."""
-    strings = np.array([b"\xff\xfe\x00ab", b"", "é".encode("latin-1")], np.object_)
+    strings = np.array([[b"\xff\xfe\x00ab", b"", "é".encode("latin-1")]], np.object_)
     expected = types_twice_direct(strings)
-    assert list(expected["s_out"]) == [b"\xff\xfe\x00AB", b"", b"\xe9"]
+    assert expected["s_out"].tolist() == [[b"\xff\xfe\x00AB", b"", b"\xe9"]]
     port = grpc_router("triton-grpc-types.yaml")
     with triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") as c:
         result = c.infer("triton-grpc-types", types_inputs(triton_grpc, strings), request_id="t")
@@ -203,8 +204,8 @@ def test_the_same_chain_over_rest_gives_what_grpc_ingress_gives(
 ) -> None:
     """UTF-8 strings: REST ingress (JSON all the way) and gRPC ingress (binary all the way)
     answer the same values."""
-    strings = np.array([b"abc", "ünï".encode()], np.object_)
-    inputs = {name: values[:2] for name, values in TYPES_INPUTS.items()}
+    strings = np.array([[b"abc", "ünï".encode()]], np.object_)
+    inputs = {name: values[:, :2] for name, values in TYPES_INPUTS.items()}
     grpc_port = grpc_router("triton-grpc-types.yaml")
     http_port = grpc_router.http_ports[grpc_port]
     with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as c:
@@ -227,7 +228,7 @@ def test_the_same_chain_over_rest_gives_what_grpc_ingress_gives(
                 }
                 for name, values in inputs.items()
             ),
-            {"name": "s", "shape": [2], "datatype": "BYTES", "data": ["abc", "ünï"]},
+            {"name": "s", "shape": [1, 2], "datatype": "BYTES", "data": ["abc", "ünï"]},
         ]
     }
     over_rest = request(http_port, body)
@@ -235,7 +236,8 @@ def test_the_same_chain_over_rest_gives_what_grpc_ingress_gives(
     for output in over_rest.json()["outputs"]:
         got = over_grpc.as_numpy(output["name"])
         assert got is not None
+        assert list(got.shape) == output["shape"], output["name"]
         if output["datatype"] == "BYTES":
-            assert [v.decode() for v in got] == output["data"], output["name"]
+            assert [v.decode() for v in got.flatten()] == output["data"], output["name"]
         else:
-            assert got.tolist() == output["data"], output["name"]
+            assert got.flatten().tolist() == output["data"], output["name"]

@@ -99,6 +99,30 @@ def test_parameters_round_trip(iris: int, start_router: RouterFactory) -> None:
     assert answered["who"].string_param == "me"
 
 
+def test_the_binary_size_of_raw_contents_is_not_written_into_json(
+    iris: int, start_router: RouterFactory
+) -> None:
+    """KServe's gRPC client marks raw contents with ``binary_data_size``; the JSON the graph
+    runs on carries the values instead, so a v2 REST server must not see it (Triton would look
+    for that many bytes after the JSON). Other tensor parameters go on."""
+    port = grpc_router(start_router, identity_graph(iris))
+    request = oip.ModelInferRequest(model_name="g")
+    tensor = request.inputs.add(name="x", datatype="INT32", shape=[2])
+    tensor.parameters["binary_data_size"].int64_param = 8
+    tensor.parameters["unit"].string_param = "cm"
+    request.raw_input_contents.append(np.array([7, -1], "<i4").tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=oip.ModelInferRequest.SerializeToString,
+            response_deserializer=oip.ModelInferResponse.FromString,
+        )
+        answer = infer(request)
+    (output,) = answer.outputs
+    assert dict(output.parameters) == {"unit": oip.InferParameter(string_param="cm")}
+    assert answer.raw_output_contents[0] == np.array([7, -1], "<i4").tobytes()
+
+
 async def test_the_aio_client_and_many_calls_at_once(
     iris: int, start_router: RouterFactory
 ) -> None:

@@ -162,7 +162,8 @@ class GraphPlan:
     def summary(self) -> str:
         kinds = ", ".join(f"{n.name}:{n.router_type.value}" for n in self.nodes.values())
         steps = sum(len(n.steps) for n in self.nodes.values())
-        return f"{self.name}: {len(self.nodes)} nodes ({kinds}), {steps} steps"
+        binary = "; binary tensors over gRPC ingress" if self.carries_tensors else ""
+        return f"{self.name}: {len(self.nodes)} nodes ({kinds}), {steps} steps{binary}"
 
 
 def _seconds(value: float | None, default: float | None) -> float | None:

@@ -157,7 +157,9 @@ CARRIES: list[tuple[str, dict[str, Any], bool]] = [
     ("nodes", "expected"), [c[1:] for c in CARRIES], ids=[c[0] for c in CARRIES]
 )
 def test_which_graphs_carry_binary_tensors(nodes: dict[str, Any], expected: bool) -> None:
-    assert plan(nodes).carries_tensors is expected
+    graph = plan(nodes)
+    assert graph.carries_tensors is expected
+    assert ("binary tensors over gRPC ingress" in graph.summary()) is expected  # validate says
 
 
 @dataclass

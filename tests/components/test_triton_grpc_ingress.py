@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,31 @@ def test_the_same_chain_over_rest_gives_what_grpc_ingress_gives(
             assert [v.decode() for v in got.flatten()] == output["data"], output["name"]
         else:
             assert got.flatten().tolist() == output["data"], output["name"]
+
+
+def test_model_stream_infer_answers_with_the_binary_chains_responses(
+    triton: str, grpc_router: Routers
+) -> None:
+    """ModelStreamInfer on a graph that runs on binary tensors: each answer is the last step's
+    response, embedded as it came, and an error is the stream's error message."""
+    strings = np.array([[b"\xfe", b"b"]], np.object_)
+    expected = types_twice_direct(strings)
+    port = grpc_router("triton-grpc-types.yaml")
+    answers: list[Any] = []
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") as c:
+        c.start_stream(callback=lambda result, error: answers.append((result, error)))
+        for i in range(3):
+            c.async_stream_infer("g", types_inputs(triton_grpc, strings), request_id=str(i))
+        c.async_stream_infer("g", [], request_id="empty")  # Triton refuses: no inputs
+        deadline = time.monotonic() + 20
+        while len(answers) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c.stop_stream()
+    assert len(answers) == 4, answers
+    answered = {result.get_response().id: result for result, error in answers if error is None}
+    assert sorted(answered) == ["0", "1", "2"]
+    for result in answered.values():
+        for name, values in expected.items():
+            assert np.array_equal(result.as_numpy(name), values), name
+    (error,) = [error for _, error in answers if error is not None]
+    assert "INTERNAL" in str(error) or "INVALID_ARGUMENT" in str(error), error

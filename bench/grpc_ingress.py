@@ -10,6 +10,9 @@ Triton and the load generator (tritonclient's aio gRPC client, or aiohttp for RE
 at ``--concurrency``) share core 1; the router runs alone on core 0. Reports throughput,
 p50/p99 and router CPU per request. Needs the pytriton environment of tests/components
 (``make components``). Usage: ``make bench-grpc``; writes bench/results/grpc-ingress-<date>.*
+
+``--compare CLI LABEL`` adds ``grpc -> grpc`` run by another build's ``infergraph`` (an older
+checkout's environment, say), in the same run: before and after side by side.
 """
 
 from __future__ import annotations
@@ -141,6 +144,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("CLI", "LABEL"),
+        help="also run grpc -> grpc with this infergraph executable, labelled LABEL",
+    )
     args = parser.parse_args()
     if not PYTRITON.exists():
         print(
@@ -165,17 +174,22 @@ def main() -> int:
         rows.append(row("direct (client calls both models over gRPC)", lat, args.seconds, None))
         over_grpc = chain(f"grpc://127.0.0.1:{grpc_port}", "v2-grpc")
         over_rest = chain(f"http://127.0.0.1:{http}", "v2")
-        variants = [
-            ("grpc -> grpc (ingress gRPC, v2-grpc steps)", over_grpc, "grpc"),
-            ("grpc -> rest (ingress gRPC, v2 REST steps)", over_rest, "grpc"),
-            ("rest -> rest (JSON v2 over HTTP, v2 REST steps)", over_rest, "rest"),
+        variants: list[tuple[str, str, str, str | None]] = [
+            ("grpc -> grpc (ingress gRPC, v2-grpc steps)", over_grpc, "grpc", None),
+            ("grpc -> rest (ingress gRPC, v2 REST steps)", over_rest, "grpc", None),
+            ("rest -> rest (JSON v2 over HTTP, v2 REST steps)", over_rest, "rest", None),
         ]
-        for system, spec, ingress in variants:
+        if args.compare:
+            cli, label = args.compare
+            variants.insert(1, (f"grpc -> grpc, {label}", over_grpc, "grpc", cli))
+        for system, spec, ingress, cli in variants:
             port, router_grpc = processes.free_port(), processes.free_port()
             extra = ("--drain-seconds", "0", "--log-level", "WARNING")
             router = processes.router(
                 port, "--graph-json", spec, extra=(*extra, "--grpc-port", str(router_grpc))
             )
+            if cli is not None:
+                router.argv = [cli, *router.argv[1:]]
             router.argv = pinned(router.argv, 0)
             with router:
                 if ingress == "grpc":

@@ -152,9 +152,11 @@ TYPES_INPUTS: dict[str, np.ndarray] = {
 }
 
 
-def types_inputs(client: Any, strings: np.ndarray) -> list[Any]:
+def types_inputs(
+    client: Any, strings: np.ndarray, others: dict[str, np.ndarray] = TYPES_INPUTS
+) -> list[Any]:
     inputs = []
-    for name, values in [*TYPES_INPUTS.items(), ("s", strings)]:
+    for name, values in [*others.items(), ("s", strings)]:
         tensor = client.InferInput(
             name, list(values.shape), client.np_to_triton_dtype(values.dtype)
         )
@@ -210,14 +212,7 @@ def test_the_same_chain_over_rest_gives_what_grpc_ingress_gives(
     grpc_port = grpc_router("triton-grpc-types.yaml")
     http_port = grpc_router.http_ports[grpc_port]
     with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as c:
-        tensors = []
-        for name, values in [*inputs.items(), ("s", strings)]:
-            tensor = triton_grpc.InferInput(
-                name, list(values.shape), triton_grpc.np_to_triton_dtype(values.dtype)
-            )
-            tensor.set_data_from_numpy(values)
-            tensors.append(tensor)
-        over_grpc = c.infer("g", tensors)
+        over_grpc = c.infer("g", types_inputs(triton_grpc, strings, inputs))
     body = {
         "inputs": [
             *(

@@ -5,8 +5,6 @@ writes runs on the real router."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from infergraph.testing.cluster import (
     create,
     get,
     iris_graph,
+    wait_for,
 )
 from infergraph.testing.kube_http import post_json
 
@@ -33,21 +32,6 @@ pytestmark = pytest.mark.usefixtures("operator_process")
 
 def custom(cluster: Cluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api)
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except client.exceptions.ApiException as exc:
-            if exc.status != 404:
-                raise
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last}")
 
 
 def ports(container: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,32 @@ class Cluster:
 
 
 GROUP, VERSION = "infergraph.dev", "v1alpha1"
+
+
+def wait_for(
+    check: Callable[[], Any],
+    what: str,
+    timeout: float = 20,
+    *,
+    interval: float = 0.1,
+    describe: Callable[[], str] | None = None,
+) -> Any:
+    """``check()``'s first true value, asked every ``interval`` seconds (an object not found
+    yet counts as false); on timeout an ``AssertionError`` with the last value seen and
+    ``describe()``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        time.sleep(interval)
+    seen = f"; last seen: {last}" + (f"\n{describe()}" if describe is not None else "")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
 
 
 def custom(cluster: Cluster) -> Any:

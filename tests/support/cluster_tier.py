@@ -4,8 +4,8 @@ the objects the operator and Knative write, and requests from the node."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from kubernetes import client
@@ -18,19 +18,9 @@ from infergraph.testing.localcluster import Tier
 def wait_for(
     check: Callable[[], Any], what: str, timeout: float = 120, tier: Tier | None = None
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
-        time.sleep(0.5)
-    seen = f"; last seen: {last}" + (f"\n{diagnostics(tier)}" if tier is not None else "")
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
+    """``cluster.wait_for`` at the pace of pods, describing the cluster on timeout."""
+    describe = partial(diagnostics, tier) if tier is not None else None
+    return cluster.wait_for(check, what, timeout, interval=0.5, describe=describe)
 
 
 def diagnostics(tier: Tier) -> str:

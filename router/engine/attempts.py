@@ -182,7 +182,9 @@ class _Loop:
                 },
             )
 
-    async def attempt(self, replica: int | None, number: int, hedge: bool) -> Reply:
+    def prepare(self, replica: int | None, number: int, hedge: bool) -> tuple[Attempt, bool]:
+        """How attempt ``number`` calls ``replica``: within the step's timeout and what is
+        left of the graph's (True when the latter bounds it); GraphTimeout when none is."""
         ctx, policy = self.ctx, self.policy
         target = policy.replicas[replica] if replica is not None else None
         timeout = policy.timeout if policy.timeout is not None else ctx.service_timeout
@@ -193,19 +195,32 @@ class _Loop:
                 raise graph_timeout(ctx)
             if timeout is None or remaining < timeout:
                 timeout, by_deadline = remaining, True
-        try:
-            reply = await self.send(
-                self.step, self.payload, ctx, self.final, Attempt(target, timeout, number, hedge)
+        return Attempt(target, timeout, number, hedge), by_deadline
+
+    def timed_out(
+        self, error: UpstreamTimeout, by_deadline: bool, number: int
+    ) -> GraphRequestError:
+        """What an attempt whose call timed out fails with: the graph's 504 when its deadline
+        bounded the call, the step's when its own ``timeout`` did."""
+        if by_deadline:
+            return graph_timeout(self.ctx)
+        if self.policy.timeout is not None:
+            return StepTimeout(
+                f"step {self.policy.label}: no answer within its timeout of "
+                f"{self.policy.timeout} s (attempt {number})"
             )
+        return error
+
+    async def attempt(self, replica: int | None, number: int, hedge: bool) -> Reply:
+        """One attempt, as a task's coroutine (``inline`` makes one in the step's own task)."""
+        attempt, by_deadline = self.prepare(replica, number, hedge)
+        try:
+            reply = await self.send(self.step, self.payload, self.ctx, self.final, attempt)
         except UpstreamTimeout as exc:
-            if by_deadline:
-                raise graph_timeout(ctx) from exc
-            if policy.timeout is not None:
-                raise StepTimeout(
-                    f"step {policy.label}: no answer within its timeout of {policy.timeout} s "
-                    f"(attempt {number})"
-                ) from exc
-            raise
+            failure = self.timed_out(exc, by_deadline, number)
+            if failure is exc:
+                raise
+            raise failure from exc
         if reply.stream is not None and reply.ok:
             return await _committed(reply)
         return reply
@@ -269,8 +284,10 @@ class _Loop:
         try:
             if step.node is not None:
                 reply = await run_step(step, self.payload, self.ctx, self.final)
+            elif policy.max_in_flight is None:
+                reply = await self.attempts()
             else:
-                reply = await self.bulkhead()
+                reply = await self.bulkhead(policy.max_in_flight)
         except GraphRequestError as error:
             if policy.fallback is None or not _falls_back(error):
                 raise
@@ -281,18 +298,14 @@ class _Loop:
             await reply.stream.aclose()
         return f"status {reply.status}"
 
-    async def bulkhead(self) -> Reply:
+    async def bulkhead(self, limit: int) -> Reply:
         """The attempts, within the step's ``maxInFlight``."""
-        step, policy, ctx = self.step, self.policy, self.ctx
-        limit = policy.max_in_flight
-        if limit is None:
-            return await self.attempts()
-        assert ctx.runtime is not None
-        in_flight = ctx.runtime.in_flight
+        step, policy, runtime = self.step, self.policy, self.runtime
+        in_flight = runtime.in_flight
         count = in_flight.get(policy.label, 0)
         if count >= limit:
-            if ctx.observer is not None:
-                ctx.observer.policy_event(step, "shed", {"in_flight": count, "limit": limit})
+            if self.ctx.observer is not None:
+                self.ctx.observer.policy_event(step, "shed", {"in_flight": count, "limit": limit})
             raise StepOverloaded(
                 f"step {policy.label} has {count} calls in flight, its maxInFlight: not queued"
             )
@@ -302,16 +315,17 @@ class _Loop:
         finally:
             in_flight[policy.label] -= 1
 
-    async def attempts(self) -> Reply:
-        """Attempts until one answers for good, or the last failure stands (the rules above)."""
-        policy, ctx = self.policy, self.ctx
+    def attempts(self) -> Awaitable[Reply]:
+        """Attempts until one answers for good, or the last failure stands (the rules above):
+        the coroutine that makes them (no frame of its own in between)."""
+        policy = self.policy
         replicas = self.replicas
-        can_skip = replicas is not None and policy.fallback is not None
-        if can_skip and replicas is not None and not replicas.healthy(ctx.clock()):
+        can_skip = replicas is not None and policy.fallback is not None  # to the fallback
+        if can_skip and replicas is not None and not replicas.healthy(self.ctx.clock()):
             raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
         if policy.hedge_after is None:
-            return await self.serial()
-        return await self.hedged()
+            return self.serial()
+        return self.hedged(policy.hedge_after)
 
     async def serial(self) -> Reply:
         """One attempt at a time, in this task (no hedge: nothing runs beside it)."""
@@ -334,9 +348,19 @@ class _Loop:
         anything else (a cancellation), its counts are given back (``budgeted``: its place in
         the retry budget too) and that is raised."""
         replica = self.pick()
-        self.started += 1
+        self.started = number = self.started + 1
+        by_deadline = False
         try:
-            return replica, await self.attempt(replica, self.started, False), None
+            attempt, by_deadline = self.prepare(replica, number, False)
+            reply = await self.send(self.step, self.payload, self.ctx, self.final, attempt)
+            if reply.stream is not None and reply.ok:
+                reply = await _committed(reply)
+            return replica, reply, None
+        except UpstreamTimeout as exc:
+            failure = self.timed_out(exc, by_deadline, number)
+            if failure is not exc:
+                failure.__cause__ = exc
+            return replica, None, failure
         except GraphRequestError as failed:
             return replica, None, failed
         except BaseException:
@@ -351,22 +375,15 @@ class _Loop:
         if replica is not None and self.replicas is not None:
             self.replicas.replicas[replica].outstanding -= 1
 
-    async def hedged(self) -> Reply:
-        """The first attempt in this task with a timer for the hedge; tasks only from when
-        the hedge goes out or the first attempt must be retried."""
-        outcome, hedge_after = await self.first(self.policy.hedge_after)
-        if not outcome.retriable:
-            return _result(outcome)
-        return await self.tasks(hedge_after, outcome)
+    async def hedged(self, hedge_after: float) -> Reply:
+        """The first attempt, awaited in this task, with a timer for the hedge; tasks only
+        from when the hedge goes out or the first attempt must be retried.
 
-    async def first(self, hedge_after: float | None) -> tuple[_Outcome, float | None]:
-        """The first attempt, awaited in this task. When the hedge's time comes, the hedge
-        runs as a task beside it; a hedge that answers for good first interrupts this task
-        (a cancellation of our own, taken back with ``uncancel``) and its outcome stands.
-        Returns the outcome and the hedge delay left (None once the hedge went out)."""
-        assert hedge_after is not None
+        When the hedge's time comes, it runs as a task beside the first attempt; a hedge that
+        answers for good first interrupts this task (a cancellation of our own, taken back
+        with ``uncancel``) and its outcome stands."""
         watch = _HedgeWatch(self)
-        timer = asyncio.get_running_loop().call_later(hedge_after, watch.fire)
+        timer = self.ctx.loop().call_later(hedge_after, watch.fire)
         try:
             replica, reply, error = await self.inline(budgeted=False)
         except asyncio.CancelledError:  # its counts given back by inline
@@ -376,7 +393,7 @@ class _Loop:
                 await self.cancel_all()
                 if isinstance(won, BaseException):
                     raise won from None
-                return won, None
+                return _result(won)
             watch.waiting = False
             await self._drop(won)
             raise
@@ -394,9 +411,10 @@ class _Loop:
             await self.cancel_all()
             raise
         if not outcome.retriable:
-            await self.cancel_all()
-            return outcome, None
-        return outcome, None if watch.fired else hedge_after
+            if self.running:
+                await self.cancel_all()
+            return _result(outcome)
+        return await self.tasks(None if watch.fired else hedge_after, outcome)
 
     async def _drop(self, won: _Outcome | BaseException | None) -> None:
         """A hedge's winning reply that nobody will read, closed; the other attempts
@@ -481,7 +499,7 @@ class _HedgeWatch:
     time comes, and interrupts that task when the hedge answers for good first."""
 
     def __init__(self, loop: _Loop) -> None:
-        main = asyncio.current_task()
+        main = asyncio.current_task(loop.ctx.loop())
         assert main is not None
         self.attempts, self.main = loop, main
         self.waiting = True  # the first attempt is still being awaited

@@ -43,6 +43,16 @@ class ExecutionContext:
     clock: Callable[[], float] = loop_time
     # Maps binary OIP messages when the request is one (gRPC ingress): ``engine.tensors``.
     tensors: TensorCodec | None = None
+    # The running loop, once looked up (``asyncio.get_running_loop`` makes a getpid system
+    # call each time): set by run_graph for graphs with policies.
+    event_loop: asyncio.AbstractEventLoop | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running event loop."""
+        if self.event_loop is None:
+            self.event_loop = asyncio.get_running_loop()
+        return self.event_loop
+
     # Set by run_graph for graphs with policies: the plan's running state, the deadline (on
     # ``clock``) and the graph's timeout; the labels of the steps running now; the fallbacks
     # that answered ("node/step=target"), for the response header.

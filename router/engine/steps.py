@@ -7,7 +7,6 @@ This module owns the dispatch table and the only call into the transport.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from infergraph.router.engine import attempts, ensemble, sequence, splitter, switch
@@ -141,7 +140,7 @@ async def run_graph(
     runtime = ctx.runtime = plan.runtime
     ctx.running, ctx.fallbacks = [], []
     if ctx.clock is loop_time:  # the loop's own bound method: one call less per reading
-        ctx.clock = asyncio.get_running_loop().time
+        ctx.clock = ctx.loop().time
     graph = plan.policy
     if graph.max_in_flight is not None and runtime.active >= graph.max_in_flight:
         if ctx.observer is not None:

@@ -4,6 +4,7 @@ the objects the operator and Knative write, and requests from the node."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -100,21 +101,31 @@ def running_pods(tier: Tier, selector: str) -> list[Any]:
 
 
 def serving_directly(tier: Tier, service: str) -> bool:
-    """Whether the latest revision's Service leads to its own pods, not to the activator.
+    """Whether the latest revision's Service leads to its own pods, not to the activator: in
+    its Endpoints, and in the node's kube-proxy rules.
 
     Knative puts the activator in a revision's path while it scales (and at zero); the
     activator then needs an ingress's headers to find the revision, which nothing adds here
-    (see knative_install: target-burst-capacity 0 takes it out once pods are up)."""
+    (see knative_install: target-burst-capacity 0 takes it out once pods are up). kube-proxy
+    follows the Endpoints within its sync period, so a request right after they change can
+    still reach the activator (which answers 404 "Error getting active endpoint")."""
     revision = (get(tier, "ksvc", service).get("status") or {}).get("latestReadyRevisionName")
     if not revision:
         return False
     endpoints = core(tier).read_namespaced_endpoints(revision, NAMESPACE)
-    targets = [
-        address.target_ref
-        for subset in endpoints.subsets or []
-        for address in subset.addresses or []
+    addresses = [
+        address for subset in endpoints.subsets or [] for address in subset.addresses or []
     ]
-    return bool(targets) and all(t is not None and t.namespace == NAMESPACE for t in targets)
+    if not addresses or not all(
+        a.target_ref is not None and a.target_ref.namespace == NAMESPACE for a in addresses
+    ):
+        return False
+    rules = tier.node.netns.run(["iptables-save", "-t", "nat"]).stdout
+    routed = re.findall(
+        rf'--comment "{NAMESPACE}/{re.escape(revision)}:[^"]*" .*--to-destination ([\d.]+):',
+        rules,
+    )
+    return bool(routed) and set(routed) <= {a.ip for a in addresses}
 
 
 def service_ip(tier: Tier, name: str) -> str:

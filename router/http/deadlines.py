@@ -3,10 +3,14 @@
 
 A per-request ``asyncio.timeout`` costs a timer handle and its bookkeeping on every request
 (about 35 us per request on uvloop for a step ``timeout``, measured side by side by
-bench/resilience.py's way); here a task only enters and leaves a dict. While any task is
-watched, one timer wakes every ``resolution`` seconds and cancels the tasks past their deadline;
-with none, nothing wakes. A deadline is therefore honoured to within ``resolution``: 50 ms for
-``serverWrite`` (whole seconds in ``routerTimeouts``), 10 ms for per-call timeouts.
+bench/resilience.py's way); here a task only enters and leaves a dict. One timer is set for the
+earliest deadline watched (``resolution`` later, so deadlines close together are swept at once):
+it is moved only when a task comes with an earlier deadline, and when it fires it cancels the
+tasks past their deadline and is set for the next one. Tasks that finish in time cost no
+wake-up: with every call's deadline seconds away, the loop is woken about once per timeout
+instead of on every tick of a repeating timer. A deadline is honoured to within
+``resolution``: 50 ms for ``serverWrite`` (whole seconds in ``routerTimeouts``), 10 ms for
+per-call timeouts.
 
 The loop is kept once found: ``asyncio.get_running_loop`` (and ``current_task`` without a
 loop) makes a getpid system call each time, which on every request added up to about 5% of the
@@ -24,6 +28,7 @@ class Deadlines:
         self._due: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._ticker: asyncio.TimerHandle | None = None
+        self._next = 0.0  # when the ticker fires
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -34,6 +39,10 @@ class Deadlines:
         if loop is None or loop.is_closed():  # a transport reused on a new loop (tests)
             loop = self._loop = asyncio.get_running_loop()
         return loop
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop (looked up once)."""
+        return self._running_loop()
 
     def current_task(self) -> asyncio.Task[object] | None:
         """The running task (``asyncio.current_task``, without looking the loop up again)."""
@@ -46,9 +55,10 @@ class Deadlines:
 
     def add(self, task: asyncio.Task[object], seconds: float) -> None:
         loop = self._running_loop()
-        self._due[task] = loop.time() + seconds
-        if self._ticker is None:
-            self._ticker = loop.call_later(self.resolution, self._tick)
+        due = loop.time() + seconds
+        self._due[task] = due
+        if self._ticker is None or due + self.resolution < self._next:
+            self._arm(loop, due)
 
     def remove(self, task: asyncio.Task[object]) -> bool:
         """Stop watching ``task``; True if it was cancelled for running past its deadline."""
@@ -57,6 +67,12 @@ class Deadlines:
             self._expired.discard(task)
             return True
         return False
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._next = due + self.resolution
+        self._ticker = loop.call_at(self._next, self._tick)
 
     def _tick(self) -> None:
         self._ticker = None
@@ -69,4 +85,4 @@ class Deadlines:
             self._expired.add(task)
             task.cancel()
         if self._due:
-            self._ticker = loop.call_later(self.resolution, self._tick)
+            self._arm(loop, min(self._due.values()))

@@ -175,6 +175,7 @@ class RouterService:
             observer=self.telemetry.observer(plan.name, traced),
             calls=recorder.upstream,
             trace_headers=recorder.trace_headers,
+            event_loop=self.deadlines.loop(),
         )
         if request.media is not None:
             ctx.tensors = TENSOR_CODEC

@@ -383,11 +383,12 @@ class _Loop:
         answers for good first interrupts this task (a cancellation of our own, taken back
         with ``uncancel``) and its outcome stands."""
         watch = _HedgeWatch(self)
-        timer = self.ctx.loop().call_later(hedge_after, watch.fire)
+        loop, timers = self.ctx.loop(), self.runtime.timers
+        timer = timers.at(loop, loop.time() + hedge_after, watch.fire)
         try:
             replica, reply, error = await self.inline(budgeted=False)
         except asyncio.CancelledError:  # its counts given back by inline
-            timer.cancel()
+            timers.cancel(timer)
             won = watch.won
             if won is not None and watch.main.uncancel() == 0:  # the hedge's answer came
                 await self.cancel_all()
@@ -398,13 +399,13 @@ class _Loop:
             await self._drop(won)
             raise
         except BaseException:
-            timer.cancel()
+            timers.cancel(timer)
             watch.waiting = False
             await self.cancel_all()
             raise
         # No await since the attempt ended: the hedge cannot have interrupted it.
         watch.waiting = False
-        timer.cancel()
+        timers.cancel(timer)
         try:
             outcome = self.judge(replica, reply, error)
         except BaseException:

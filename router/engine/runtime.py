@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from infergraph.router.engine.policy import BudgetPolicy, Failure, OutlierPolicy, counts_for_outlier
+from infergraph.router.engine.timers import Timers
 
 
 @dataclass(slots=True)
@@ -153,6 +154,7 @@ class GraphRuntime:
     retries_in_flight: int = 0
     in_flight: dict[str, int] = field(default_factory=dict)  # per step label, for bulkheads
     replicas: dict[str, ReplicaSet] = field(default_factory=dict)  # per step label
+    timers: Timers = field(default_factory=Timers)  # the hedges' (one loop timer for all)
 
     def retry_allowed(self) -> bool:
         return self.budget.allows(self.retries_in_flight, self.active)

@@ -43,16 +43,9 @@ class ExecutionContext:
     clock: Callable[[], float] = loop_time
     # Maps binary OIP messages when the request is one (gRPC ingress): ``engine.tensors``.
     tensors: TensorCodec | None = None
-    # The running loop, once looked up (``asyncio.get_running_loop`` makes a getpid system
-    # call each time): set by run_graph for graphs with policies.
+    # The running loop, as the handler already holds it (``asyncio.get_running_loop`` makes
+    # a getpid system call each time); looked up once by ``loop()`` when not given.
     event_loop: asyncio.AbstractEventLoop | None = None
-
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The running event loop."""
-        if self.event_loop is None:
-            self.event_loop = asyncio.get_running_loop()
-        return self.event_loop
-
     # Set by run_graph for graphs with policies: the plan's running state, the deadline (on
     # ``clock``) and the graph's timeout; the labels of the steps running now; the fallbacks
     # that answered ("node/step=target"), for the response header.
@@ -62,3 +55,9 @@ class ExecutionContext:
     timeout: float | None = None
     running: list[str] | None = None
     fallbacks: list[str] | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running event loop."""
+        if self.event_loop is None:
+            self.event_loop = asyncio.get_running_loop()
+        return self.event_loop

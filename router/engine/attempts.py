@@ -48,10 +48,11 @@ if TYPE_CHECKING:
     from infergraph.router.engine.runtime import ReplicaSet
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
     """How ``send`` makes one call: to which replica (None: the step's own service), within
-    how many seconds, which attempt it is and whether it is a hedge."""
+    how many seconds, which attempt it is and whether it is a hedge. (Not frozen: made on
+    every call, a frozen one costs twice as much; nothing changes it.)"""
 
     replica: StepTarget | None = None
     seconds: float | None = None
@@ -74,7 +75,7 @@ def _falls_back(error: GraphRequestError) -> bool:
     return error.status >= 500 and not isinstance(error, DeadlineExceeded | GraphTimeout)
 
 
-async def run(
+def run(
     step: StepPlan,
     payload: Payload,
     ctx: ExecutionContext,
@@ -82,28 +83,11 @@ async def run(
     *,
     send: Send,
     run_step: StepRunner,
-) -> Reply:
-    """Run a step that has a policy (``step.policy``), its fallback included."""
-    policy = step.policy
-    running, fallbacks = ctx.running, ctx.fallbacks
-    assert policy is not None
-    assert running is not None
-    assert fallbacks is not None
-    running.append(policy.label)  # what a GraphTimeout names while this step runs
-    try:
-        outcome = await _Loop(step, policy, payload, ctx, final, send).primary(run_step)
-    finally:
-        running.remove(policy.label)
-    if isinstance(outcome, Reply):
-        return outcome
-    reason = outcome
-    assert policy.fallback is not None
-    if ctx.observer is not None:
-        ctx.observer.policy_event(
-            step, "fallback", {"reason": reason, "target": policy.fallback_label}
-        )
-    fallbacks.append(f"{policy.label}={policy.fallback_label}")
-    return await run_step(policy.fallback, payload, ctx, final)
+) -> Awaitable[Reply]:
+    """Run a step that has a policy (``step.policy``), its fallback included: the coroutine
+    that does it (no frame of its own in between)."""
+    assert step.policy is not None
+    return _Loop(step, step.policy, payload, ctx, final, send, run_step).run()
 
 
 @dataclass(slots=True)
@@ -114,13 +98,49 @@ class _Attempt:
 
 @dataclass(slots=True)
 class _Outcome:
+    """An attempt's outcome that does not stand as it is: a failure, or a reply that may be
+    retried (``retriable``). A reply that stands is the ``Reply`` itself."""
+
     reply: Reply | None
     error: GraphRequestError | None
     retriable: bool
 
 
+# A hedge's outcome that stands, or the error (a bug) raised again in the step's own task.
+_Won = Reply | _Outcome | BaseException
+
+
 class _Loop:
-    """The attempts of one step call."""
+    """The attempts of one step call, and the hedge beside its first attempt (``fire``, and
+    ``hedge_done`` when the hedge answers while the first attempt is still awaited)."""
+
+    __slots__ = (
+        "ctx",
+        "final",
+        "fired",
+        "last_start",
+        "main",
+        "payload",
+        "policy",
+        "replicas",
+        "run_step",
+        "running",
+        "runtime",
+        "send",
+        "started",
+        "step",
+        "tried",
+        "waiting",
+        "won",
+    )
+
+    started: int  # attempts made (set by ``begin``)
+    last_start: float  # when the last attempt task was launched (set by ``launch``)
+    # Set by ``watch``, for a hedged first attempt only.
+    main: asyncio.Task[object] | None  # the step's own task
+    waiting: bool  # the first attempt is still being awaited
+    fired: bool  # the hedge's time came
+    won: _Won | None  # the hedge's outcome that stands
 
     def __init__(  # noqa: PLR0917 (one call site: run's own arguments)
         self,
@@ -130,16 +150,149 @@ class _Loop:
         ctx: ExecutionContext,
         final: bool,
         send: Send,
+        run_step: StepRunner,
     ) -> None:
         self.step, self.policy, self.payload, self.ctx = step, policy, payload, ctx
-        self.final, self.send = final, send
-        assert ctx.runtime is not None
-        self.runtime = ctx.runtime
-        self.replicas: ReplicaSet | None = self.runtime.replicas.get(policy.label)
+        self.final, self.send, self.run_step = final, send, run_step
+        runtime = ctx.runtime
+        assert runtime is not None
+        self.runtime = runtime
+        self.replicas: ReplicaSet | None = (
+            runtime.replicas.get(policy.label) if policy.replicas else None
+        )
         self.running: dict[asyncio.Task[Reply], _Attempt] = {}
         self.tried: list[int] = []
-        self.started = 0
-        self.last_start = 0.0
+
+    async def run(self) -> Reply:
+        """The step's own answer, within its bulkhead, or its fallback's.
+
+        The first attempt is awaited here, in the step's own task, with a timer for the hedge
+        (``watch``): one frame between the step and its call, as without a policy. Tasks
+        come only when the hedge goes out or the first attempt must be retried (``after``).
+        A hedge that answers for good first interrupts this task (a cancellation of our
+        own, taken back with ``uncancel``) and its outcome stands (``interrupted``)."""
+        step, policy, ctx = self.step, self.policy, self.ctx
+        running = ctx.running
+        assert running is not None
+        running.append(policy.label)  # what a GraphTimeout names while this step runs
+        admitted = False
+        try:
+            if step.node is not None:
+                reply = await self.run_step(step, self.payload, ctx, self.final)
+            else:
+                if policy.max_in_flight is not None:
+                    admitted = self.admit(policy.max_in_flight)
+                replica, timer = self.begin()
+                attempt = None
+                try:
+                    attempt = self.prepare(replica, 1, False)
+                    reply = await self.send(step, self.payload, ctx, self.final, attempt)
+                    if reply.stream is not None and reply.ok:
+                        reply = await _committed(reply)
+                except BaseException as exc:
+                    reply = await self.first_failed(exc, replica, attempt, timer)
+                else:
+                    if timer is not None:
+                        # No await since the attempt ended: the hedge cannot have
+                        # interrupted it.
+                        self.runtime.timers.cancel(timer)
+                        self.waiting = False
+                    outcome = self.judge(replica, reply, None)
+                    if outcome is not reply or self.running:
+                        reply = await self.after(outcome, timer is not None)
+        except GraphRequestError as error:
+            if policy.fallback is None or not _falls_back(error):
+                raise
+            reason = error.cause
+        else:
+            if policy.fallback is None or reply.status < 500:
+                return reply
+            if reply.stream is not None:
+                await reply.stream.aclose()
+            reason = f"status {reply.status}"
+        finally:
+            running.remove(policy.label)
+            if admitted:
+                self.runtime.in_flight[policy.label] -= 1
+        if ctx.observer is not None:
+            ctx.observer.policy_event(
+                step, "fallback", {"reason": reason, "target": policy.fallback_label}
+            )
+        if ctx.fallbacks is None:
+            ctx.fallbacks = []
+        ctx.fallbacks.append(f"{policy.label}={policy.fallback_label}")
+        return await self.run_step(policy.fallback, self.payload, ctx, self.final)
+
+    def begin(self) -> tuple[int | None, int | None]:
+        """Before the first attempt: its replica, and the hedge's timer if there is one. A
+        step whose every replica is failing goes to its fallback (``NoHealthyReplica``)."""
+        policy, replicas = self.policy, self.replicas
+        if (
+            replicas is not None
+            and replicas.out
+            and policy.fallback is not None  # to go to
+            and not replicas.healthy(self.ctx.clock())
+        ):
+            raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
+        replica = self.pick()
+        self.started = 1
+        hedge_after = policy.hedge_after
+        return replica, None if hedge_after is None else self.watch(hedge_after)
+
+    async def first_failed(
+        self, error: BaseException, replica: int | None, attempt: Attempt | None, timer: int | None
+    ) -> Reply:
+        """What follows a first attempt ended by ``error``: its failure judged, or a hedge's
+        answer that interrupted it; anything else raised again."""
+        if isinstance(error, asyncio.CancelledError):
+            self._release(replica, budgeted=False)
+            if timer is None:
+                raise error
+            self.runtime.timers.cancel(timer)
+            won, main = self.won, self.main
+            if won is None or main is None or main.uncancel() != 0:
+                self.waiting = False  # cancelled from outside
+                await self._drop(won)
+                raise error
+            await self.cancel_all()  # the hedge's answer came
+            return _stood(won)
+        if timer is not None:
+            self.runtime.timers.cancel(timer)
+            self.waiting = False
+        failed = self.failure(error, attempt)
+        if failed is None:  # no outcome (a bug): raised
+            self._release(replica, budgeted=False)
+            await self.cancel_all()
+            raise error
+        return await self.after(self.judge(replica, None, failed), timer is not None)
+
+    async def after(self, outcome: Reply | _Outcome, hedged: bool) -> Reply:
+        """After the first attempt: its outcome if it stands (a hedge still running
+        cancelled), else retries (as tasks beside a hedge, when the step has one)."""
+        if isinstance(outcome, Reply) or not outcome.retriable:
+            if self.running:
+                await self.cancel_all()
+            return _stood(outcome)
+        hedge_after = self.policy.hedge_after
+        if hedged and hedge_after is not None:
+            return await self.tasks(None if self.fired else hedge_after, outcome)
+        return await self.serial(outcome)
+
+    def admit(self, limit: int) -> bool:
+        """Count this call against the step's ``maxInFlight`` (True), or fail it at once."""
+        policy = self.policy
+        in_flight = self.runtime.in_flight
+        count = in_flight.get(policy.label, 0)
+        if count >= limit:
+            if self.ctx.observer is not None:
+                self.ctx.observer.policy_event(
+                    self.step, "shed", {"in_flight": count, "limit": limit}
+                )
+            raise StepOverloaded(
+                f"step {policy.label} has {count} calls in flight, its maxInFlight: not queued"
+            )
+        in_flight[policy.label] = count + 1
+        return True
 
     def pick(self) -> int | None:
         """The replica for the next attempt (None: the step's one service), counted as
@@ -147,10 +300,13 @@ class _Loop:
         replicas = self.replicas
         if replicas is None:
             return None
-        ctx = self.ctx
-        replica, back = replicas.pick(ctx.rng, ctx.clock(), self.tried)
-        if back:
-            self._changed(back, "returned")
+        if not replicas.out and not self.tried:  # every replica in, a first attempt
+            replica = replicas.any(self.ctx.rng)
+        else:
+            ctx = self.ctx
+            replica, back = replicas.pick(ctx.rng, ctx.clock(), self.tried)
+            if back:
+                self._changed(back, "returned")
         self.tried.append(replica)
         replicas.replicas[replica].outstanding += 1
         return replica
@@ -182,42 +338,47 @@ class _Loop:
                 },
             )
 
-    def prepare(self, replica: int | None, number: int, hedge: bool) -> tuple[Attempt, bool]:
+    def _timeout(self) -> float | None:
+        policy = self.policy
+        return policy.timeout if policy.timeout is not None else self.ctx.service_timeout
+
+    def prepare(self, replica: int | None, number: int, hedge: bool) -> Attempt:
         """How attempt ``number`` calls ``replica``: within the step's timeout and what is
-        left of the graph's (True when the latter bounds it); GraphTimeout when none is."""
+        left of the graph's; GraphTimeout when none is."""
         ctx, policy = self.ctx, self.policy
         target = policy.replicas[replica] if replica is not None else None
         timeout = policy.timeout if policy.timeout is not None else ctx.service_timeout
-        by_deadline = False
         if ctx.deadline is not None:
             remaining = ctx.deadline - ctx.clock()
             if remaining <= 0:
                 raise graph_timeout(ctx)
             if timeout is None or remaining < timeout:
-                timeout, by_deadline = remaining, True
-        return Attempt(target, timeout, number, hedge), by_deadline
+                timeout = remaining  # the graph's deadline bounds this call (timed_out)
+        return Attempt(target, timeout, number, hedge)
 
-    def timed_out(
-        self, error: UpstreamTimeout, by_deadline: bool, number: int
-    ) -> GraphRequestError:
+    def timed_out(self, error: UpstreamTimeout, attempt: Attempt) -> GraphRequestError:
         """What an attempt whose call timed out fails with: the graph's 504 when its deadline
-        bounded the call, the step's when its own ``timeout`` did."""
-        if by_deadline:
+        bounded the call (``prepare`` gave it less than the step's timeout), the step's when
+        its own ``timeout`` did."""
+        timeout = self._timeout()
+        if self.ctx.deadline is not None and (
+            timeout is None or attempt.seconds is None or attempt.seconds < timeout
+        ):
             return graph_timeout(self.ctx)
         if self.policy.timeout is not None:
             return StepTimeout(
                 f"step {self.policy.label}: no answer within its timeout of "
-                f"{self.policy.timeout} s (attempt {number})"
+                f"{self.policy.timeout} s (attempt {attempt.number})"
             )
         return error
 
     async def attempt(self, replica: int | None, number: int, hedge: bool) -> Reply:
         """One attempt, as a task's coroutine (``inline`` makes one in the step's own task)."""
-        attempt, by_deadline = self.prepare(replica, number, hedge)
+        attempt = self.prepare(replica, number, hedge)
         try:
             reply = await self.send(self.step, self.payload, self.ctx, self.final, attempt)
         except UpstreamTimeout as exc:
-            failure = self.timed_out(exc, by_deadline, number)
+            failure = self.timed_out(exc, attempt)
             if failure is exc:
                 raise
             raise failure from exc
@@ -225,7 +386,7 @@ class _Loop:
             return await _committed(reply)
         return reply
 
-    def settle(self, task: asyncio.Task[Reply]) -> _Outcome:
+    def settle(self, task: asyncio.Task[Reply]) -> Reply | _Outcome:
         """A finished attempt task's outcome, counted for its replica and the budget."""
         attempt = self.running.pop(task)
         if attempt.budgeted:
@@ -235,31 +396,37 @@ class _Loop:
 
     def judge(
         self, replica: int | None, reply: Reply | None, error: BaseException | None
-    ) -> _Outcome:
-        """An attempt's outcome (its reply or its error): retriable or not, and counted for
-        its replica's health. An error that is no outcome (a bug) is raised."""
+    ) -> Reply | _Outcome:
+        """An attempt's outcome (its reply or its error), counted for its replica's health:
+        the reply itself when it stands. An error that is no outcome (a bug) is raised."""
         retry = self.policy.retry
+        replicas = self.replicas
+        if reply is not None and reply.status < 500:  # the common case: no failure to count
+            if replica is not None and replicas is not None:
+                replicas.answered(replica, self.ctx.clock)
+            if retry.retriable_status_codes and retry.retries_status(reply.status):
+                return _Outcome(reply, None, True)
+            return reply
         status: int | None = None
         failure: Failure | None = None
+        outcome: Reply | _Outcome
         if reply is not None:
             status = reply.status
-            outcome = _Outcome(reply, None, retry.retries_status(status))
-            if status >= 500:
-                failure = Failure.STATUS
+            failure = Failure.STATUS
+            outcome = _Outcome(reply, None, True) if retry.retries_status(status) else reply
         elif isinstance(error, GraphRequestError):
             failure = failure_of(error)
             outcome = _Outcome(None, error, failure is not None and retry.retries(failure))
         else:  # a bug, not an outcome: nothing to count
             outcome = _Outcome(None, None, False)
-        replicas = self.replicas
         if replica is not None and replicas is not None:
             replicas.replicas[replica].outstanding -= 1
-            if not isinstance(error, GraphTimeout):
+            # A graph's timeout, or an error no retry mends, says nothing of the replica.
+            if (status is not None or failure is not None) and not isinstance(error, GraphTimeout):
                 change = replicas.record(replica, self.ctx.clock(), status, failure)
                 if change is not None:
                     self._changed([change.replica], change.kind, change.seconds)
-        if outcome.reply is None and outcome.error is None:
-            assert error is not None
+        if reply is None and error is not None and not isinstance(error, GraphRequestError):
             raise error
         return outcome
 
@@ -278,94 +445,54 @@ class _Loop:
                     if stream is not None:
                         await stream.aclose()
 
-    async def primary(self, run_step: StepRunner) -> Reply | str:
-        """The step's own answer, or why its fallback must answer instead."""
-        step, policy = self.step, self.policy
-        try:
-            if step.node is not None:
-                reply = await run_step(step, self.payload, self.ctx, self.final)
-            elif policy.max_in_flight is None:
-                reply = await self.attempts()
-            else:
-                reply = await self.bulkhead(policy.max_in_flight)
-        except GraphRequestError as error:
-            if policy.fallback is None or not _falls_back(error):
-                raise
-            return error.cause
-        if policy.fallback is None or reply.status < 500:
-            return reply
-        if reply.stream is not None:
-            await reply.stream.aclose()
-        return f"status {reply.status}"
-
-    async def bulkhead(self, limit: int) -> Reply:
-        """The attempts, within the step's ``maxInFlight``."""
-        step, policy, runtime = self.step, self.policy, self.runtime
-        in_flight = runtime.in_flight
-        count = in_flight.get(policy.label, 0)
-        if count >= limit:
-            if self.ctx.observer is not None:
-                self.ctx.observer.policy_event(step, "shed", {"in_flight": count, "limit": limit})
-            raise StepOverloaded(
-                f"step {policy.label} has {count} calls in flight, its maxInFlight: not queued"
-            )
-        in_flight[policy.label] = count + 1
-        try:
-            return await self.attempts()
-        finally:
-            in_flight[policy.label] -= 1
-
-    def attempts(self) -> Awaitable[Reply]:
-        """Attempts until one answers for good, or the last failure stands (the rules above):
-        the coroutine that makes them (no frame of its own in between)."""
-        policy = self.policy
-        replicas = self.replicas
-        can_skip = replicas is not None and policy.fallback is not None  # to the fallback
-        if can_skip and replicas is not None and not replicas.healthy(self.ctx.clock()):
-            raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
-        if policy.hedge_after is None:
-            return self.serial()
-        return self.hedged(policy.hedge_after)
-
-    async def serial(self) -> Reply:
-        """One attempt at a time, in this task (no hedge: nothing runs beside it)."""
+    async def serial(self, last: _Outcome) -> Reply:
+        """After a first attempt that did not answer for good and no hedge: one attempt at a
+        time, in this task (nothing runs beside it)."""
         retries = 0
-        while True:
-            replica, reply, error = await self.inline(budgeted=retries > 0)
-            if retries:
-                self.runtime.retries_in_flight -= 1
-            outcome = self.judge(replica, reply, error)
-            if not outcome.retriable:
-                return _result(outcome)
+        while last.retriable:
             retries += 1
-            if not await self.retry(retries, outcome, launch=False):
-                return _result(outcome)
+            if not await self.retry(retries, last, launch=False):
+                break
+            outcome = await self.inline(budgeted=True)
+            if isinstance(outcome, Reply):
+                return outcome
+            last = outcome
+        return _result(last)
 
-    async def inline(
-        self, *, budgeted: bool
-    ) -> tuple[int | None, Reply | None, GraphRequestError | None]:
-        """One attempt awaited in this task: its replica and its reply or failure. Ended by
-        anything else (a cancellation), its counts are given back (``budgeted``: its place in
-        the retry budget too) and that is raised."""
+    async def inline(self, *, budgeted: bool) -> Reply | _Outcome:
+        """A retry awaited in this task, judged (``budgeted``: it holds a place in the retry
+        budget). Ended by anything else (a cancellation), its counts are given back and that
+        is raised."""
         replica = self.pick()
         self.started = number = self.started + 1
-        by_deadline = False
+        attempt = None
         try:
-            attempt, by_deadline = self.prepare(replica, number, False)
+            attempt = self.prepare(replica, number, False)
             reply = await self.send(self.step, self.payload, self.ctx, self.final, attempt)
             if reply.stream is not None and reply.ok:
                 reply = await _committed(reply)
-            return replica, reply, None
-        except UpstreamTimeout as exc:
-            failure = self.timed_out(exc, by_deadline, number)
-            if failure is not exc:
-                failure.__cause__ = exc
-            return replica, None, failure
-        except GraphRequestError as failed:
-            return replica, None, failed
-        except BaseException:
-            self._release(replica, budgeted=budgeted)
-            raise
+        except BaseException as exc:
+            failed = self.failure(exc, attempt)
+            if failed is None:
+                self._release(replica, budgeted=budgeted)
+                raise
+            if budgeted:
+                self.runtime.retries_in_flight -= 1
+            return self.judge(replica, None, failed)
+        if budgeted:
+            self.runtime.retries_in_flight -= 1
+        return self.judge(replica, reply, None)
+
+    def failure(self, error: BaseException, attempt: Attempt | None) -> GraphRequestError | None:
+        """The failure an attempt's exception is; None when it is no outcome (a
+        cancellation, or a bug)."""
+        if isinstance(error, UpstreamTimeout):
+            assert attempt is not None  # the call was made
+            failure = self.timed_out(error, attempt)
+            if failure is not error:
+                failure.__cause__ = error
+            return failure
+        return error if isinstance(error, GraphRequestError) else None
 
     def _release(self, replica: int | None, *, budgeted: bool) -> None:
         """An attempt that ended in no outcome (cancelled, or not waited for): its counts
@@ -375,55 +502,41 @@ class _Loop:
         if replica is not None and self.replicas is not None:
             self.replicas.replicas[replica].outstanding -= 1
 
-    async def hedged(self, hedge_after: float) -> Reply:
-        """The first attempt, awaited in this task, with a timer for the hedge; tasks only
-        from when the hedge goes out or the first attempt must be retried.
+    def watch(self, hedge_after: float) -> int:
+        """Set the hedge's timer for the first attempt, about to be awaited in this task."""
+        loop = self.ctx.loop()
+        self.main = asyncio.current_task(loop)
+        self.waiting, self.fired, self.won = True, False, None
+        return self.runtime.timers.at(loop, loop.time() + hedge_after, self.fire)
 
-        When the hedge's time comes, it runs as a task beside the first attempt; a hedge that
-        answers for good first interrupts this task (a cancellation of our own, taken back
-        with ``uncancel``) and its outcome stands."""
-        watch = _HedgeWatch(self)
-        loop, timers = self.ctx.loop(), self.runtime.timers
-        timer = timers.at(loop, loop.time() + hedge_after, watch.fire)
-        try:
-            replica, reply, error = await self.inline(budgeted=False)
-        except asyncio.CancelledError:  # its counts given back by inline
-            timers.cancel(timer)
-            won = watch.won
-            if won is not None and watch.main.uncancel() == 0:  # the hedge's answer came
-                await self.cancel_all()
-                if isinstance(won, BaseException):
-                    raise won from None
-                return _result(won)
-            watch.waiting = False
-            await self._drop(won)
-            raise
-        except BaseException:
-            timers.cancel(timer)
-            watch.waiting = False
-            await self.cancel_all()
-            raise
-        # No await since the attempt ended: the hedge cannot have interrupted it.
-        watch.waiting = False
-        timers.cancel(timer)
-        try:
-            outcome = self.judge(replica, reply, error)
-        except BaseException:
-            await self.cancel_all()
-            raise
-        if not outcome.retriable:
-            if self.running:
-                await self.cancel_all()
-            return _result(outcome)
-        return await self.tasks(None if watch.fired else hedge_after, outcome)
+    def fire(self) -> None:
+        """The hedge's time came: send it, watched while the first attempt is awaited."""
+        self.fired = True
+        task = self.hedge()
+        if task is not None:
+            task.add_done_callback(self.hedge_done)
 
-    async def _drop(self, won: _Outcome | BaseException | None) -> None:
+    def hedge_done(self, task: asyncio.Task[Reply]) -> None:
+        if not self.waiting or task not in self.running:
+            return  # the first attempt moved on: the task loop settles the hedge
+        try:
+            outcome = self.settle(task)
+        except BaseException as bug:  # raised again in the main task
+            self.won = bug
+        else:
+            if isinstance(outcome, _Outcome) and outcome.retriable:
+                return  # the first attempt may still answer
+            self.won = outcome
+        self.waiting = False
+        assert self.main is not None
+        self.main.cancel()
+
+    async def _drop(self, won: _Won | None) -> None:
         """A hedge's winning reply that nobody will read, closed; the other attempts
         cancelled."""
-        if isinstance(won, _Outcome) and won.reply is not None:
-            stream = won.reply.stream
-            if stream is not None:
-                await stream.aclose()
+        reply = won.reply if isinstance(won, _Outcome) else won
+        if isinstance(reply, Reply) and reply.stream is not None:
+            await reply.stream.aclose()
         await self.cancel_all()
 
     async def tasks(self, hedge_after: float | None, last: _Outcome | None) -> Reply:
@@ -447,8 +560,8 @@ class _Loop:
                     continue
                 for task in done:
                     outcome = self.settle(task)
-                    if not outcome.retriable:
-                        return _result(outcome)
+                    if isinstance(outcome, Reply) or not outcome.retriable:
+                        return _stood(outcome)
                     last = outcome
         finally:
             await self.cancel_all()
@@ -495,39 +608,6 @@ class _Loop:
         return True
 
 
-class _HedgeWatch:
-    """The hedge beside a first attempt that runs in the step's own task: sends it when its
-    time comes, and interrupts that task when the hedge answers for good first."""
-
-    def __init__(self, loop: _Loop) -> None:
-        main = asyncio.current_task(loop.ctx.loop())
-        assert main is not None
-        self.attempts, self.main = loop, main
-        self.waiting = True  # the first attempt is still being awaited
-        self.fired = False
-        self.won: _Outcome | BaseException | None = None  # the hedge's outcome that stands
-
-    def fire(self) -> None:
-        self.fired = True
-        task = self.attempts.hedge()
-        if task is not None:
-            task.add_done_callback(self.done)
-
-    def done(self, task: asyncio.Task[Reply]) -> None:
-        if not self.waiting or task not in self.attempts.running:
-            return  # the first attempt moved on: the task loop settles the hedge
-        try:
-            outcome = self.attempts.settle(task)
-        except BaseException as bug:  # raised again in the main task
-            self.won = bug
-        else:
-            if outcome.retriable:
-                return  # the first attempt may still answer
-            self.won = outcome
-        self.waiting = False
-        self.main.cancel()
-
-
 async def _first_done(
     tasks: dict[asyncio.Task[Reply], _Attempt], within: float | None
 ) -> list[asyncio.Task[Reply]]:
@@ -557,10 +637,20 @@ async def _first_done(
 
 
 def _result(outcome: _Outcome) -> Reply:
+    """The reply of an outcome that stands after all (its error raised)."""
     if outcome.error is not None:
         raise outcome.error
     assert outcome.reply is not None
     return outcome.reply
+
+
+def _stood(outcome: _Won) -> Reply:
+    """The step's reply from an outcome that stands (its error raised)."""
+    if isinstance(outcome, Reply):
+        return outcome
+    if isinstance(outcome, BaseException):
+        raise outcome from None
+    return _result(outcome)
 
 
 def _why(outcome: _Outcome | None) -> str:

@@ -17,7 +17,7 @@ healthy forgives one past ejection.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from infergraph.router.engine.policy import BudgetPolicy, Failure, OutlierPolicy, counts_for_outlier
@@ -92,6 +92,20 @@ class ReplicaSet:
         healthy = [r for r in fresh if r.out_until is None] or fresh
         return self._two_choices(rng, healthy).index, back
 
+    def any(self, rng: random.Random) -> int:
+        """``pick`` for a first attempt while every replica is in (``out`` is 0): the same
+        draws as ``_two_choices``, written out (this runs on every call)."""
+        among = self.replicas
+        count = len(among)
+        if count == 1:
+            return 0
+        draw = rng.random
+        i = int(draw() * count)
+        j = int(draw() * (count - 1))
+        if j >= i:
+            j += 1
+        return j if among[j].outstanding < among[i].outstanding else i
+
     @staticmethod
     def _two_choices(rng: random.Random, among: Sequence[Replica]) -> Replica:
         """Of two distinct replicas drawn uniformly (as ``rng.sample(among, 2)``, with fewer
@@ -104,6 +118,18 @@ class ReplicaSet:
         j += j >= i
         first, second = among[i], among[j]
         return second if second.outstanding < first.outstanding else first
+
+    def answered(self, index: int, clock: Callable[[], float]) -> None:
+        """An attempt that ``index`` answered with a status below 500 (``record``'s common
+        case, quicker): no longer outstanding, its failures in a row forgotten, and healthy
+        again if it was only marked unhealthy (at ``clock()``)."""
+        replica = self.replicas[index]
+        replica.outstanding -= 1
+        replica.consecutive_5xx = replica.consecutive_gateway = 0
+        if replica.out_until is not None and not replica.ejected:
+            replica.out_until = None
+            replica.back_since = clock()
+            self.out -= 1
 
     def record(
         self, index: int, now: float, status: int | None, failure: Failure | None

@@ -44,10 +44,6 @@ class Deadlines:
         """The running loop (looked up once)."""
         return self._running_loop()
 
-    def current_task(self) -> asyncio.Task[object] | None:
-        """The running task (``asyncio.current_task``, without looking the loop up again)."""
-        return asyncio.current_task(self._running_loop())
-
     async def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
@@ -60,11 +56,26 @@ class Deadlines:
         if self._ticker is None or due + self.resolution < self._next:
             self._arm(loop, due)
 
+    def watch(self, seconds: float) -> asyncio.Task[object]:
+        """``add`` for the running task, which is returned (for ``remove``): the loop looked
+        up once for both (this runs on every request and every step call with a timeout)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        due = loop.time() + seconds
+        self._due[task] = due
+        if self._ticker is None or due + self.resolution < self._next:
+            self._arm(loop, due)
+        return task
+
     def remove(self, task: asyncio.Task[object]) -> bool:
         """Stop watching ``task``; True if it was cancelled for running past its deadline."""
         self._due.pop(task, None)
-        if task in self._expired:
-            self._expired.discard(task)
+        expired = self._expired
+        if expired and task in expired:
+            expired.discard(task)
             return True
         return False
 

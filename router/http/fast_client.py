@@ -536,9 +536,7 @@ class FastTransport:
             if call.timeout is None:
                 return await self._send(call)
             deadlines = self._deadlines
-            task = deadlines.current_task()
-            assert task is not None
-            deadlines.add(task, call.timeout)
+            task = deadlines.watch(call.timeout)
             try:
                 return await self._send(call)
             except asyncio.CancelledError as exc:

@@ -227,9 +227,7 @@ class RouterService:
         body, media = request.body, request.media
         if timeouts.server_write is None:
             return await run_graph(plan, body, ctx, media)
-        task = self.deadlines.current_task()
-        assert task is not None
-        self.deadlines.add(task, timeouts.server_write)
+        task = self.deadlines.watch(timeouts.server_write)
         expired = False
         try:
             return await run_graph(plan, body, ctx, media)

@@ -48,20 +48,12 @@ if TYPE_CHECKING:
     from infergraph.router.engine.runtime import ReplicaSet
 
 
-@dataclass(slots=True)
-class Attempt:
-    """How ``send`` makes one call: to which replica (None: the step's own service), within
-    how many seconds, which attempt it is and whether it is a hedge. (Not frozen: made on
-    every call, a frozen one costs twice as much; nothing changes it.)"""
-
-    replica: StepTarget | None = None
-    seconds: float | None = None
-    number: int = 1
-    hedge: bool = False
-
-
-# send(step, payload, ctx, final, attempt): one call to the transport.
-Send = Callable[["StepPlan", "Payload", "ExecutionContext", bool, Attempt], Awaitable[Reply]]
+# send(step, payload, ctx, final, replica, seconds, number, hedge): one call to the transport,
+# to ``replica`` (None: the step's own service) within ``seconds``, as attempt ``number``.
+Send = Callable[
+    ["StepPlan", "Payload", "ExecutionContext", bool, "StepTarget | None", float | None, int, bool],
+    Awaitable[Reply],
+]
 StepRunner = Callable[["StepPlan", "Payload", "ExecutionContext", bool], Awaitable[Reply]]
 
 
@@ -163,7 +155,7 @@ class _Loop:
         self.running: dict[asyncio.Task[Reply], _Attempt] = {}
         self.tried: list[int] = []
 
-    async def run(self) -> Reply:
+    async def run(self) -> Reply:  # noqa: PLR0915 (the first attempt written out: see below)
         """The step's own answer, within its bulkhead, or its fallback's.
 
         The first attempt is awaited here, in the step's own task, with a timer for the hedge
@@ -180,26 +172,58 @@ class _Loop:
             if step.node is not None:
                 reply = await self.run_step(step, self.payload, ctx, self.final)
             else:
-                if policy.max_in_flight is not None:
-                    admitted = self.admit(policy.max_in_flight)
-                replica, timer = self.begin()
-                attempt = None
+                # What follows, to the call, is written out rather than in helpers: it runs
+                # on every call (``admit``, ``prepare`` and ``judge`` say the same at length).
+                limit = policy.max_in_flight
+                if limit is not None:
+                    in_flight = self.runtime.in_flight
+                    count = in_flight.get(policy.label, 0)
+                    if count >= limit:
+                        raise self.shed(count, limit)
+                    in_flight[policy.label] = count + 1
+                    admitted = True
+                replicas = self.replicas
+                replica = None
+                if replicas is not None:
+                    if (
+                        replicas.out
+                        and policy.fallback is not None  # to go to
+                        and not replicas.healthy(ctx.clock())
+                    ):
+                        raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
+                    replica = self.pick()
+                self.started = 1
+                hedged = False
+                if policy.hedge_after is not None:
+                    self.watch(policy.hedge_after)
+                    hedged = True
+                seconds = policy.timeout if policy.timeout is not None else ctx.service_timeout
                 try:
-                    attempt = self.prepare(replica, 1, False)
-                    reply = await self.send(step, self.payload, ctx, self.final, attempt)
+                    if ctx.deadline is not None:
+                        seconds = self.prepare()
+                    target = None if replica is None else policy.replicas[replica]
+                    reply = await self.send(
+                        step, self.payload, ctx, self.final, target, seconds, 1, False
+                    )
                     if reply.stream is not None and reply.ok:
                         reply = await _committed(reply)
                 except BaseException as exc:
-                    reply = await self.first_failed(exc, replica, attempt, timer)
+                    reply = await self.first_failed(exc, replica, seconds, hedged)
                 else:
-                    if timer is not None:
+                    if hedged:
                         # No await since the attempt ended: the hedge cannot have
                         # interrupted it.
-                        self.runtime.timers.cancel(timer)
+                        self.runtime.timers.cancel(self)
                         self.waiting = False
-                    outcome = self.judge(replica, reply, None)
-                    if outcome is not reply or self.running:
-                        reply = await self.after(outcome, timer is not None)
+                    if (
+                        reply.status < 500
+                        and not policy.retry.retriable_status_codes
+                        and not self.running
+                    ):  # it stands: ``judge``'s common case
+                        if replica is not None and replicas is not None:
+                            replicas.answered(replica, ctx.clock)
+                    else:
+                        reply = await self.after(self.judge(replica, reply, None), hedged)
         except GraphRequestError as error:
             if policy.fallback is None or not _falls_back(error):
                 raise
@@ -223,32 +247,16 @@ class _Loop:
         ctx.fallbacks.append(f"{policy.label}={policy.fallback_label}")
         return await self.run_step(policy.fallback, self.payload, ctx, self.final)
 
-    def begin(self) -> tuple[int | None, int | None]:
-        """Before the first attempt: its replica, and the hedge's timer if there is one. A
-        step whose every replica is failing goes to its fallback (``NoHealthyReplica``)."""
-        policy, replicas = self.policy, self.replicas
-        if (
-            replicas is not None
-            and replicas.out
-            and policy.fallback is not None  # to go to
-            and not replicas.healthy(self.ctx.clock())
-        ):
-            raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
-        replica = self.pick()
-        self.started = 1
-        hedge_after = policy.hedge_after
-        return replica, None if hedge_after is None else self.watch(hedge_after)
-
     async def first_failed(
-        self, error: BaseException, replica: int | None, attempt: Attempt | None, timer: int | None
+        self, error: BaseException, replica: int | None, seconds: float | None, hedged: bool
     ) -> Reply:
         """What follows a first attempt ended by ``error``: its failure judged, or a hedge's
         answer that interrupted it; anything else raised again."""
         if isinstance(error, asyncio.CancelledError):
             self._release(replica, budgeted=False)
-            if timer is None:
+            if not hedged:
                 raise error
-            self.runtime.timers.cancel(timer)
+            self.runtime.timers.cancel(self)
             won, main = self.won, self.main
             if won is None or main is None or main.uncancel() != 0:
                 self.waiting = False  # cancelled from outside
@@ -256,15 +264,15 @@ class _Loop:
                 raise error
             await self.cancel_all()  # the hedge's answer came
             return _stood(won)
-        if timer is not None:
-            self.runtime.timers.cancel(timer)
+        if hedged:
+            self.runtime.timers.cancel(self)
             self.waiting = False
-        failed = self.failure(error, attempt)
+        failed = self.failure(error, seconds, 1)
         if failed is None:  # no outcome (a bug): raised
             self._release(replica, budgeted=False)
             await self.cancel_all()
             raise error
-        return await self.after(self.judge(replica, None, failed), timer is not None)
+        return await self.after(self.judge(replica, None, failed), hedged)
 
     async def after(self, outcome: Reply | _Outcome, hedged: bool) -> Reply:
         """After the first attempt: its outcome if it stands (a hedge still running
@@ -278,21 +286,13 @@ class _Loop:
             return await self.tasks(None if self.fired else hedge_after, outcome)
         return await self.serial(outcome)
 
-    def admit(self, limit: int) -> bool:
-        """Count this call against the step's ``maxInFlight`` (True), or fail it at once."""
-        policy = self.policy
-        in_flight = self.runtime.in_flight
-        count = in_flight.get(policy.label, 0)
-        if count >= limit:
-            if self.ctx.observer is not None:
-                self.ctx.observer.policy_event(
-                    self.step, "shed", {"in_flight": count, "limit": limit}
-                )
-            raise StepOverloaded(
-                f"step {policy.label} has {count} calls in flight, its maxInFlight: not queued"
-            )
-        in_flight[policy.label] = count + 1
-        return True
+    def shed(self, count: int, limit: int) -> StepOverloaded:
+        """The failure of a call past the step's ``maxInFlight`` (``count`` in flight)."""
+        if self.ctx.observer is not None:
+            self.ctx.observer.policy_event(self.step, "shed", {"in_flight": count, "limit": limit})
+        return StepOverloaded(
+            f"step {self.policy.label} has {count} calls in flight, its maxInFlight: not queued"
+        )
 
     def pick(self) -> int | None:
         """The replica for the next attempt (None: the step's one service), counted as
@@ -338,47 +338,47 @@ class _Loop:
                 },
             )
 
-    def _timeout(self) -> float | None:
-        policy = self.policy
-        return policy.timeout if policy.timeout is not None else self.ctx.service_timeout
-
-    def prepare(self, replica: int | None, number: int, hedge: bool) -> Attempt:
-        """How attempt ``number`` calls ``replica``: within the step's timeout and what is
-        left of the graph's; GraphTimeout when none is."""
+    def prepare(self) -> float | None:
+        """The seconds an attempt may take: the step's timeout, or what is left of the
+        graph's when that is less; GraphTimeout when nothing is left."""
         ctx, policy = self.ctx, self.policy
-        target = policy.replicas[replica] if replica is not None else None
         timeout = policy.timeout if policy.timeout is not None else ctx.service_timeout
-        if ctx.deadline is not None:
-            remaining = ctx.deadline - ctx.clock()
-            if remaining <= 0:
-                raise graph_timeout(ctx)
-            if timeout is None or remaining < timeout:
-                timeout = remaining  # the graph's deadline bounds this call (timed_out)
-        return Attempt(target, timeout, number, hedge)
+        if ctx.deadline is None:
+            return timeout
+        remaining = ctx.deadline - ctx.clock()
+        if remaining <= 0:
+            raise graph_timeout(ctx)
+        return remaining if timeout is None or remaining < timeout else timeout
 
-    def timed_out(self, error: UpstreamTimeout, attempt: Attempt) -> GraphRequestError:
+    def timed_out(
+        self, error: UpstreamTimeout, seconds: float | None, number: int
+    ) -> GraphRequestError:
         """What an attempt whose call timed out fails with: the graph's 504 when its deadline
         bounded the call (``prepare`` gave it less than the step's timeout), the step's when
         its own ``timeout`` did."""
-        timeout = self._timeout()
+        policy = self.policy
+        timeout = policy.timeout if policy.timeout is not None else self.ctx.service_timeout
         if self.ctx.deadline is not None and (
-            timeout is None or attempt.seconds is None or attempt.seconds < timeout
+            timeout is None or seconds is None or seconds < timeout
         ):
             return graph_timeout(self.ctx)
-        if self.policy.timeout is not None:
+        if policy.timeout is not None:
             return StepTimeout(
-                f"step {self.policy.label}: no answer within its timeout of "
-                f"{self.policy.timeout} s (attempt {attempt.number})"
+                f"step {policy.label}: no answer within its timeout of "
+                f"{policy.timeout} s (attempt {number})"
             )
         return error
 
     async def attempt(self, replica: int | None, number: int, hedge: bool) -> Reply:
         """One attempt, as a task's coroutine (``inline`` makes one in the step's own task)."""
-        attempt = self.prepare(replica, number, hedge)
+        seconds = self.prepare()
+        target = None if replica is None else self.policy.replicas[replica]
         try:
-            reply = await self.send(self.step, self.payload, self.ctx, self.final, attempt)
+            reply = await self.send(
+                self.step, self.payload, self.ctx, self.final, target, seconds, number, hedge
+            )
         except UpstreamTimeout as exc:
-            failure = self.timed_out(exc, attempt)
+            failure = self.timed_out(exc, seconds, number)
             if failure is exc:
                 raise
             raise failure from exc
@@ -465,14 +465,17 @@ class _Loop:
         is raised."""
         replica = self.pick()
         self.started = number = self.started + 1
-        attempt = None
+        seconds = None
         try:
-            attempt = self.prepare(replica, number, False)
-            reply = await self.send(self.step, self.payload, self.ctx, self.final, attempt)
+            seconds = self.prepare()
+            target = None if replica is None else self.policy.replicas[replica]
+            reply = await self.send(
+                self.step, self.payload, self.ctx, self.final, target, seconds, number, False
+            )
             if reply.stream is not None and reply.ok:
                 reply = await _committed(reply)
         except BaseException as exc:
-            failed = self.failure(exc, attempt)
+            failed = self.failure(exc, seconds, number)
             if failed is None:
                 self._release(replica, budgeted=budgeted)
                 raise
@@ -483,12 +486,13 @@ class _Loop:
             self.runtime.retries_in_flight -= 1
         return self.judge(replica, reply, None)
 
-    def failure(self, error: BaseException, attempt: Attempt | None) -> GraphRequestError | None:
-        """The failure an attempt's exception is; None when it is no outcome (a
-        cancellation, or a bug)."""
+    def failure(
+        self, error: BaseException, seconds: float | None, number: int
+    ) -> GraphRequestError | None:
+        """The failure an attempt's exception is (it had ``seconds``); None when it is no
+        outcome (a cancellation, or a bug)."""
         if isinstance(error, UpstreamTimeout):
-            assert attempt is not None  # the call was made
-            failure = self.timed_out(error, attempt)
+            failure = self.timed_out(error, seconds, number)
             if failure is not error:
                 failure.__cause__ = error
             return failure
@@ -502,12 +506,12 @@ class _Loop:
         if replica is not None and self.replicas is not None:
             self.replicas.replicas[replica].outstanding -= 1
 
-    def watch(self, hedge_after: float) -> int:
+    def watch(self, hedge_after: float) -> None:
         """Set the hedge's timer for the first attempt, about to be awaited in this task."""
-        loop = self.ctx.loop()
+        loop = self.ctx.event_loop or self.ctx.loop()
         self.main = asyncio.current_task(loop)
         self.waiting, self.fired, self.won = True, False, None
-        return self.runtime.timers.at(loop, loop.time() + hedge_after, self.fire)
+        self.runtime.timers.at(loop, loop.time() + hedge_after, self)
 
     def fire(self) -> None:
         """The hedge's time came: send it, watched while the first attempt is awaited."""

@@ -93,29 +93,38 @@ class ReplicaSet:
         return self._two_choices(rng, healthy).index, back
 
     def any(self, rng: random.Random) -> int:
-        """``pick`` for a first attempt while every replica is in (``out`` is 0): the same
-        draws as ``_two_choices``, written out (this runs on every call)."""
+        """``pick`` for a first attempt while every replica is in (``out`` is 0):
+        ``_two_choices`` written out, as this runs on every call."""
         among = self.replicas
         count = len(among)
         if count == 1:
             return 0
-        draw = rng.random
-        i = int(draw() * count)
-        j = int(draw() * (count - 1))
-        if j >= i:
-            j += 1
+        if count == 2:  # the second is the other one: one draw orders them
+            i = 0 if rng.random() < 0.5 else 1
+            j = 1 - i
+        else:
+            draw = rng.random
+            i = int(draw() * count)
+            j = int(draw() * (count - 1))
+            if j >= i:
+                j += 1
         return j if among[j].outstanding < among[i].outstanding else i
 
     @staticmethod
     def _two_choices(rng: random.Random, among: Sequence[Replica]) -> Replica:
         """Of two distinct replicas drawn uniformly (as ``rng.sample(among, 2)``, with fewer
-        calls), the one with fewer outstanding requests (the first drawn on a tie)."""
+        draws: of two, one draw orders them), the one with fewer outstanding requests (the
+        first drawn on a tie)."""
         count = len(among)
         if count == 1:
             return among[0]
-        i = int(rng.random() * count)
-        j = int(rng.random() * (count - 1))
-        j += j >= i
+        if count == 2:
+            i = 0 if rng.random() < 0.5 else 1
+            j = 1 - i
+        else:
+            i = int(rng.random() * count)
+            j = int(rng.random() * (count - 1))
+            j += j >= i
         first, second = among[i], among[j]
         return second if second.outstanding < first.outstanding else first
 

@@ -18,7 +18,7 @@ from infergraph.router.engine.errors import (
     NoRouteMatched,
 )
 from infergraph.router.engine.payload import Payload
-from infergraph.router.engine.plan import GraphPlan, NodePlan, RouterType, StepPlan
+from infergraph.router.engine.plan import GraphPlan, NodePlan, RouterType, StepPlan, StepTarget
 from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.router.protocols import Protocol
 
@@ -62,24 +62,24 @@ async def run_target(step: StepPlan, payload: Payload, ctx: ExecutionContext, fi
         except NoRouteMatched as exc:
             # Only the root Switch answers 404; a nested one fails its parent with 500.
             raise NestedNoRouteMatched() from exc
-    return await call_service(step, payload, ctx, final, None)
+    return await call_service(step, payload, ctx, final, None, ctx.service_timeout)
 
 
-async def call_service(
+async def call_service(  # noqa: PLR0917 (attempts.Send: positional, as it runs on every call)
     step: StepPlan,
     payload: Payload,
     ctx: ExecutionContext,
     final: bool,
-    attempt: attempts.Attempt | None,
+    replica: StepTarget | None,
+    seconds: float | None,
+    number: int = 1,
+    hedge: bool = False,
 ) -> Reply:
-    """One call to the step's service (or to ``attempt``'s replica): the only call into the
-    transport. Without ``attempt``, the first and only one, within ``serviceClient``."""
-    timeout, number, hedge = ctx.service_timeout, 1, False
+    """One call to the step's service (or to ``replica``) within ``seconds``, as
+    attempt ``number`` (a hedge or not): the only call into the transport."""
     service, chat_service = step.service, step.chat_service
-    if attempt is not None:
-        timeout, number, hedge = attempt.seconds, attempt.number, attempt.hedge
-        if attempt.replica is not None:
-            service, chat_service = attempt.replica.service, attempt.replica.chat_service
+    if replica is not None:
+        service, chat_service = replica.service, replica.chat_service
     assert service is not None
     service.check()
     stream = False
@@ -98,7 +98,7 @@ async def call_service(
         target=service,
         body=payload.raw,
         headers=ctx.headers,
-        timeout=timeout,
+        timeout=seconds,
         protocol=step.protocol,
         model=step.model,
         model_version=step.model_version,

@@ -12,28 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from typing import Protocol
+
+
+class Due(Protocol):
+    """What a timer calls: its ``fire``."""
+
+    def fire(self) -> None: ...
 
 
 class Timers:
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[float, Callable[[], None]]] = {}
-        self._count = 0
+        # Each entry's own object is its key (no key or pair made per entry).
+        self._entries: dict[Due, float] = {}
         self._handle: asyncio.TimerHandle | None = None
         self._next = math.inf  # when the handle fires
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def at(self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]) -> int:
-        """Call ``callback`` at ``when`` (on ``loop``'s clock); a key for ``cancel``."""
-        self._count = key = self._count + 1
-        self._entries[key] = (when, callback)
+    def at(self, loop: asyncio.AbstractEventLoop, when: float, due: Due) -> None:
+        """Call ``due.fire()`` at ``when`` (on ``loop``'s clock), once; until ``cancel(due)``.
+        An object waits for one time at most: a second ``at`` moves it."""
+        self._entries[due] = when
         if when < self._next or loop is not self._loop:
             self._arm(loop, when)
-        return key
 
-    def cancel(self, key: int) -> None:
+    def cancel(self, due: Due) -> None:
         """Do not call it (nothing if it was called already)."""
-        self._entries.pop(key, None)
+        self._entries.pop(due, None)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._handle is not None:
@@ -46,9 +51,9 @@ class Timers:
         assert loop is not None
         self._handle, self._next = None, math.inf
         now = loop.time()
-        due = [key for key, (when, _) in self._entries.items() if when <= now]
-        for key in due:
-            _, callback = self._entries.pop(key)
-            callback()
-        if self._entries:
-            self._arm(loop, min(when for when, _ in self._entries.values()))
+        entries = self._entries
+        for due in [due for due, when in entries.items() if when <= now]:
+            del entries[due]
+            due.fire()
+        if entries:
+            self._arm(loop, min(entries.values()))

@@ -9,6 +9,14 @@ from infergraph.router.engine.timers import Timers
 from infergraph.testing import virtual_time
 
 
+class Note:
+    def __init__(self, name: str, fired: list[tuple[str, float]]) -> None:
+        self.name, self.fired = name, fired
+
+    def fire(self) -> None:
+        self.fired.append((self.name, asyncio.get_running_loop().time()))
+
+
 def test_callbacks_run_at_their_times_and_cancelled_ones_never() -> None:
     async def main() -> tuple[list[tuple[str, float]], list[int]]:
         loop = asyncio.get_running_loop()
@@ -16,24 +24,28 @@ def test_callbacks_run_at_their_times_and_cancelled_ones_never() -> None:
         fired: list[tuple[str, float]] = []
         scheduled: list[int] = []
 
-        def note(name: str) -> None:
-            fired.append((name, loop.time()))
+        def note(name: str) -> Note:
+            return Note(name, fired)
 
         def live() -> int:
             handles = loop._scheduled  # type: ignore[attr-defined]  # asyncio's timer heap
             return sum(not handle.cancelled() for handle in handles)
 
-        timers.at(loop, 2.0, lambda: note("late"))
+        timers.at(loop, 2.0, note("late"))
         scheduled.append(live())
-        early = timers.at(loop, 0.5, lambda: note("cancelled"))
-        timers.at(loop, 1.0, lambda: note("early"))
-        timers.at(loop, 1.0, lambda: note("same time"))
+        early = note("cancelled")
+        timers.at(loop, 0.5, early)
+        timers.at(loop, 1.0, note("early"))
+        timers.at(loop, 1.0, note("same time"))
         timers.cancel(early)
         for when in (2.5, 3.0):
-            timers.at(loop, when, lambda: note("later"))
+            timers.at(loop, when, note("later"))
+        moved = note("moved")
+        timers.at(loop, 3.5, moved)
+        timers.at(loop, 3.8, moved)  # one time per object: this one
         scheduled.append(live())
         await asyncio.sleep(4)
-        timers.at(loop, 5.0, lambda: note("after a quiet spell"))
+        timers.at(loop, 5.0, note("after a quiet spell"))
         await asyncio.sleep(2)
         return fired, scheduled
 
@@ -44,6 +56,7 @@ def test_callbacks_run_at_their_times_and_cancelled_ones_never() -> None:
         ("late", 2.0),
         ("later", 2.5),
         ("later", 3.0),
+        ("moved", 3.8),
         ("after a quiet spell", 5.0),
     ]
     # One loop timer at a time, not one per callback (it moved to 0.5 s, the cancelled

@@ -44,7 +44,7 @@ from infergraph.router.engine.transport import Reply
 if TYPE_CHECKING:
     from infergraph.router.engine.context import ExecutionContext
     from infergraph.router.engine.payload import Payload
-    from infergraph.router.engine.plan import StepPlan, StepPolicy, StepTarget
+    from infergraph.router.engine.plan import StepPlan, StepTarget
     from infergraph.router.engine.runtime import ReplicaSet
 
 
@@ -67,21 +67,6 @@ def _falls_back(error: GraphRequestError) -> bool:
     return error.status >= 500 and not isinstance(error, DeadlineExceeded | GraphTimeout)
 
 
-def run(
-    step: StepPlan,
-    payload: Payload,
-    ctx: ExecutionContext,
-    final: bool,
-    *,
-    send: Send,
-    run_step: StepRunner,
-) -> Awaitable[Reply]:
-    """Run a step that has a policy (``step.policy``), its fallback included: the coroutine
-    that does it (no frame of its own in between)."""
-    assert step.policy is not None
-    return _Loop(step, step.policy, payload, ctx, final, send, run_step).run()
-
-
 @dataclass(slots=True)
 class _Attempt:
     replica: int | None
@@ -102,9 +87,11 @@ class _Outcome:
 _Won = Reply | _Outcome | BaseException
 
 
-class _Loop:
-    """The attempts of one step call, and the hedge beside its first attempt (``fire``, and
-    ``hedge_done`` when the hedge answers while the first attempt is still awaited)."""
+class StepAttempts:
+    """The attempts of one call to a step that has a policy (``step.policy``), its fallback
+    included: ``StepAttempts(...).run()``, a coroutine with no frame of its own in between.
+    Also the hedge beside the first attempt (``fire``, and ``hedge_done`` when the hedge
+    answers while the first attempt is still awaited)."""
 
     __slots__ = (
         "ctx",
@@ -126,7 +113,8 @@ class _Loop:
         "won",
     )
 
-    started: int  # attempts made (set by ``begin``)
+    tried: list[int]  # the replicas tried, in order (set by ``run`` for a step with some)
+    started: int  # attempts made (set by ``run``)
     last_start: float  # when the last attempt task was launched (set by ``launch``)
     # Set by ``watch``, for a hedged first attempt only.
     main: asyncio.Task[object] | None  # the step's own task
@@ -134,16 +122,17 @@ class _Loop:
     fired: bool  # the hedge's time came
     won: _Won | None  # the hedge's outcome that stands
 
-    def __init__(  # noqa: PLR0917 (one call site: run's own arguments)
+    def __init__(  # noqa: PLR0917 (one call site, steps.run_step, on every call)
         self,
         step: StepPlan,
-        policy: StepPolicy,
         payload: Payload,
         ctx: ExecutionContext,
         final: bool,
         send: Send,
         run_step: StepRunner,
     ) -> None:
+        policy = step.policy
+        assert policy is not None
         self.step, self.policy, self.payload, self.ctx = step, policy, payload, ctx
         self.final, self.send, self.run_step = final, send, run_step
         runtime = ctx.runtime
@@ -153,7 +142,6 @@ class _Loop:
             runtime.replicas.get(policy.label) if policy.replicas else None
         )
         self.running: dict[asyncio.Task[Reply], _Attempt] = {}
-        self.tried: list[int] = []
 
     async def run(self) -> Reply:  # noqa: PLR0915 (the first attempt written out: see below)
         """The step's own answer, within its bulkhead, or its fallback's.
@@ -184,13 +172,16 @@ class _Loop:
                     admitted = True
                 replicas = self.replicas
                 replica = None
-                if replicas is not None:
-                    if (
-                        replicas.out
-                        and policy.fallback is not None  # to go to
-                        and not replicas.healthy(ctx.clock())
-                    ):
-                        raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
+                if replicas is None:
+                    pass
+                elif not replicas.out:  # every replica in: ``pick``'s common case
+                    replica = replicas.any(ctx.rng)
+                    replicas.replicas[replica].outstanding += 1
+                    self.tried = [replica]
+                elif policy.fallback is not None and not replicas.healthy(ctx.clock()):
+                    raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
+                else:
+                    self.tried = []
                     replica = self.pick()
                 self.started = 1
                 hedged = False

@@ -50,7 +50,8 @@ async def run_node(node: NodePlan, payload: Payload, ctx: ExecutionContext, fina
 async def run_step(step: StepPlan, payload: Payload, ctx: ExecutionContext, final: bool) -> Reply:
     """Run a step's target with ``payload`` as its input (through its policy, if it has one)."""
     if step.policy is not None:
-        return await attempts.run(step, payload, ctx, final, send=call_service, run_step=run_target)
+        policy = attempts.StepAttempts(step, payload, ctx, final, call_service, run_target)
+        return await policy.run()
     return await run_target(step, payload, ctx, final)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from infergraph.router.engine.context import ExecutionContext
 from infergraph.router.engine.errors import (
+    BadRequest,
     GraphOverloaded,
     GraphRequestError,
     GraphSpecError,
@@ -287,6 +288,19 @@ def test_power_of_two_choices_prefers_the_replica_with_fewer_outstanding() -> No
     spread = sorted(len(s.times) for s in servers.values())
     assert sum(spread) == 30
     assert spread[2] - spread[0] <= 2  # (random choice: about 9 apart at this size)
+
+
+def test_an_error_no_retry_mends_from_a_replica_is_the_answer_and_not_counted() -> None:
+    # A client mistake (400) says nothing of the replica's health: it is the answer as it is
+    # (it once reached outlier detection's counting with neither status nor failure, a 500).
+    servers = {"a": Server([BadRequest("no such input")]), "b": Server([BadRequest("no")])}
+    graph = one_step({"endpoints": [url("a"), url("b")], "retry": {"maxRetries": 2}})
+    with pytest.raises(BadRequest):
+        go(graph, Fake(servers))
+    replicas = graph.runtime.replicas["root/s"].replicas
+    assert [r.outstanding for r in replicas] == [0, 0]
+    assert [r.consecutive_5xx for r in replicas] == [0, 0]
+    assert sum(len(s.times) for s in servers.values()) == 1  # not retried
 
 
 def test_a_failing_replica_is_ejected_for_base_time_times_ejections_and_returns() -> None:

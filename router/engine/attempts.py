@@ -150,7 +150,7 @@ class StepAttempts:
         (``watch``): one frame between the step and its call, as without a policy. Tasks
         come only when the hedge goes out or the first attempt must be retried (``after``).
         A hedge that answers for good first interrupts this task (a cancellation of our
-        own, taken back with ``uncancel``) and its outcome stands (``interrupted``)."""
+        own, taken back with ``uncancel``) and its outcome stands (``first_failed``)."""
         step, policy, ctx = self.step, self.policy, self.ctx
         running = ctx.running
         assert running is not None
@@ -161,7 +161,7 @@ class StepAttempts:
                 reply = await self.run_step(step, self.payload, ctx, self.final)
             else:
                 # What follows, to the call, is written out rather than in helpers: it runs
-                # on every call (``admit``, ``prepare`` and ``judge`` say the same at length).
+                # on every call (``pick``, ``prepare`` and ``judge`` say the same at length).
                 limit = policy.max_in_flight
                 if limit is not None:
                     in_flight = self.runtime.in_flight
@@ -188,7 +188,7 @@ class StepAttempts:
                 if policy.hedge_after is not None:
                     self.watch(policy.hedge_after)
                     hedged = True
-                seconds = policy.timeout if policy.timeout is not None else ctx.service_timeout
+                seconds = self.step_timeout()
                 try:
                     if ctx.deadline is not None:
                         seconds = self.prepare()
@@ -291,13 +291,10 @@ class StepAttempts:
         replicas = self.replicas
         if replicas is None:
             return None
-        if not replicas.out and not self.tried:  # every replica in, a first attempt
-            replica = replicas.any(self.ctx.rng)
-        else:
-            ctx = self.ctx
-            replica, back = replicas.pick(ctx.rng, ctx.clock(), self.tried)
-            if back:
-                self._changed(back, "returned")
+        ctx = self.ctx
+        replica, back = replicas.pick(ctx.rng, ctx.clock(), self.tried)
+        if back:
+            self._changed(back, "returned")
         self.tried.append(replica)
         replicas.replicas[replica].outstanding += 1
         return replica
@@ -329,11 +326,16 @@ class StepAttempts:
                 },
             )
 
+    def step_timeout(self) -> float | None:
+        """The step's own bound on an attempt: its ``timeout``, else ``serviceClient``."""
+        timeout = self.policy.timeout
+        return timeout if timeout is not None else self.ctx.service_timeout
+
     def prepare(self) -> float | None:
         """The seconds an attempt may take: the step's timeout, or what is left of the
         graph's when that is less; GraphTimeout when nothing is left."""
-        ctx, policy = self.ctx, self.policy
-        timeout = policy.timeout if policy.timeout is not None else ctx.service_timeout
+        ctx = self.ctx
+        timeout = self.step_timeout()
         if ctx.deadline is None:
             return timeout
         remaining = ctx.deadline - ctx.clock()
@@ -348,7 +350,7 @@ class StepAttempts:
         bounded the call (``prepare`` gave it less than the step's timeout), the step's when
         its own ``timeout`` did."""
         policy = self.policy
-        timeout = policy.timeout if policy.timeout is not None else self.ctx.service_timeout
+        timeout = self.step_timeout()
         if self.ctx.deadline is not None and (
             timeout is None or seconds is None or seconds < timeout
         ):
@@ -361,7 +363,8 @@ class StepAttempts:
         return error
 
     async def attempt(self, replica: int | None, number: int, hedge: bool) -> Reply:
-        """One attempt, as a task's coroutine (``inline`` makes one in the step's own task)."""
+        """One attempt, as a task's coroutine (``run`` and ``inline`` make theirs in the
+        step's own task)."""
         seconds = self.prepare()
         target = None if replica is None else self.policy.replicas[replica]
         try:
@@ -499,7 +502,7 @@ class StepAttempts:
 
     def watch(self, hedge_after: float) -> None:
         """Set the hedge's timer for the first attempt, about to be awaited in this task."""
-        loop = self.ctx.event_loop or self.ctx.loop()
+        loop = self.ctx.loop()
         self.main = asyncio.current_task(loop)
         self.waiting, self.fired, self.won = True, False, None
         self.runtime.timers.at(loop, loop.time() + hedge_after, self)

@@ -93,22 +93,9 @@ class ReplicaSet:
         return self._two_choices(rng, healthy).index, back
 
     def any(self, rng: random.Random) -> int:
-        """``pick`` for a first attempt while every replica is in (``out`` is 0):
-        ``_two_choices`` written out, as this runs on every call."""
-        among = self.replicas
-        count = len(among)
-        if count == 1:
-            return 0
-        if count == 2:  # the second is the other one: one draw orders them
-            i = 0 if rng.random() < 0.5 else 1
-            j = 1 - i
-        else:
-            draw = rng.random
-            i = int(draw() * count)
-            j = int(draw() * (count - 1))
-            if j >= i:
-                j += 1
-        return j if among[j].outstanding < among[i].outstanding else i
+        """``pick`` for a first attempt while every replica is in (``out`` is 0): no time
+        to settle, no tried replicas to leave out."""
+        return self._two_choices(rng, self.replicas).index
 
     @staticmethod
     def _two_choices(rng: random.Random, among: Sequence[Replica]) -> Replica:

@@ -49,16 +49,9 @@ class Deadlines:
             self._ticker.cancel()
             self._ticker = None
 
-    def add(self, task: asyncio.Task[object], seconds: float) -> None:
-        loop = self._running_loop()
-        due = loop.time() + seconds
-        self._due[task] = due
-        if self._ticker is None or due + self.resolution < self._next:
-            self._arm(loop, due)
-
     def watch(self, seconds: float) -> asyncio.Task[object]:
-        """``add`` for the running task, which is returned (for ``remove``): the loop looked
-        up once for both (this runs on every request and every step call with a timeout)."""
+        """Cancel the running task if it runs ``seconds`` more; the task, for ``remove``
+        (the loop looked up once: this runs on every request and every timed step call)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._running_loop()

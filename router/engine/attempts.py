@@ -83,6 +83,9 @@ class _Outcome:
     retriable: bool
 
 
+# ``StepAttempts.running`` until an attempt runs as a task (never written to).
+_NO_TASKS: dict[asyncio.Task[Reply], _Attempt] = {}
+
 # A hedge's outcome that stands, or the error (a bug) raised again in the step's own task.
 _Won = Reply | _Outcome | BaseException
 
@@ -116,7 +119,7 @@ class StepAttempts:
     tried: list[int]  # the replicas tried, in order (set by ``run`` for a step with some)
     started: int  # attempts made (set by ``run``)
     last_start: float  # when the last attempt task was launched (set by ``launch``)
-    # Set by ``watch``, for a hedged first attempt only.
+    # Set by ``run``, for a hedged first attempt only.
     main: asyncio.Task[object] | None  # the step's own task
     waiting: bool  # the first attempt is still being awaited
     fired: bool  # the hedge's time came
@@ -141,13 +144,13 @@ class StepAttempts:
         self.replicas: ReplicaSet | None = (
             runtime.replicas.get(policy.label) if policy.replicas else None
         )
-        self.running: dict[asyncio.Task[Reply], _Attempt] = {}
+        self.running: dict[asyncio.Task[Reply], _Attempt] = _NO_TASKS  # made by ``launch``
 
     async def run(self) -> Reply:  # noqa: PLR0915 (the first attempt written out: see below)
         """The step's own answer, within its bulkhead, or its fallback's.
 
         The first attempt is awaited here, in the step's own task, with a timer for the hedge
-        (``watch``): one frame between the step and its call, as without a policy. Tasks
+        (``fire``): one frame between the step and its call, as without a policy. Tasks
         come only when the hedge goes out or the first attempt must be retried (``after``).
         A hedge that answers for good first interrupts this task (a cancellation of our
         own, taken back with ``uncancel``) and its outcome stands (``first_failed``)."""
@@ -176,7 +179,6 @@ class StepAttempts:
                     pass
                 elif not replicas.out:  # every replica in: ``pick``'s common case
                     replica = replicas.any(ctx.rng)
-                    replicas.replicas[replica].outstanding += 1
                     self.tried = [replica]
                 elif policy.fallback is not None and not replicas.healthy(ctx.clock()):
                     raise NoHealthyReplica(f"step {policy.label}: every replica is failing")
@@ -184,14 +186,24 @@ class StepAttempts:
                     self.tried = []
                     replica = self.pick()
                 self.started = 1
-                hedged = False
-                if policy.hedge_after is not None:
-                    self.watch(policy.hedge_after)
-                    hedged = True
-                seconds = self.step_timeout()
+                hedge_after = policy.hedge_after
+                hedged = hedge_after is not None
+                if hedge_after is not None:  # the hedge's timer (``fire``)
+                    loop = ctx.event_loop or ctx.loop()
+                    self.main = asyncio.current_task(loop)
+                    self.waiting, self.fired, self.won = True, False, None
+                    self.runtime.timers.at(loop, loop.time() + hedge_after, self)
+                seconds = policy.timeout  # ``prepare``
+                if seconds is None:
+                    seconds = ctx.service_timeout
                 try:
-                    if ctx.deadline is not None:
-                        seconds = self.prepare()
+                    deadline = ctx.deadline
+                    if deadline is not None:
+                        remaining = deadline - ctx.clock()
+                        if remaining <= 0:
+                            raise graph_timeout(ctx)
+                        if seconds is None or remaining < seconds:
+                            seconds = remaining
                     target = None if replica is None else policy.replicas[replica]
                     reply = await self.send(
                         step, self.payload, ctx, self.final, target, seconds, 1, False
@@ -307,6 +319,8 @@ class StepAttempts:
             self.runtime.retries_in_flight += 1
         self.last_start = self.ctx.clock()
         task = asyncio.ensure_future(self.attempt(replica, self.started, hedge))
+        if self.running is _NO_TASKS:
+            self.running = {}
         self.running[task] = _Attempt(replica, budgeted)
         return task
 
@@ -499,13 +513,6 @@ class StepAttempts:
             self.runtime.retries_in_flight -= 1
         if replica is not None and self.replicas is not None:
             self.replicas.replicas[replica].outstanding -= 1
-
-    def watch(self, hedge_after: float) -> None:
-        """Set the hedge's timer for the first attempt, about to be awaited in this task."""
-        loop = self.ctx.loop()
-        self.main = asyncio.current_task(loop)
-        self.waiting, self.fired, self.won = True, False, None
-        self.runtime.timers.at(loop, loop.time() + hedge_after, self)
 
     def fire(self) -> None:
         """The hedge's time came: send it, watched while the first attempt is awaited."""

@@ -94,8 +94,10 @@ class ReplicaSet:
 
     def any(self, rng: random.Random) -> int:
         """``pick`` for a first attempt while every replica is in (``out`` is 0): no time
-        to settle, no tried replicas to leave out."""
-        return self._two_choices(rng, self.replicas).index
+        to settle, no tried replicas to leave out. The replica is counted as outstanding."""
+        replica = self._two_choices(rng, self.replicas)
+        replica.outstanding += 1
+        return replica.index
 
     @staticmethod
     def _two_choices(rng: random.Random, among: Sequence[Replica]) -> Replica:

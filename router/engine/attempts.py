@@ -57,10 +57,10 @@ Send = Callable[
 StepRunner = Callable[["StepPlan", "Payload", "ExecutionContext", bool], Awaitable[Reply]]
 
 
-def graph_timeout(ctx: ExecutionContext) -> GraphTimeout:
-    """The 504 of a graph whose ``timeout`` ran out, naming what was running."""
-    running = ", ".join(sorted(set(ctx.running or ()))) or "none (between steps)"
-    return GraphTimeout(f"the graph's timeout of {ctx.timeout} s ran out; running: step {running}")
+def graph_timeout(ctx: ExecutionContext, label: str) -> GraphTimeout:
+    """The 504 of a graph whose ``timeout`` ran out while step ``label`` ran (every service
+    step of such a graph has a policy, so the step that meets the deadline names itself)."""
+    return GraphTimeout(f"the graph's timeout of {ctx.timeout} s ran out; running: step {label}")
 
 
 def _falls_back(error: GraphRequestError) -> bool:
@@ -155,9 +155,6 @@ class StepAttempts:
         A hedge that answers for good first interrupts this task (a cancellation of our
         own, taken back with ``uncancel``) and its outcome stands (``first_failed``)."""
         step, policy, ctx = self.step, self.policy, self.ctx
-        running = ctx.running
-        assert running is not None
-        running.append(policy.label)  # what a GraphTimeout names while this step runs
         admitted = False
         try:
             if step.node is not None:
@@ -188,20 +185,21 @@ class StepAttempts:
                 self.started = 1
                 hedge_after = policy.hedge_after
                 hedged = hedge_after is not None
+                deadline = ctx.deadline
+                now = 0.0 if hedge_after is None and deadline is None else ctx.clock()
                 if hedge_after is not None:  # the hedge's timer (``fire``)
                     loop = ctx.event_loop or ctx.loop()
                     self.main = asyncio.current_task(loop)
                     self.waiting, self.fired, self.won = True, False, None
-                    self.runtime.timers.at(loop, loop.time() + hedge_after, self)
+                    self.runtime.timers.at(loop, now + hedge_after, self)
                 seconds = policy.timeout  # ``prepare``
                 if seconds is None:
                     seconds = ctx.service_timeout
                 try:
-                    deadline = ctx.deadline
                     if deadline is not None:
-                        remaining = deadline - ctx.clock()
+                        remaining = deadline - now
                         if remaining <= 0:
-                            raise graph_timeout(ctx)
+                            raise graph_timeout(ctx, policy.label)
                         if seconds is None or remaining < seconds:
                             seconds = remaining
                     target = None if replica is None else policy.replicas[replica]
@@ -238,7 +236,6 @@ class StepAttempts:
                 await reply.stream.aclose()
             reason = f"status {reply.status}"
         finally:
-            running.remove(policy.label)
             if admitted:
                 self.runtime.in_flight[policy.label] -= 1
         if ctx.observer is not None:
@@ -354,7 +351,7 @@ class StepAttempts:
             return timeout
         remaining = ctx.deadline - ctx.clock()
         if remaining <= 0:
-            raise graph_timeout(ctx)
+            raise graph_timeout(ctx, self.policy.label)
         return remaining if timeout is None or remaining < timeout else timeout
 
     def timed_out(
@@ -368,7 +365,7 @@ class StepAttempts:
         if self.ctx.deadline is not None and (
             timeout is None or seconds is None or seconds < timeout
         ):
-            return graph_timeout(self.ctx)
+            return graph_timeout(self.ctx, policy.label)
         if policy.timeout is not None:
             return StepTimeout(
                 f"step {policy.label}: no answer within its timeout of "

@@ -47,13 +47,12 @@ class ExecutionContext:
     # a getpid system call each time); looked up once by ``loop()`` when not given.
     event_loop: asyncio.AbstractEventLoop | None = None
     # Set by run_graph for graphs with policies: the plan's running state, the deadline (on
-    # ``clock``) and the graph's timeout; the labels of the steps running now; the fallbacks
-    # that answered ("node/step=target"), for the response header (made by the first).
+    # ``clock``) and the graph's timeout; the fallbacks that answered ("node/step=target"),
+    # for the response header (made by the first).
     # (None on a graph without policies: nothing is made per request for them.)
     runtime: GraphRuntime | None = None
     deadline: float | None = None
     timeout: float | None = None
-    running: list[str] | None = None
     fallbacks: list[str] | None = None
 
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -139,7 +139,6 @@ async def run_graph(
     if not plan.resilient:
         return await run_node(plan.root, payload, ctx, True)
     runtime = ctx.runtime = plan.runtime
-    ctx.running = []
     if ctx.clock is loop_time:  # the loop's own bound method: one call less per reading
         ctx.clock = ctx.loop().time
     graph = plan.policy

@@ -245,7 +245,12 @@ class StepAttempts:
         if ctx.fallbacks is None:
             ctx.fallbacks = []
         ctx.fallbacks.append(f"{policy.label}={policy.fallback_label}")
-        return await self.run_step(policy.fallback, self.payload, ctx, self.final)
+        fallback = policy.fallback
+        if fallback.policy is not None:  # its ``timeout``, or the graph's deadline
+            return await StepAttempts(
+                fallback, self.payload, ctx, self.final, self.send, self.run_step
+            ).run()
+        return await self.run_step(fallback, self.payload, ctx, self.final)
 
     async def first_failed(
         self, error: BaseException, replica: int | None, seconds: float | None, hedged: bool

@@ -436,7 +436,8 @@ class _Compiler:
         )
         compiled = self.compile_target(node, label, own)
         policy = None
-        if target.timeout is not None:
+        if target.timeout is not None or self.spec.timeout is not None:
+            # Bounded as a service step is: by its timeout and what is left of the deadline.
             policy = StepPolicy(label=f"{node}/{key}.fallback", timeout=target.timeout)
         return StepPlan(node=None, policy=policy, **compiled.fields(), **common)  # type: ignore[arg-type]
 

@@ -523,6 +523,22 @@ def test_fallback_after_retries_and_the_context_names_it() -> None:
     assert fallbacks == [f"root/s={url('spare')}"]
 
 
+def test_a_fallback_call_is_bounded_by_its_timeout_and_the_graphs_deadline() -> None:
+    def graph(**spec: Any) -> Any:
+        fallback = {"serviceUrl": url("spare"), "timeout": 0.5}
+        return one_step({"serviceUrl": url("main"), "fallback": fallback}, **spec)
+
+    fake = Fake({"main": Server([503]), "spare": Server([("slow", 5, 200)])})
+    with pytest.raises(StepTimeout):
+        go(graph(), fake)
+    assert fake.calls[-1].timeout == pytest.approx(0.5)
+    # The graph's deadline bounds it too, when that is nearer.
+    fake = Fake({"main": Server([("slow", 0.8, 503)]), "spare": Server([("slow", 5, 200)])})
+    with pytest.raises(GraphTimeout):
+        go(graph(timeout=1.0), fake)
+    assert fake.calls[-1].timeout == pytest.approx(0.2)
+
+
 def test_a_client_error_does_not_fall_back() -> None:
     main_server, spare = Server([404]), Server([200])
     graph = one_step({"serviceUrl": url("main"), "fallback": {"serviceUrl": url("spare")}})

@@ -83,9 +83,6 @@ class _Outcome:
     retriable: bool
 
 
-# ``StepAttempts.running`` until an attempt runs as a task (never written to).
-_NO_TASKS: dict[asyncio.Task[Reply], _Attempt] = {}
-
 # A hedge's outcome that stands, or the error (a bug) raised again in the step's own task.
 _Won = Reply | _Outcome | BaseException
 
@@ -144,7 +141,7 @@ class StepAttempts:
         self.replicas: ReplicaSet | None = (
             runtime.replicas.get(policy.label) if policy.replicas else None
         )
-        self.running: dict[asyncio.Task[Reply], _Attempt] = _NO_TASKS  # made by ``launch``
+        self.running: dict[asyncio.Task[Reply], _Attempt] = {}
 
     async def run(self) -> Reply:  # noqa: PLR0915 (the first attempt written out: see below)
         """The step's own answer, within its bulkhead, or its fallback's.
@@ -192,16 +189,9 @@ class StepAttempts:
                     self.main = asyncio.current_task(loop)
                     self.waiting, self.fired, self.won = True, False, None
                     self.runtime.timers.at(loop, now + hedge_after, self)
-                seconds = policy.timeout  # ``prepare``
-                if seconds is None:
-                    seconds = ctx.service_timeout
+                seconds = None
                 try:
-                    if deadline is not None:
-                        remaining = deadline - now
-                        if remaining <= 0:
-                            raise graph_timeout(ctx, policy.label)
-                        if seconds is None or remaining < seconds:
-                            seconds = remaining
+                    seconds = self.prepare(now)
                     target = None if replica is None else policy.replicas[replica]
                     reply = await self.send(
                         step, self.payload, ctx, self.final, target, seconds, 1, False
@@ -321,8 +311,6 @@ class StepAttempts:
             self.runtime.retries_in_flight += 1
         self.last_start = self.ctx.clock()
         task = asyncio.ensure_future(self.attempt(replica, self.started, hedge))
-        if self.running is _NO_TASKS:
-            self.running = {}
         self.running[task] = _Attempt(replica, budgeted)
         return task
 
@@ -347,14 +335,15 @@ class StepAttempts:
         timeout = self.policy.timeout
         return timeout if timeout is not None else self.ctx.service_timeout
 
-    def prepare(self) -> float | None:
+    def prepare(self, now: float | None = None) -> float | None:
         """The seconds an attempt may take: the step's timeout, or what is left of the
-        graph's when that is less; GraphTimeout when nothing is left."""
+        graph's when that is less (at ``now``, read from the clock when not given);
+        GraphTimeout when nothing is left."""
         ctx = self.ctx
         timeout = self.step_timeout()
         if ctx.deadline is None:
             return timeout
-        remaining = ctx.deadline - ctx.clock()
+        remaining = ctx.deadline - (ctx.clock() if now is None else now)
         if remaining <= 0:
             raise graph_timeout(ctx, self.policy.label)
         return remaining if timeout is None or remaining < timeout else timeout

@@ -527,13 +527,25 @@ class Reconciler:
         if problems:
             self.set_status("inferencegraphs", namespace, name, invalid_graph_status(problems))
             return
+        settings = InferenceGraphSpec.model_validate(spec)
+        owner = owner_reference(body)
+        labels, annotations = copied_metadata(body)
+        # A mode the annotations cannot name is the user's mistake whatever the Predictors'
+        # state, so it is reported first, not once they have endpoints.
+        try:
+            mode = standard.deployment_mode(annotations, self.settings.default_mode)
+            hpa = standard.hpa(
+                name, namespace, settings, owner, labels=labels, annotations=annotations
+            )
+        except standard.ModeError as exc:
+            self.set_status("inferencegraphs", namespace, name, invalid_graph_status([str(exc)]))
+            return
         referenced = sorted(graphs.referenced_predictors(spec))
         readiness = predictor_readiness({p: self.predictor(namespace, p) for p in referenced})
         unresolved = unresolved_graph_status(readiness)
         if unresolved is not None:
             self.set_status("inferencegraphs", namespace, name, unresolved)
             return
-        owner = owner_reference(body)
         config_name = config_map_name(name)
         self.core.patch_namespaced_config_map(
             config_name,
@@ -543,19 +555,9 @@ class Reconciler:
             force=True,
             _content_type=APPLY,
         )
-        settings = InferenceGraphSpec.model_validate(spec)
         server_write = settings.router_timeouts.server_write if settings.router_timeouts else None
-        labels, annotations = copied_metadata(body)
         auth = settings.auth == "kubernetes"
         account = self.apply_access(namespace, name, settings.service_account_name, owner, auth)
-        try:
-            mode = standard.deployment_mode(annotations, self.settings.default_mode)
-            hpa = standard.hpa(
-                name, namespace, settings, owner, labels=labels, annotations=annotations
-            )
-        except standard.ModeError as exc:
-            self.set_status("inferencegraphs", namespace, name, invalid_graph_status([str(exc)]))
-            return
         if mode == "Standard":
             deployment = standard.router_deployment(
                 name,

@@ -471,6 +471,22 @@ def test_an_unknown_deployment_mode_is_named_in_status(cluster: Cluster) -> None
     assert "'Raw' is not a deployment mode" in cond["message"]
 
 
+def test_an_unknown_deployment_mode_is_named_before_missing_predictors(cluster: Cluster) -> None:
+    # The user's mistake in the annotation is reported at once, not only once every Predictor
+    # has an endpoint (which, for a Predictor that does not exist, is never).
+    create(
+        cluster,
+        "inferencegraphs",
+        "odd-early",
+        one_step_on("no-such-model"),
+        annotations={"serving.kserve.io/deploymentMode": "Raw"},
+    )
+    cond = wait_for(lambda: ready_condition(get(cluster, "inferencegraphs", "odd-early")), "status")
+    assert cond["status"] == "False"
+    assert "'Raw' is not a deployment mode" in cond["message"]
+    assert cond["reason"] == "InvalidGraph"
+
+
 def test_a_standard_mode_predictor_is_a_deployment_a_graph_resolves(cluster: Cluster) -> None:
     create(
         cluster,

@@ -21,8 +21,12 @@ core 0. Every figure comes from one vegeta attack at a fixed offered rate.
    - The target row declares ``retryBudget: {minRetryConcurrency: 10}``. That is the budget a
      user riding through 20% failures at this rate would size, and the simulation refuses no
      retry under it.
-2. **Hedging against 1% slow replies** (200 ms): p50/p99/max with and without
-   ``hedge: {afterMs: 20}``, and KServe's router.
+2. **Hedging against 1% slow replies** (200 ms): p50/p99/p99.9/max with and without
+   ``hedge: {afterMs: 20}``, and KServe's router. With 1% of replies slow at random, the
+   99th percentile falls on the border between fast and slow replies: from run to run it
+   lands on a fast one (3.45 ms unhedged, 211053Z) or a slow one (128.67 ms, 195343Z) by
+   chance. So the target (hedging lowers the tail) is judged at the 99.9th percentile, well
+   inside the slow 1%; the p99 ratio is shown beside it.
 3. **The price of policies when nothing fails**: router CPU per request on a 1-step Sequence
    with every policy configured (retry, timeout, two replicas, hedge, fallback, bulkhead, graph
    timeout and shedding, outlier detection) against the same graph with none, and with all but
@@ -234,6 +238,7 @@ class Bench:
             "cpu_us": cpu / report["requests"] * 1e6,
             "p50_ms": latencies["50th"] / 1e6,
             "p99_ms": latencies["99th"] / 1e6,
+            "p999_ms": latencies["99.9th"] / 1e6,
             "max_ms": latencies["max"] / 1e6,
         }
 
@@ -290,6 +295,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     hedged, unhedged = pick("1% slow", "hedge 20 ms"), pick("1% slow", "no policy")
     if hedged and unhedged:
         out["hedge_p99_ratio"] = hedged[0]["p99_ms"] / unhedged[0]["p99_ms"]
+        out["hedge_p999_ratio"] = hedged[0]["p999_ms"] / unhedged[0]["p999_ms"]
     return out
 
 
@@ -305,14 +311,16 @@ def _counts(row: dict[str, Any]) -> str:
 def render(rows: list[dict[str, Any]], verdicts: dict[str, Any], notes: list[str]) -> str:
     lines = [
         "| scenario | system | policy | rate/s | success | backend calls/request | p50 ms "
-        "| p99 ms | max ms | router CPU us/request | retries / hedges / budget exhausted |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| p99 ms | p99.9 ms | max ms | router CPU us/request "
+        "| retries / hedges / budget exhausted |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['scenario']} | {r['system']} | {r['variant']} | {r['rate']} "
             f"| {100 * r['success']:.2f}% | {r['backend_calls_per_request']:.3f} "
-            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['cpu_us']:.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['max_ms']:.1f} "
+            f"| {r['cpu_us']:.0f} "
             f"| {_counts(r)} |"
         )
     lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
@@ -333,9 +341,14 @@ def render(rows: list[dict[str, Any]], verdicts: dict[str, Any], notes: list[str
         lines.append(
             f"| (retries, Envoy's default budget: success) | {100 * success:.2f}% | (no target) |"
         )
-    if "hedge_p99_ratio" in verdicts:
+    if "hedge_p999_ratio" in verdicts:
+        ratio = verdicts["hedge_p999_ratio"]
+        lines.append(f"| hedging lowers p99.9 | {ratio:.2f}x of unhedged | {ratio < 1} |")
         ratio = verdicts["hedge_p99_ratio"]
-        lines.append(f"| hedging lowers p99 | {ratio:.2f}x of unhedged | {ratio < 1} |")
+        lines.append(
+            f"| (hedging: p99, on the border of the slow 1%) | {ratio:.2f}x of unhedged "
+            "| (no target) |"
+        )
     if "policy_cpu_ratio" in verdicts:
         ratio = verdicts["policy_cpu_ratio"]
         lines.append(

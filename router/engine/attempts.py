@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from infergraph.router.engine.context import running_task
 from infergraph.router.engine.errors import (
     DeadlineExceeded,
     GraphRequestError,
@@ -186,7 +187,7 @@ class StepAttempts:
                 now = 0.0 if hedge_after is None and deadline is None else ctx.clock()
                 if hedge_after is not None:  # the hedge's timer (``fire``)
                     loop = ctx.event_loop or ctx.loop()
-                    self.main = asyncio.current_task(loop)
+                    self.main = running_task(loop)
                     self.waiting, self.fired, self.won = True, False, None
                     self.runtime.timers.at(loop, now + hedge_after, self)
                 seconds = None

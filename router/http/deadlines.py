@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 
+from infergraph.router.engine.context import running_task
+
 
 class Deadlines:
     def __init__(self, resolution: float = 0.05) -> None:
@@ -55,7 +57,7 @@ class Deadlines:
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._running_loop()
-        task = asyncio.current_task(loop)
+        task = running_task(loop)
         assert task is not None
         due = loop.time() + seconds
         self._due[task] = due

@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,49 @@ def _counts(row: dict[str, Any]) -> str:
     )
 
 
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+# The results table's verdicts: key, target, how the figure reads, whether it is met (None:
+# shown beside the targets, with none of its own).
+VERDICTS: list[tuple[str, str, Callable[[float], str], Callable[[float], bool] | None]] = [
+    (
+        "retry_success",
+        "retries, budget for the load: >= 99.9% success",
+        _percent,
+        lambda v: v >= 0.999,
+    ),
+    # With 20% failing, retrying until success needs 0.2/0.8 = 25% more calls.
+    (
+        "retry_added_load",
+        "retries: added load <= what 20% failures need (25%)",
+        lambda v: f"{100 * v:.1f}%",
+        lambda v: v <= 0.25 * 1.1,
+    ),
+    ("retry_default_budget_success", "(retries, Envoy's default budget: success)", _percent, None),
+    (
+        "hedge_p999_ratio",
+        "hedging lowers p99.9",
+        lambda v: f"{v:.2f}x of unhedged",
+        lambda v: v < 1,
+    ),
+    (
+        "hedge_p99_ratio",
+        "(hedging: p99, on the border of the slow 1%)",
+        lambda v: f"{v:.2f}x of unhedged",
+        None,
+    ),
+    (
+        "policy_cpu_ratio",
+        "every policy, nothing failing: <= 1.05x CPU",
+        lambda v: f"{v:.3f}x",
+        lambda v: v <= 1.05,
+    ),
+    ("policy_no_hedge_cpu_ratio", "(every policy but the hedge: CPU)", lambda v: f"{v:.3f}x", None),
+]
+
+
 def render(rows: list[dict[str, Any]], verdicts: dict[str, Any], notes: list[str]) -> str:
     lines = [
         "| scenario | system | policy | rate/s | success | backend calls/request | p50 ms "
@@ -324,39 +368,10 @@ def render(rows: list[dict[str, Any]], verdicts: dict[str, Any], notes: list[str
             f"| {_counts(r)} |"
         )
     lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
-    if "retry_success" in verdicts:
-        success = verdicts["retry_success"]
-        lines.append(
-            f"| retries, budget for the load: >= 99.9% success | {100 * success:.2f}% "
-            f"| {success >= 0.999} |"
-        )
-        added = verdicts["retry_added_load"]
-        # With 20% failing, retrying until success needs 0.2/0.8 = 25% more calls.
-        lines.append(
-            f"| retries: added load <= what 20% failures need (25%) | {100 * added:.1f}% "
-            f"| {added <= 0.25 * 1.1} |"
-        )
-    if "retry_default_budget_success" in verdicts:
-        success = verdicts["retry_default_budget_success"]
-        lines.append(
-            f"| (retries, Envoy's default budget: success) | {100 * success:.2f}% | (no target) |"
-        )
-    if "hedge_p999_ratio" in verdicts:
-        ratio = verdicts["hedge_p999_ratio"]
-        lines.append(f"| hedging lowers p99.9 | {ratio:.2f}x of unhedged | {ratio < 1} |")
-        ratio = verdicts["hedge_p99_ratio"]
-        lines.append(
-            f"| (hedging: p99, on the border of the slow 1%) | {ratio:.2f}x of unhedged "
-            "| (no target) |"
-        )
-    if "policy_cpu_ratio" in verdicts:
-        ratio = verdicts["policy_cpu_ratio"]
-        lines.append(
-            f"| every policy, nothing failing: <= 1.05x CPU | {ratio:.3f}x | {ratio <= 1.05} |"
-        )
-    if "policy_no_hedge_cpu_ratio" in verdicts:
-        ratio = verdicts["policy_no_hedge_cpu_ratio"]
-        lines.append(f"| (every policy but the hedge: CPU) | {ratio:.3f}x | (no target) |")
+    for key, label, shown, met in VERDICTS:
+        if key in verdicts:
+            value = verdicts[key]
+            lines.append(f"| {label} | {shown(value)} | {met(value) if met else '(no target)'} |")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 

@@ -457,34 +457,27 @@ def test_standard_mode_makes_a_deployment_service_and_hpa_then_back(cluster: Clu
     wait_for(standard_gone, "the Deployment and Service to go")
 
 
-def test_an_unknown_deployment_mode_is_named_in_status(cluster: Cluster) -> None:
-    ready_predictor(cluster, "odd-model", "m")
-    create(
-        cluster,
-        "inferencegraphs",
-        "odd",
-        one_step_on("odd-model"),
-        annotations={"serving.kserve.io/deploymentMode": "Raw"},
+def raw_mode_condition(cluster: Cluster, name: str, predictor: str) -> dict[str, Any]:
+    """The Ready condition of a graph on ``predictor`` annotated with a mode KServe lacks."""
+    annotations = {"serving.kserve.io/deploymentMode": "Raw"}
+    create(cluster, "inferencegraphs", name, one_step_on(predictor), annotations=annotations)
+    cond: dict[str, Any] = wait_for(
+        lambda: ready_condition(get(cluster, "inferencegraphs", name)), "a status"
     )
-    cond = wait_for(lambda: ready_condition(get(cluster, "inferencegraphs", "odd")), "a status")
     assert cond["status"] == "False"
     assert "'Raw' is not a deployment mode" in cond["message"]
+    return cond
+
+
+def test_an_unknown_deployment_mode_is_named_in_status(cluster: Cluster) -> None:
+    ready_predictor(cluster, "odd-model", "m")
+    assert raw_mode_condition(cluster, "odd", "odd-model")["reason"] == "InvalidGraph"
 
 
 def test_an_unknown_deployment_mode_is_named_before_missing_predictors(cluster: Cluster) -> None:
     # The user's mistake in the annotation is reported at once, not only once every Predictor
     # has an endpoint (which, for a Predictor that does not exist, is never).
-    create(
-        cluster,
-        "inferencegraphs",
-        "odd-early",
-        one_step_on("no-such-model"),
-        annotations={"serving.kserve.io/deploymentMode": "Raw"},
-    )
-    cond = wait_for(lambda: ready_condition(get(cluster, "inferencegraphs", "odd-early")), "status")
-    assert cond["status"] == "False"
-    assert "'Raw' is not a deployment mode" in cond["message"]
-    assert cond["reason"] == "InvalidGraph"
+    assert raw_mode_condition(cluster, "odd-early", "no-such-model")["reason"] == "InvalidGraph"
 
 
 def test_a_standard_mode_predictor_is_a_deployment_a_graph_resolves(cluster: Cluster) -> None:

@@ -65,6 +65,7 @@ VEGETA = CACHE / "bin" / "vegeta-v12.13.0"
 KSERVE_PORT = 8080
 BODY = '{"instances": [[1.0, 2.0, 3.0, 4.0]]}'
 SIZED_BUDGET = "retry, budget for the load"
+DEFAULT_BUDGET = "retry, default budget"
 
 
 def one_step(step: dict[str, Any], **spec: Any) -> str:
@@ -148,7 +149,7 @@ class Bench:
         try:
             self.infergraph("503 on 20%", "no policy", one_step({"serviceUrl": url}), rate)
             retried = one_step({"serviceUrl": url, "retry": retry})
-            self.infergraph("503 on 20%", "retry, default budget", retried, rate)
+            self.infergraph("503 on 20%", DEFAULT_BUDGET, retried, rate)
             budget = {"percent": 20, "minRetryConcurrency": 10}
             sized = one_step({"serviceUrl": url, "retry": retry}, retryBudget=budget)
             self.infergraph("503 on 20%", SIZED_BUDGET, sized, rate)
@@ -278,7 +279,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if retry:
         out["retry_success"] = retry[0]["success"]
         out["retry_added_load"] = retry[0]["backend_calls_per_request"] - 1
-    default = pick("503 on 20%", "retry, default budget")
+    default = pick("503 on 20%", DEFAULT_BUDGET)
     if default:
         out["retry_default_budget_success"] = default[0]["success"]
     plain = [r["cpu_us"] for r in pick("nothing fails", "no policy")]

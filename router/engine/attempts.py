@@ -341,9 +341,7 @@ class StepAttempts:
         graph's when that is less (at ``now``, read from the clock when not given);
         GraphTimeout when nothing is left."""
         ctx = self.ctx
-        timeout = self.policy.timeout  # ``step_timeout``, read in place: on every call
-        if timeout is None:
-            timeout = ctx.service_timeout
+        timeout = self.step_timeout()
         if ctx.deadline is None:
             return timeout
         remaining = ctx.deadline - (ctx.clock() if now is None else now)

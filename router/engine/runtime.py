@@ -95,14 +95,7 @@ class ReplicaSet:
     def any(self, rng: random.Random) -> int:
         """``pick`` for a first attempt while every replica is in (``out`` is 0): no time
         to settle, no tried replicas to leave out. The replica is counted as outstanding."""
-        among = self.replicas
-        if len(among) == 2:  # ``_two_choices`` of two, written out: one frame less per call
-            first, second = among
-            if rng.random() >= 0.5:
-                first, second = second, first
-            replica = second if second.outstanding < first.outstanding else first
-        else:
-            replica = self._two_choices(rng, among)
+        replica = self._two_choices(rng, self.replicas)
         replica.outstanding += 1
         return replica.index
 

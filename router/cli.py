@@ -17,6 +17,7 @@ from typing import Any, cast, get_args
 from infergraph.router.engine.errors import GraphSpecError
 from infergraph.router.service.registry import load_file
 from infergraph.router.settings import (
+    MMAP_THRESHOLD,
     Auth,
     Client,
     GraphSource,
@@ -169,6 +170,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         propagate_headers=os.environ.get("PROPAGATE_HEADERS"),
         drain_seconds=args.drain_seconds,
         max_body_bytes=args.max_body_bytes,
+        mmap_threshold=None if allocator_tuned(os.environ) else MMAP_THRESHOLD,
         reload_interval=args.reload_interval,
         max_connections=args.max_connections,
         pool_timeout=args.pool_timeout,
@@ -230,6 +232,13 @@ def auth_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str,
         "auth_cache_seconds": args.auth_cache_seconds,
         "auth_probes": args.auth_probes,
     }
+
+
+def allocator_tuned(env: Mapping[str, str]) -> bool:
+    """Whether the user set glibc's mmap threshold, which the router then leaves alone."""
+    return "MALLOC_MMAP_THRESHOLD_" in env or "malloc.mmap_threshold" in env.get(
+        "GLIBC_TUNABLES", ""
+    )
 
 
 def tracing_wanted(choice: str, env: Mapping[str, str]) -> bool:

@@ -25,6 +25,9 @@ class SettingsError(ValueError):
     """Settings that cannot work together, or a value outside its choices."""
 
 
+MMAP_THRESHOLD = 1 << 20  # bytes: see RouterSettings.mmap_threshold
+
+
 @dataclass(frozen=True, slots=True)
 class GraphSource:
     """Where graphs come from: exactly one of inline JSON, one file, or a directory of files."""
@@ -49,6 +52,9 @@ class RouterSettings:
     propagate_headers: str | None = None
     drain_seconds: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
+    # Allocations from this many bytes up (large bodies) get memory mappings of their own
+    # (service/memory.py); None leaves the C library's own policy, as when the user tunes it.
+    mmap_threshold: int | None = MMAP_THRESHOLD
     reload_interval: float = 1.0
     # Downstream connections per backend (scheme, host, port), as Envoy's per-cluster
     # max_connections; a call waits at most pool_timeout seconds for one, then fails with 503.

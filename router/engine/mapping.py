@@ -361,6 +361,14 @@ class StepInput:
         )
 
     @property
+    def reads_node_input(self) -> bool:
+        """Whether the step's input draws on the node input (``$request``, or no selection),
+        for a step that has a previous reply (a first step's ``$response`` is the input too)."""
+        if self.template is not None:
+            return any(selection.root == "request" for selection in self.template.selections)
+        return self.data is None or self.data.root == "request"
+
+    @property
     def selections(self) -> list[Selection]:
         found = [self.data] if self.data is not None else []
         return found + (self.template.selections if self.template is not None else [])

@@ -24,16 +24,28 @@ _UNPARSED = object()
 class Payload:
     """Bytes that travel between steps untouched, with a lazily cached JSON view."""
 
-    __slots__ = ("_error", "_parsed", "_text", "_valid", "media", "raw")
+    __slots__ = ("_error", "_parsed", "_text", "_valid", "media", "owner", "raw")
 
     def __init__(self, raw: bytes, media: str | None = None) -> None:
         self.raw = raw
         # None for JSON (or bytes a plain step passes on); an OIP media type for protobuf.
         self.media = media
+        # The node run that alone holds this payload and may ``release`` it (the graph's
+        # input, held by its root node); None: shared, never released.
+        self.owner: object | None = None
         self._parsed: Any = _UNPARSED
         self._valid: bool | None = None
         self._error: NotJSON | None = None  # why ``json()`` failed, or ``TooDeep``
         self._text: str | None = None
+
+    def release(self) -> None:
+        """Drop the body and what was decoded from it, once its owner reads it no more: a large
+        request is then not held while later steps run. Reading it afterwards finds no body."""
+        self.raw = b""
+        self._parsed = _UNPARSED
+        self._valid = None
+        self._error = None
+        self._text = None
 
     def is_json(self) -> bool:
         """Whether the body is one valid JSON document as Go's gjson sees it (bytes inside

@@ -127,6 +127,9 @@ class NodePlan:
     # Steps of a Sequence whose replies a later step selects (``$steps.<name>``): only these
     # are kept once the next step has run, so large bodies are not held longer than needed.
     referenced: frozenset[str] = frozenset()
+    # The index of a Sequence's last step that reads the node input; after it, the graph's
+    # own input is released (``Payload.release``). Other router types: -1, unused.
+    last_input_step: int = -1
     # An Ensemble answers once this many steps succeeded (join any: 1); None: every step.
     min_success: int | None = None
 
@@ -502,6 +505,11 @@ class _Compiler:
             for selection in step_plan.input.selections
             if selection.root == "steps" and selection.step is not None
         )
+        last_input_step = -1
+        if router.router_type == RouterType.SEQUENCE.value:
+            last_input_step = max(
+                (s.index for s in steps if s.index == 0 or s.input.reads_node_input), default=-1
+            )
         min_success = router.min_success
         if router.join == "any":
             min_success = 1
@@ -512,6 +520,7 @@ class _Compiler:
             router_type=RouterType(router.router_type),
             steps=tuple(steps),
             referenced=referenced,
+            last_input_step=last_input_step,
             min_success=min_success,
         )
         self.built[name] = plan

@@ -43,6 +43,8 @@ async def run(
         else:
             step_input = step.input.build(Sources(payload, previous, earlier, ctx.tensors))
         reply = await run_step(step, step_input, ctx, final and step.index == last)
+        if step.index == node.last_input_step and payload.owner is node:
+            payload.release()  # the graph's input, which no later step reads
         if step.hard and not reply.ok:
             return reply
         previous = reply

@@ -134,6 +134,8 @@ async def run_graph(
     """Run a graph from its root node on a request body (a binary OIP message when ``media``
     says so: only for a plan that ``carries_tensors``, with ``ctx.tensors`` set)."""
     payload = Payload(body, media)
+    payload.owner = plan.root  # held only here: the root node may release it (sequence.py)
+    del body
     if plan.streams:
         ctx.stream_requested = wants_stream(payload)
     if not plan.resilient:

@@ -224,13 +224,13 @@ class RouterService:
     async def _run(self, plan: GraphPlan, request: Request, ctx: ExecutionContext) -> Reply:
         """Run the graph; ``DeadlineExceeded`` when it ran past ``serverWrite``."""
         timeouts = plan.timeouts
-        body, media = request.body, request.media
+        # The engine alone holds the body from here, so it can drop it once no step reads it.
         if timeouts.server_write is None:
-            return await run_graph(plan, body, ctx, media)
+            return await run_graph(plan, request.take_body(), ctx, request.media)
         task = self.deadlines.watch(timeouts.server_write)
         expired = False
         try:
-            return await run_graph(plan, body, ctx, media)
+            return await run_graph(plan, request.take_body(), ctx, request.media)
         except asyncio.CancelledError:
             expired = self.deadlines.remove(task)
             if not expired:

@@ -18,6 +18,7 @@ from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.service.auth import AuthSettings, KubernetesAuth
 from infergraph.router.service.handler import RouterService
 from infergraph.router.service.lifecycle import serve
+from infergraph.router.service.memory import pin_mmap_threshold
 from infergraph.router.service.registry import GraphRegistry
 from infergraph.router.service.workers import run_workers
 from infergraph.router.settings import RouterSettings, SettingsError
@@ -77,6 +78,8 @@ def run(settings: RouterSettings) -> int:
     """Serve until signalled; raises ``GraphSpecError`` (exit 1) if the graph is invalid.
 
     With ``settings.workers`` above 1, that many forked workers share the port."""
+    if settings.mmap_threshold is not None:
+        pin_mmap_threshold(settings.mmap_threshold)
     registry = GraphRegistry(settings.source, list_graphs=settings.list_graphs)
     registry.load()
     # Everything loaded so far (modules, plans) lives as long as the process: keep it out of

@@ -32,6 +32,11 @@ class Request:
     # protobuf's wire format (``protocols.OIP_INFER_REQUEST``).
     media: str | None = None
 
+    def take_body(self) -> bytes:
+        """The body, which the request holds no more: whoever takes it may let it go early."""
+        body, self.body = self.body, b""
+        return body
+
     def header(self, name: str) -> str | None:
         """The first value of a header (``name`` in lower case), or None."""
         for key, value in self.headers:

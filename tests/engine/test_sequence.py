@@ -8,6 +8,8 @@ import orjson
 import pytest
 
 from infergraph.router.engine.errors import InvalidResponse, UpstreamConnectionError
+from infergraph.router.engine.payload import Payload
+from infergraph.router.engine.transport import Reply, StepCall
 from infergraph.testing.fakes import FakeTransport, plan, reply, run, url
 
 REQUEST = {"instances": [1, 2]}
@@ -177,3 +179,93 @@ async def test_bodies_pass_through_as_bytes(fake: FakeTransport) -> None:
     assert fake.calls[0].body == b'{"x":  1}'
     assert fake.calls[1].body == odd
     assert result.body == odd
+
+
+RELEASE_CASES = [
+    ("$response chains: after the first step", [None, "$response", "$response"], 1),
+    ("the last step reads $request: after it", [None, "$response", "$request"], 3),
+    ("a selection from $request: after its step", [None, "$request.instances", "$response"], 2),
+    ("the default input is the request: after its step", [None, None, "$response"], 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "after"), [c[1:] for c in RELEASE_CASES], ids=[c[0] for c in RELEASE_CASES]
+)
+async def test_the_graph_input_is_released_after_the_last_step_that_reads_it(
+    data: list[str | None], after: int, fake: FakeTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A large request is not held while later steps run; every step still gets its input.
+    released: list[tuple[int, bytes]] = []
+    original = Payload.release
+
+    def spy(payload: Payload) -> None:
+        released.append((len(fake.calls), payload.raw))
+        original(payload)
+
+    monkeypatch.setattr(Payload, "release", spy)
+    steps = []
+    for index, selection in enumerate(data):
+        step: dict[str, Any] = {"serviceUrl": url(f"m{index + 1}")}
+        if selection is not None:
+            step["data"] = selection
+        steps.append(step)
+    result = await run(plan({"root": {"routerType": "Sequence", "steps": steps}}), fake, REQUEST)
+    assert result.status == 200
+    assert released == [(after, orjson.dumps(REQUEST))]
+    if data[2] == "$request":
+        assert fake.bodies("m3") == [REQUEST]
+
+
+async def test_a_nested_node_never_releases_the_input_its_parent_still_reads(
+    fake: FakeTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released: list[int] = []
+    monkeypatch.setattr(Payload, "release", lambda payload: released.append(len(fake.calls)))
+    fake.script[url("m1")] = reply(body={"a": 1})
+    graph = plan(
+        {
+            "root": {
+                "routerType": "Sequence",
+                "steps": [
+                    {"nodeName": "inner"},  # receives the graph's input object itself
+                    {"serviceUrl": url("m3"), "data": "$request"},
+                ],
+            },
+            "inner": {
+                "routerType": "Sequence",
+                "steps": [
+                    {"serviceUrl": url("m1")},
+                    {"serviceUrl": url("m2"), "data": "$response"},
+                ],
+            },
+        }
+    )
+    result = await run(graph, fake, REQUEST)
+    assert result.status == 200
+    assert fake.bodies("m3") == [REQUEST]
+    assert released == [3]  # only the root, after its last step
+
+
+async def test_a_retried_first_step_sends_the_whole_input_each_time(fake: FakeTransport) -> None:
+    answers = iter([reply(503, {"e": 1}), reply(body={"a": 1})])
+
+    async def flaky(call: StepCall) -> Reply:
+        return next(answers)
+
+    fake.script[url("m1")] = flaky
+    graph = plan(
+        {
+            "root": {
+                "routerType": "Sequence",
+                "steps": [
+                    {"serviceUrl": url("m1"), "retry": {"maxRetries": 1, "initialDelayMs": 1}},
+                    {"serviceUrl": url("m2"), "data": "$response"},
+                ],
+            }
+        }
+    )
+    result = await run(graph, fake, REQUEST)
+    assert result.status == 200
+    assert fake.bodies("m1") == [REQUEST, REQUEST]
+    assert fake.bodies("m2") == [{"a": 1}]

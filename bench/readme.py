@@ -56,8 +56,9 @@ def _peers_table(peers: dict[str, Any], connections: int) -> list[str]:
 def _rates_table(peers: dict[str, Any]) -> list[str]:
     rates = peers.get("rates") or []
     lines = [
-        "| graph | rate req/s | infergraph CPU µs/req (2xx) | KServe's CPU µs/req (2xx) |",
-        "|---|---|---|---|",
+        "| graph | rate req/s | infergraph CPU µs/req (2xx) | KServe's CPU µs/req (2xx) | "
+        "ratio, median of rounds |",
+        "|---|---|---|---|---|",
     ]
     for ours in (r for r in rates if r["system"] == "infergraph"):
         theirs = targets.find(rates, system="kserve", graph=ours["graph"], rate=ours["rate"])
@@ -65,7 +66,8 @@ def _rates_table(peers: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {ours['graph']} | {ours['rate']} | {ours['cpu_us']:.0f} "
                 f"({ours.get('success', 1.0):.1%}) | {theirs['cpu_us']:.0f} "
-                f"({theirs.get('success', 1.0):.1%}) |"
+                f"({theirs.get('success', 1.0):.1%}) | "
+                f"{targets.rate_ratio(ours, theirs):.2f} |"
             )
     return lines
 
@@ -120,8 +122,9 @@ def section(results: Path) -> str:
             out += [
                 "### Fixed offered rates",
                 "",
-                f"Budget: {targets.PINNED_LOAD} (vegeta). CPU per request is the system's "
-                "whole process group.",
+                f"Budget: {targets.PINNED_LOAD} (vegeta). Both systems up at once, attacked in "
+                "turns for 1 s each, five rounds: CPU per request is the system's whole process "
+                "group, the median round; the ratio is the median of the rounds' ratios.",
                 "",
                 *_rates_table(peers),
                 "",

@@ -229,7 +229,7 @@ class Bench:
         workdir.mkdir(exist_ok=True)
         before = cpu_seconds(group)
         duration = seconds or self.args.duration
-        report = vegeta_attack(VEGETA, url, rate, duration, workdir, BODY)
+        report = vegeta_attack(VEGETA, url, rate, duration, workdir, BODY, tail=True)
         cpu = cpu_seconds(group) - before
         latencies = report["latencies"]
         return {

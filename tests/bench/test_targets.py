@@ -50,3 +50,20 @@ def test_missing_figures_are_not_measured_never_met() -> None:
     empty = verdicts(None, None)
     assert set(empty.values()) == {None}
     assert "not measured" in table(evaluate(None, None))
+
+
+def test_fixed_rates_compare_round_by_round() -> None:
+    # The machine slows in round 2 for both systems: each round's pair says "cheaper", and so
+    # does the verdict, though our median round (180) is above theirs (150).
+    peers = peers_doc(3000, 1000)
+    label = "CPU per request at fixed rates vs KServe's router"
+    for ours, theirs, met in (
+        ([100.0, 180.0, 190.0], [110.0, 200.0, 150.0], True),  # ratios 0.91, 0.90, 1.27
+        ([100.0, 180.0, 190.0], [90.0, 200.0, 150.0], False),  # ratios 1.11, 0.90, 1.27
+    ):
+        peers["rates"] = [
+            {"system": system, "graph": "switch", "rate": 2000, "cpu_us": sorted(rounds)[1],
+             "cpu_us_rounds": rounds, "success": 1.0}
+            for system, rounds in (("infergraph", ours), ("kserve", theirs))
+        ]  # fmt: skip
+        assert verdicts(peers, None)[label] is met

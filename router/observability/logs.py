@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 
+from infergraph.router.observability.tracing import UNSAMPLED_IDS
+
 FIELDS = ("graph", "node", "step", "status", "duration_ms", "cause", "path")
 
 
@@ -28,9 +30,10 @@ class JSONFormatter(logging.Formatter):
             if value is not None:
                 entry[field] = value
         context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            entry["trace_id"] = f"{context.trace_id:032x}"
-            entry["span_id"] = f"{context.span_id:016x}"
+        ids = (context.trace_id, context.span_id) if context.is_valid else UNSAMPLED_IDS.get()
+        if ids is not None:
+            entry["trace_id"] = f"{ids[0]:032x}"
+            entry["span_id"] = f"{ids[1]:016x}"
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

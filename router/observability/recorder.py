@@ -18,7 +18,12 @@ from opentelemetry.trace import StatusCode
 
 from infergraph.router.engine.errors import GraphRequestError
 from infergraph.router.engine.transport import Headers
-from infergraph.router.observability.tracing import trace_headers, without_trace_headers
+from infergraph.router.observability.tracing import (
+    UNSAMPLED_IDS,
+    trace_headers,
+    unsampled_headers,
+    without_trace_headers,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -67,6 +72,7 @@ class RequestRecorder:
         "_scope",
         "_span",
         "_started",
+        "_unsampled",
         "access_log",
         "graph",
         "status",
@@ -82,7 +88,11 @@ class RequestRecorder:
         errors: RouterMetrics | None,
         scope: server_span | None,
         access_log: bool,
+        *,
+        unsampled: tuple[int, int] | None = None,
     ) -> None:
+        """``unsampled``: the trace and span ids of a request that is not sampled and has no
+        ``scope`` (``tracing.quick_decision``)."""
         self.graph = graph
         self._metrics = metrics
         self._errors = errors
@@ -95,10 +105,13 @@ class RequestRecorder:
         self.upstream = UpstreamTime() if metrics is not None else None
         # Spans per node and call only for a sampled request. An unsampled one carries the
         # same trace context on every call, made once here.
+        self._unsampled = unsampled
         self.traced = scope is not None and scope.sampled
-        self.trace_headers: Headers = (
-            trace_headers(scope.span) if scope is not None and not self.traced else ()
-        )
+        self.trace_headers: Headers = ()
+        if unsampled is not None:
+            self.trace_headers = unsampled_headers(*unsampled)
+        elif scope is not None and not self.traced:
+            self.trace_headers = trace_headers(scope.span)
 
     def outgoing(self, headers: Headers) -> Headers:
         """The headers forwarded to every step: without the client's trace context when the
@@ -111,6 +124,8 @@ class RequestRecorder:
             self._metrics.in_flight.inc()
         if self._scope is not None:
             self._span = self._scope.__enter__()
+        elif self._unsampled is not None:
+            UNSAMPLED_IDS.set(self._unsampled)
         return self
 
     def failed(self, error: GraphRequestError) -> None:
@@ -166,6 +181,8 @@ class RequestRecorder:
                 )
         if self._scope is not None:
             self._scope.__exit__(kind, error, traceback)
+        elif self._unsampled is not None:
+            UNSAMPLED_IDS.set(None)
         metrics = self._metrics
         if metrics is not None:
             metrics.in_flight.dec()

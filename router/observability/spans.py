@@ -215,7 +215,8 @@ class LightTracer(trace.Tracer):
         self.sink = sink
         self.scope = scope
         self.ids = RandomIdGenerator()
-        self._decide = decision_rule(sampler)
+        # The sampler as a plain function (None: it is asked itself).
+        self.decide = decision_rule(sampler)
 
     def child(
         self, parent: LightSpan, name: str, kind: SpanKind, attributes: dict[str, Any]
@@ -223,9 +224,9 @@ class LightTracer(trace.Tracer):
         """A span under ``parent`` (recording, so sampled), as ``start_span`` would start it
         with ``parent`` current."""
         context = parent.get_span_context()
-        if self._decide is None:
+        if self.decide is None:
             return self.start_span(name, trace.set_span_in_context(parent), kind, attributes)
-        if not self._decide(context, context.trace_id):
+        if not self.decide(context, context.trace_id):
             return NonRecordingSpan(
                 SpanContext(context.trace_id, _span_id(), False, NOT_SAMPLED, context.trace_state)
             )
@@ -236,6 +237,22 @@ class LightTracer(trace.Tracer):
             parent=context,
             kind=kind,
             attributes=attributes,
+            start=time.time_ns(),
+            scope=self.scope,
+        )
+
+    def start_root(
+        self, trace_id: int, name: str, kind: SpanKind, attributes: dict[str, Any]
+    ) -> LightSpan:
+        """A sampled root span in trace ``trace_id``, drawn (and its sampling decided) by the
+        caller: as ``start_span`` starts it with no current span."""
+        return LightSpan(
+            self.sink,
+            name,
+            context=SpanContext(trace_id, _span_id(), False, SAMPLED, None),
+            parent=None,
+            kind=kind,
+            attributes=dict(attributes),
             start=time.time_ns(),
             scope=self.scope,
         )
@@ -253,8 +270,8 @@ class LightTracer(trace.Tracer):
     ) -> trace.Span:
         parent = trace.get_current_span(context).get_span_context()
         trace_id = parent.trace_id if parent.is_valid else self.ids.generate_trace_id()
-        if self._decide is not None and not links:
-            sampled = self._decide(parent, trace_id)
+        if self.decide is not None and not links:
+            sampled = self.decide(parent, trace_id)
             state = parent.trace_state if parent.is_valid else None
             span_context = SpanContext(
                 trace_id, _span_id(), False, SAMPLED if sampled else NOT_SAMPLED, state

@@ -4,19 +4,21 @@ and the ``/metrics`` page. The service imports neither OpenTelemetry nor prometh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infergraph.router.engine.observe import Observer, Observers
-from infergraph.router.engine.transport import Transport
+from infergraph.router.engine.transport import Headers, Transport
 from infergraph.router.observability.metrics import MetricsTransport, RouterMetrics
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.tracing import (
     TracingObserver,
     TracingTransport,
+    header_map,
+    quick_decision,
     server_span,
 )
 
@@ -63,18 +65,29 @@ class Telemetry:
             transport = TracingTransport(transport, self.tracer)
         return transport
 
-    def recorder(
-        self, graph: str, headers: Callable[[], Mapping[str, str]], path: str
-    ) -> RequestRecorder:
-        """The recorder of one request to ``graph``; ``headers`` gives the request's headers
-        by lower-case name (asked for only when tracing, for the caller's trace context)."""
+    def recorder(self, graph: str, headers: Headers, path: str) -> RequestRecorder:
+        """The recorder of one request to ``graph``; ``headers``, the request's, carry the
+        caller's trace context. A request that is not sampled gets no span at all, only the
+        context its calls carry (``quick_decision``), where the API's way would give the same."""
         metrics = self.metrics
+        tracer = self.tracer
+        scope = None
+        unsampled = None
+        if tracer is not None:
+            decided = quick_decision(tracer, headers)
+            if decided is None:
+                scope = server_span(tracer, header_map(headers), graph, path)
+            elif decided[1] is None:
+                scope = server_span(tracer, {}, graph, path, trace_id=decided[0])
+            else:
+                unsampled = (decided[0], decided[1])
         return RequestRecorder(
             graph,
             metrics.for_graph(graph) if metrics is not None else None,
             metrics,
-            server_span(self.tracer, headers(), graph, path) if self.tracer is not None else None,
+            scope,
             self.access_log,
+            unsampled=unsampled,
         )
 
     def metrics_page(self) -> tuple[bytes, str] | None:

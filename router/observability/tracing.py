@@ -9,7 +9,9 @@ sampler, service name). With tracing off none of this is installed, so it costs 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
@@ -24,14 +26,25 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
 from infergraph.router.engine.errors import GraphRequestError
 from infergraph.router.engine.plan import NodePlan, RouterType, StepPlan
-from infergraph.router.engine.transport import Reply, StepCall, Transport
+from infergraph.router.engine.transport import Headers, Reply, StepCall, Transport
 from infergraph.router.observability.spans import LightSpan, LightTracer
 
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+# The trace and span ids of the unsampled request being served, when ``quick_decision`` made
+# its context and no span is current: for log lines (logs.py).
+UNSAMPLED_IDS: ContextVar[tuple[int, int] | None] = ContextVar("unsampled_ids", default=None)
 
 
 def make_exporter(protocol: str) -> SpanExporter:
@@ -228,6 +241,58 @@ def _extract(headers: Mapping[str, str]) -> otel_context.Context | None:
     return propagate.extract(headers)
 
 
+_CANONICAL_PARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_NEEDS_THE_API = frozenset({"tracestate", "baggage"})
+
+
+def quick_decision(tracer: trace.Tracer, headers: Headers) -> tuple[int, int | None] | None:
+    """A request's sampling decision, made from its headers without the API's context and span
+    objects: ``(trace id, span id)`` for a request that is not sampled (every call carries that
+    context, not sampled); ``(trace id, None)`` for a sampled root whose trace id was drawn here
+    (``server_span`` starts its span in that trace). None leaves it all to the API: another
+    tracer, sampler or propagator, a ``tracestate`` or ``baggage`` header, a ``traceparent``
+    that is not version 00's plain form, or a sampled caller. The outcome is the API's."""
+    if not isinstance(tracer, LightTracer) or tracer.decide is None or not _w3c_propagation():
+        return None
+    parent_header = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "traceparent":
+            if parent_header is None:  # the first, as the propagator reads them
+                parent_header = value
+        elif lowered in _NEEDS_THE_API:
+            return None
+    if parent_header is None:
+        trace_id = tracer.ids.generate_trace_id()
+        if tracer.decide(INVALID_SPAN_CONTEXT, trace_id):
+            return trace_id, None
+        return trace_id, tracer.ids.generate_span_id()
+    match = _CANONICAL_PARENT.fullmatch(parent_header)
+    if match is None:
+        return None
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return None  # invalid: the propagator starts a new trace
+    parent = SpanContext(trace_id, span_id, True, TraceFlags(int(match[3], 16)))
+    if tracer.decide(parent, trace_id):
+        return None
+    return trace_id, tracer.ids.generate_span_id()
+
+
+def unsampled_headers(trace_id: int, span_id: int) -> Headers:
+    """What ``trace_headers`` writes for a span that is not sampled, in a context without
+    baggage or trace state."""
+    return (("traceparent", f"00-{trace_id:032x}-{span_id:016x}-00"),)
+
+
+def header_map(headers: Headers) -> dict[str, str]:
+    """Headers by lower-case name (the first value of each): for trace context extraction."""
+    found: dict[str, str] = {}
+    for key, value in headers:
+        found.setdefault(key.lower(), value)
+    return found
+
+
 class server_span:
     """The request's span, continuing the caller's trace when it sent ``traceparent``; current
     while the block runs. A class rather than a generator: it is on every request's path."""
@@ -235,18 +300,22 @@ class server_span:
     __slots__ = ("span", "token")
 
     def __init__(
-        self, tracer: trace.Tracer, headers: Mapping[str, str], graph: str, path: str
+        self,
+        tracer: trace.Tracer,
+        headers: Mapping[str, str],
+        graph: str,
+        path: str,
+        trace_id: int | None = None,
     ) -> None:
-        self.span = tracer.start_span(
-            f"graph {graph}",
-            context=_extract(headers),
-            kind=SpanKind.SERVER,
-            attributes={
-                "infergraph.graph": graph,
-                "http.request.method": "POST",
-                "url.path": path,
-            },
-        )
+        """``trace_id``: the sampled root's, from ``quick_decision`` (a ``LightTracer``)."""
+        attributes = {"infergraph.graph": graph, "http.request.method": "POST", "url.path": path}
+        name = f"graph {graph}"
+        if trace_id is not None and isinstance(tracer, LightTracer):
+            self.span: Span = tracer.start_root(trace_id, name, SpanKind.SERVER, attributes)
+        else:
+            self.span = tracer.start_span(
+                name, context=_extract(headers), kind=SpanKind.SERVER, attributes=attributes
+            )
         self.token: object = None
 
     @property

@@ -164,7 +164,7 @@ class RouterService:
                 request = _as_json(request)
         except GraphRequestError as error:
             return error_response(error)
-        recorder = self.telemetry.recorder(plan.name, request.header_map, path)
+        recorder = self.telemetry.recorder(plan.name, request.headers, path)
         traced = recorder.traced
         ctx = ExecutionContext(
             transport=self.transport if traced else self.untraced,

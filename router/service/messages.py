@@ -44,13 +44,6 @@ class Request:
                 return value
         return None
 
-    def header_map(self) -> dict[str, str]:
-        """Headers by lower-case name (the first value of each): for trace context extraction."""
-        found: dict[str, str] = {}
-        for key, value in self.headers:
-            found.setdefault(key.lower(), value)
-        return found
-
 
 @dataclass(slots=True)
 class Response:

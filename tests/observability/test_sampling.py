@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
+import orjson
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import (
@@ -17,7 +19,11 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
+from infergraph.router.observability.logs import JSONFormatter
+from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.spans import LightSpan, LightTracer, decision_rule
+from infergraph.router.observability.telemetry import Telemetry
+from infergraph.router.observability.tracing import header_map, server_span
 
 SAMPLERS: dict[str, Sampler] = {
     "always_on": ALWAYS_ON,
@@ -85,3 +91,78 @@ def test_a_child_carries_its_parents_trace_and_state() -> None:
     root.end()
     assert [v[0] for v in shipped] == ["child", "root"]  # type: ignore[index]
     assert shipped[0][5] == root.get_span_context().span_id  # type: ignore[index]
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+REQUEST_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "no trace context": (("Content-Type", "application/json"),),
+    "sampled caller": (("traceparent", f"00-{TRACE}-00f067aa0ba902b7-01"),),
+    "unsampled caller": (("Traceparent", f"00-{TRACE}-00f067aa0ba902b7-00"),),
+    "other flags": (("traceparent", f"00-{TRACE}-00f067aa0ba902b7-02"),),
+    "two traceparents": (
+        ("traceparent", f"00-{TRACE}-00f067aa0ba902b7-00"),
+        ("traceparent", f"00-{TRACE}-00f067aa0ba902b7-01"),
+    ),
+    "with tracestate": (
+        ("traceparent", f"00-{TRACE}-00f067aa0ba902b7-00"),
+        ("tracestate", "vendor=x"),
+    ),
+    "with baggage": (("traceparent", f"00-{TRACE}-00f067aa0ba902b7-00"), ("baggage", "k=v")),
+    "a later version": (("traceparent", f"01-{TRACE}-00f067aa0ba902b7-00-extra"),),
+    "upper-case hex": (("traceparent", f"00-{TRACE.upper()}-00F067AA0BA902B7-00"),),
+    "zero trace id": (("traceparent", f"00-{'0' * 32}-00f067aa0ba902b7-00"),),
+    "zero span id": (("traceparent", f"00-{TRACE}-{'0' * 16}-00"),),
+    "padded": (("traceparent", f" 00-{TRACE}-00f067aa0ba902b7-00 "),),
+}
+
+
+def recorded(tracer: LightTracer, headers: tuple[tuple[str, str], ...], quick: bool) -> object:
+    """What a request's recorder decided and sends on, made the router's way (``quick``) or
+    the API's way, from the same random draws."""
+    random.seed(7)
+    if quick:
+        recorder = Telemetry(tracer=tracer).recorder("g", headers, "/")
+    else:
+        scope = server_span(tracer, header_map(headers), "g", "/")
+        recorder = RequestRecorder("g", None, None, scope, False)
+    with recorder:
+        span = trace.get_current_span().get_span_context()
+        ids = (span.trace_id, span.span_id, span.trace_flags) if span.is_valid else None
+    return recorder.traced, recorder.trace_headers, ids
+
+
+@pytest.mark.parametrize("headers", sorted(REQUEST_HEADERS))
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_the_quick_decision_is_the_apis(name: str, headers: str) -> None:
+    # Unsampled requests skip the API's spans and contexts; sampled roots keep the trace id
+    # drawn to decide. Either way the outcome, ids included, is what the API's path gives.
+    tracer = LightTracer(SAMPLERS[name], [].append)
+    quick = recorded(tracer, REQUEST_HEADERS[headers], quick=True)
+    api = recorded(tracer, REQUEST_HEADERS[headers], quick=False)
+    assert quick[:2] == api[:2]
+    if quick[0]:  # sampled: the same span is current
+        assert quick[2] == api[2]
+
+
+def test_a_ratio_samples_roots_at_its_rate_once() -> None:
+    # The trace id drawn to decide is the one the sampled span gets: a second draw and a
+    # second decision would sample at the rate squared.
+    tracer = LightTracer(ParentBasedTraceIdRatio(0.5), [].append)
+    telemetry = Telemetry(tracer=tracer)
+    random.seed(11)
+    sampled = sum(telemetry.recorder("g", (), "/").traced for _ in range(4000))
+    assert 1800 < sampled < 2200
+
+
+def test_log_lines_of_an_unsampled_request_name_its_trace() -> None:
+    tracer = LightTracer(ParentBased(ALWAYS_ON), [].append)
+    headers = (("traceparent", f"00-{TRACE}-00f067aa0ba902b7-00"),)
+    recorder = Telemetry(tracer=tracer).recorder("g", headers, "/")
+    record = logging.LogRecord("infergraph", logging.INFO, __file__, 1, "inside", None, None)
+    with recorder:
+        inside = orjson.loads(JSONFormatter().format(record))
+    after = orjson.loads(JSONFormatter().format(record))
+    sent = dict(recorder.trace_headers)["traceparent"]
+    assert sent == f"00-{inside['trace_id']}-{inside['span_id']}-00"
+    assert inside["trace_id"] == TRACE
+    assert "trace_id" not in after

@@ -53,6 +53,7 @@ from infergraph.testing.loadgen import (
     GRAPHS,
     PREDICTOR_PORT,
     ROOT,
+    bench_router,
     cpu_seconds,
     cpu_seconds_fine,
     pinned,
@@ -61,6 +62,7 @@ from infergraph.testing.loadgen import (
     results_base,
     run_wrk,
     vegeta_attack,
+    wait_for_ports,
 )
 
 matplotlib.use("Agg")
@@ -105,7 +107,13 @@ class Peers:
     def progress(self, label: str) -> None:
         print(f"[{time.monotonic() - self.started:5.0f} s] {label}", flush=True)
 
+    def ports_free(self) -> None:
+        waited = wait_for_ports()
+        if waited:
+            self.progress(f"waited {waited} s for local ports to leave TIME_WAIT")
+
     def drive(self, system: str, budget: str, graph: str, url: str, group: int) -> None:
+        self.ports_free()
         for connections in CONNECTIONS:
             before = cpu_seconds(group)
             row: dict[str, Any] = dict(run_wrk(url, connections, self.args.duration, self.script))
@@ -162,14 +170,9 @@ class Peers:
         for graph in self.args.graphs:
             self.progress(f"fixed rates, side by side: {graph}")
             port = processes.free_port()
-            router = processes.router(
-                port,
-                "--graph",
-                str(ROOT / "graphs" / f"bench-{graph}.yaml"),
-                extra=("--drain-seconds", "0", "--log-level", "WARNING"),
-                log_path=self.workdir / f"infergraph-rates-{graph}.log",
+            router = bench_router(
+                port, graph, core=0, log_path=self.workdir / f"infergraph-rates-{graph}.log"
             )
-            router.argv = pinned(router.argv, 0)
             with contextlib.ExitStack() as stack:
                 stack.enter_context(router)
                 systems = {"infergraph": (f"http://127.0.0.1:{port}/", router.pid)}
@@ -182,6 +185,7 @@ class Peers:
                     stack.enter_context(theirs.start())
                     systems["kserve"] = (f"http://127.0.0.1:{KSERVE_PORT}/", theirs.pid)
                 time.sleep(0.5)
+                self.ports_free()
                 self.offered(graph, systems)
 
     # -- systems -----------------------------------------------------------------------------
@@ -196,18 +200,14 @@ class Peers:
         for graph in self.args.graphs:
             self.progress(f"{system}, {budget}: {graph}")
             port = processes.free_port()
-            extra = ["--drain-seconds", "0", "--log-level", "WARNING"]
-            if budget == "all cores":
-                extra += ["--workers", "2"]
-            router = processes.router(
+            extra = ("--workers", "2") if budget == "all cores" else ()
+            router = bench_router(
                 port,
-                "--graph",
-                str(ROOT / "graphs" / f"bench-{graph}.yaml"),
-                extra=tuple(extra),
+                graph,
+                *extra,
+                core=0 if budget == "single core" else None,
                 log_path=self.workdir / f"infergraph-{graph}.log",
             )
-            if budget == "single core":
-                router.argv = pinned(router.argv, 0)
             with router:
                 time.sleep(0.5)  # every worker bound
                 self.drive(system, budget, graph, f"http://127.0.0.1:{port}/", router.pid)
@@ -304,12 +304,7 @@ class Peers:
     ) -> None:
         self.progress(f"scale: 10 MiB requests through {graph}")
         port = processes.free_port()
-        router = processes.router(
-            port,
-            "--graph",
-            str(ROOT / "graphs" / f"bench-{graph}.yaml"),
-            extra=("--drain-seconds", "0", "--log-level", "WARNING"),
-        )
+        router = bench_router(port, graph)
         body = orjson.dumps({"instances": ["x" * (size - 20)]})
         with router:
             base = rss_kib(router.pid)

@@ -40,6 +40,7 @@ from infergraph.testing.loadgen import (
     ROOT,
     TRITON_BODY,
     TRITON_HTTP,
+    bench_router,
     measure,
     median_of,
     pinned,
@@ -101,15 +102,16 @@ class Bench:
         label = f"{client}{variant}"
         self.progress(f"{graph} through the router, {label}")
         port = processes.free_port()
-        router = processes.router(
+        router = bench_router(
             port,
-            "--graph",
-            str(ROOT / "graphs" / f"bench-{graph}.yaml"),
-            extra=("--client", client, "--drain-seconds", "0", "--log-level", "WARNING", *extra),
+            graph,
+            "--client",
+            client,
+            *extra,
+            core=0,
             env=env,
             log_path=self.workdir / f"router-{graph}-{label}.log",
         )
-        router.argv = pinned(router.argv, 0)
         with router:
             pids = {"router": router.pid, "predictor": predictor_pid}
             exporter = span_exporter(router.pid)

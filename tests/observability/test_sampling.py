@@ -21,7 +21,12 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 
 from infergraph.router.observability.logs import JSONFormatter
 from infergraph.router.observability.recorder import RequestRecorder
-from infergraph.router.observability.spans import LightSpan, LightTracer, decision_rule
+from infergraph.router.observability.spans import (
+    LightSpan,
+    LightTracer,
+    SpanValues,
+    decision_rule,
+)
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.observability.tracing import header_map, server_span
 
@@ -116,7 +121,14 @@ REQUEST_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def recorded(tracer: LightTracer, headers: tuple[tuple[str, str], ...], quick: bool) -> object:
+def discard(values: SpanValues) -> None:
+    """A sink for spans a test does not read."""
+
+
+Decided = tuple[bool, tuple[tuple[str, str], ...], tuple[int, int, int] | None]
+
+
+def recorded(tracer: LightTracer, headers: tuple[tuple[str, str], ...], quick: bool) -> Decided:
     """What a request's recorder decided and sends on, made the router's way (``quick``) or
     the API's way, from the same random draws."""
     random.seed(7)
@@ -136,7 +148,7 @@ def recorded(tracer: LightTracer, headers: tuple[tuple[str, str], ...], quick: b
 def test_the_quick_decision_is_the_apis(name: str, headers: str) -> None:
     # Unsampled requests skip the API's spans and contexts; sampled roots keep the trace id
     # drawn to decide. Either way the outcome, ids included, is what the API's path gives.
-    tracer = LightTracer(SAMPLERS[name], [].append)
+    tracer = LightTracer(SAMPLERS[name], discard)
     quick = recorded(tracer, REQUEST_HEADERS[headers], quick=True)
     api = recorded(tracer, REQUEST_HEADERS[headers], quick=False)
     assert quick[:2] == api[:2]
@@ -147,7 +159,7 @@ def test_the_quick_decision_is_the_apis(name: str, headers: str) -> None:
 def test_a_ratio_samples_roots_at_its_rate_once() -> None:
     # The trace id drawn to decide is the one the sampled span gets: a second draw and a
     # second decision would sample at the rate squared.
-    tracer = LightTracer(ParentBasedTraceIdRatio(0.5), [].append)
+    tracer = LightTracer(ParentBasedTraceIdRatio(0.5), discard)
     telemetry = Telemetry(tracer=tracer)
     random.seed(11)
     sampled = sum(telemetry.recorder("g", (), "/").traced for _ in range(4000))
@@ -155,7 +167,7 @@ def test_a_ratio_samples_roots_at_its_rate_once() -> None:
 
 
 def test_log_lines_of_an_unsampled_request_name_its_trace() -> None:
-    tracer = LightTracer(ParentBased(ALWAYS_ON), [].append)
+    tracer = LightTracer(ParentBased(ALWAYS_ON), discard)
     headers = (("traceparent", f"00-{TRACE}-00f067aa0ba902b7-00"),)
     recorder = Telemetry(tracer=tracer).recorder("g", headers, "/")
     record = logging.LogRecord("infergraph", logging.INFO, __file__, 1, "inside", None, None)

@@ -74,6 +74,58 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+QUIET = ("--drain-seconds", "0", "--log-level", "WARNING")
+
+
+def bench_router(
+    port: int,
+    graph: str,
+    *extra: str,
+    core: int | None = None,
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+) -> processes.ServerProcess:
+    """A router serving graphs/bench-``graph``.yaml on ``port``, quiet, with no drain time;
+    pinned to ``core`` if given."""
+    router = processes.router(
+        port,
+        "--graph",
+        str(ROOT / "graphs" / f"bench-{graph}.yaml"),
+        extra=(*QUIET, *extra),
+        env=env,
+        log_path=log_path,
+    )
+    if core is not None:
+        router.argv = pinned(router.argv, core)
+    return router
+
+
+def _time_wait_sockets() -> int:
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        count += sum(1 for line in lines if line.split(None, 4)[3] == "06")  # TIME_WAIT
+    return count
+
+
+def wait_for_ports(needed: int = 16_000, timeout: float = 75.0) -> int:
+    """Wait until ``needed`` local ports are out of TIME_WAIT (at most ``timeout`` s, a little
+    over Linux's 60 s); the seconds waited. Every connection a client closes first holds its
+    port for a minute: KServe's router keeps 2 idle connections per backend (Go's default), so
+    at c=32 it opens and closes the rest, leaving about 12,000 such ports per graph run, and
+    graphs run back to back would use up the 28,000 of the ephemeral range."""
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    started = time.monotonic()
+    while high - low + 1 - _time_wait_sockets() < needed:
+        if time.monotonic() - started > timeout:
+            break
+        time.sleep(1)
+    return round(time.monotonic() - started)
+
+
 def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[str, float]:
     threads = 1 if connections == 1 else 2
     out = subprocess.run(

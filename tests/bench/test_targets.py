@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from infergraph.testing.targets import evaluate, table
+import pytest
+
+from infergraph.testing.targets import evaluate, rate_ratio, table
 
 
 def router_doc(off: float, traced: float, exporter: float, ratio: float) -> dict[str, Any]:
@@ -67,3 +69,9 @@ def test_fixed_rates_compare_round_by_round() -> None:
             for system, rounds in (("infergraph", ours), ("kserve", theirs))
         ]  # fmt: skip
         assert verdicts(peers, None)[label] is met
+
+
+def test_a_round_their_side_could_not_serve_has_no_ratio() -> None:
+    ours = {"cpu_us": 150.0, "cpu_us_rounds": [150.0, 140.0, 25.0]}
+    theirs = {"cpu_us": 160.0, "cpu_us_rounds": [160.0, 175.0, 0.0]}
+    assert rate_ratio(ours, theirs) == pytest.approx((150 / 160 + 140 / 175) / 2)

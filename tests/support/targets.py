@@ -9,6 +9,7 @@ measurements taken side by side in the same run.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +49,11 @@ def rate_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
     weighs on both sides of a ratio), else the ratio of the two figures."""
     mine, other = ours.get("cpu_us_rounds"), theirs.get("cpu_us_rounds")
     if mine and other and len(mine) == len(other):
-        return float(statistics.median(a / b for a, b in zip(mine, other, strict=True)))
-    return float(ours["cpu_us"] / theirs["cpu_us"])
+        # A round in which their side served nothing (no CPU spent) has no ratio.
+        pairs = [a / b for a, b in zip(mine, other, strict=True) if b > 0]
+        if pairs:
+            return float(statistics.median(pairs))
+    return float(ours["cpu_us"] / theirs["cpu_us"]) if theirs["cpu_us"] > 0 else math.inf
 
 
 def _missing(target: str, wanted: str, budget: str) -> Verdict:

@@ -185,7 +185,6 @@ class Peers:
                     stack.enter_context(theirs.start())
                     systems["kserve"] = (f"http://127.0.0.1:{KSERVE_PORT}/", theirs.pid)
                 time.sleep(0.5)
-                self.ports_free()
                 self.offered(graph, systems)
 
     # -- systems -----------------------------------------------------------------------------

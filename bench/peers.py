@@ -261,7 +261,13 @@ class Peers:
             for graph in self.args.graphs:
                 self.progress(f"ray serve, {budget}: {graph}")
                 url = f"http://127.0.0.1:{port}/{graph}"
-                self.drive("ray serve", budget, graph, url, server.pid)
+                try:
+                    _post_once(url, BODY.encode(), timeout=60)  # a replica's first call
+                    self.drive("ray serve", budget, graph, url, server.pid)
+                except (OSError, RuntimeError) as error:
+                    # A peer that fails is a note in the results, not the end of the run.
+                    first = str(error).splitlines()[0]
+                    self.notes.append(f"Ray Serve, {budget}, {graph}: no rows ({first})")
 
     # -- scale -------------------------------------------------------------------------------
 
@@ -408,6 +414,14 @@ class Peers:
         if self.rows:
             chart(self.rows, base.with_suffix(".png"))
         return base
+
+
+def _post_once(url: str, body: bytes, timeout: float) -> None:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        reply.read()
 
 
 async def _post_many(url: str, body: bytes, in_flight: int, rounds: int) -> None:

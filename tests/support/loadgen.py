@@ -146,6 +146,8 @@ def run_wrk(url: str, connections: int, duration: float, script: Path) -> dict[s
         raise RuntimeError(f"wrk saw failed requests against {url}:\n{out}")
     percentiles = re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)
     latency = {p: _ms(value, unit) for p, value, unit in percentiles}
+    if "50" not in latency or "99" not in latency:
+        raise RuntimeError(f"wrk measured no latency against {url}:\n{out}")
     return {
         "requests": requests,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]

@@ -86,6 +86,17 @@ def spec_json(graph: str) -> str:
     return json.dumps(document["spec"])
 
 
+def kserve_router(graph: str, core: int | None, log_path: Path) -> processes.ServerProcess:
+    """KServe's router on its port serving graphs/bench-``graph``.yaml, pinned to ``core`` if
+    given (not started)."""
+    argv = [str(KSERVE_ROUTER), "--graph-json", spec_json(graph)]
+    return processes.ServerProcess(
+        pinned(argv, core) if core is not None else argv,
+        f"http://127.0.0.1:{KSERVE_PORT}/readyz",
+        log_path=log_path,
+    )
+
+
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -129,7 +140,6 @@ class Peers:
         order flipped each round. On this shared machine one system's CPU per request swings by
         a third between rounds a minute apart, and both swing together: the verdicts compare
         round by round (``targets.rate_ratio``), the figures are each system's median round."""
-        seconds = OFFERED_SECONDS
         cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
         order = list(systems)
         for number in range(OFFERED_ROUNDS):
@@ -137,7 +147,7 @@ class Peers:
                 for system in order if number % 2 == 0 else order[::-1]:
                     url, group = systems[system]
                     before = cpu_seconds_fine(group)
-                    report = vegeta_attack(VEGETA, url, rate, seconds, self.workdir, BODY)
+                    report = vegeta_attack(VEGETA, url, rate, OFFERED_SECONDS, self.workdir, BODY)
                     cpu = cpu_seconds_fine(group) - before
                     cells.setdefault((system, rate), []).append(
                         {"cpu_us": cpu / report["requests"] * 1e6, "report": report}
@@ -177,11 +187,7 @@ class Peers:
                 stack.enter_context(router)
                 systems = {"infergraph": (f"http://127.0.0.1:{port}/", router.pid)}
                 if kserve:
-                    theirs = processes.ServerProcess(
-                        pinned([str(KSERVE_ROUTER), "--graph-json", spec_json(graph)], 0),
-                        f"http://127.0.0.1:{KSERVE_PORT}/readyz",
-                        log_path=self.workdir / f"kserve-rates-{graph}.log",
-                    )
+                    theirs = kserve_router(graph, 0, self.workdir / f"kserve-rates-{graph}.log")
                     stack.enter_context(theirs.start())
                     systems["kserve"] = (f"http://127.0.0.1:{KSERVE_PORT}/", theirs.pid)
                 time.sleep(0.5)
@@ -220,12 +226,8 @@ class Peers:
             return
         for graph in self.args.graphs:
             self.progress(f"kserve, {budget}: {graph}")
-            argv = [str(KSERVE_ROUTER), "--graph-json", spec_json(graph)]
-            router = processes.ServerProcess(
-                pinned(argv, 0) if budget == "single core" else argv,
-                f"http://127.0.0.1:{KSERVE_PORT}/readyz",
-                log_path=self.workdir / f"kserve-{graph}.log",
-            )
+            core = 0 if budget == "single core" else None
+            router = kserve_router(graph, core, self.workdir / f"kserve-{graph}.log")
             with router.start():
                 url = f"http://127.0.0.1:{KSERVE_PORT}/"
                 self.drive("kserve", budget, graph, url, router.pid)

@@ -77,10 +77,12 @@ class Telemetry:
             decided = quick_decision(tracer, headers)
             if decided is None:
                 scope = server_span(tracer, header_map(headers), graph, path)
-            elif decided[1] is None:
-                scope = server_span(tracer, {}, graph, path, trace_id=decided[0])
             else:
-                unsampled = (decided[0], decided[1])
+                trace_id, span_id = decided
+                if span_id is None:
+                    scope = server_span(tracer, {}, graph, path, trace_id=trace_id)
+                else:
+                    unsampled = (trace_id, span_id)
         return RequestRecorder(
             graph,
             metrics.for_graph(graph) if metrics is not None else None,

@@ -201,6 +201,11 @@ def _w3c_propagation() -> bool:
     return bool(_checked[1])
 
 
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """A W3C ``traceparent`` value, version 00, as ``TraceContextTextMapPropagator`` writes it."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
 def trace_headers(span: Span) -> tuple[tuple[str, str], ...]:
     """The trace context headers for ``span`` (with the current context's baggage), as the
     global propagator writes them."""
@@ -208,8 +213,8 @@ def trace_headers(span: Span) -> tuple[tuple[str, str], ...]:
     if _w3c_propagation():
         context = span.get_span_context()
         if context.is_valid:  # as TraceContextTextMapPropagator.inject writes them
-            carrier["traceparent"] = (
-                f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+            carrier["traceparent"] = _traceparent(
+                context.trace_id, context.span_id, context.trace_flags
             )
             if context.trace_state:
                 carrier["tracestate"] = context.trace_state.to_header()
@@ -282,7 +287,7 @@ def quick_decision(tracer: trace.Tracer, headers: Headers) -> tuple[int, int | N
 def unsampled_headers(trace_id: int, span_id: int) -> Headers:
     """What ``trace_headers`` writes for a span that is not sampled, in a context without
     baggage or trace state."""
-    return (("traceparent", f"00-{trace_id:032x}-{span_id:016x}-00"),)
+    return (("traceparent", _traceparent(trace_id, span_id, 0)),)
 
 
 def header_map(headers: Headers) -> dict[str, str]:

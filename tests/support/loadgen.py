@@ -12,6 +12,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,34 +40,37 @@ BODY = '{"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}'
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds_fine(group: int) -> float:
-    """As ``cpu_seconds``, from the scheduler's own count in nanoseconds (``schedstat``) per
-    thread, where ``stat`` counts in clock ticks (10 ms): for attacks of a second. A thread that
-    ends between two readings takes its time with it, so use it for servers whose threads
-    live as long as they do (Go's runtime, uvloop with its executor)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != group:
-                continue
-            for task in stat.parent.glob("task/*/schedstat"):
-                total += int(task.read_text().split()[0])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / 1e9
-
-
-def cpu_seconds(group: int) -> float:
-    """CPU time (user + system) of every live process in a process group (a server and the
-    processes it started: tritonserver and its Python backends, say)."""
-    total = 0
+def _group_stats(group: int) -> Iterator[tuple[Path, list[str]]]:
+    """Each live process in a process group: its /proc/<pid>/stat path and the fields after
+    the command name (the third of them is the group)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[2]) == group:  # pgrp
-            total += int(fields[11]) + int(fields[12])
+            yield stat, fields
+
+
+def cpu_seconds_fine(group: int) -> float:
+    """As ``cpu_seconds``, from the scheduler's own count in nanoseconds (``schedstat``) per
+    thread, where ``stat`` counts in clock ticks (10 ms): for attacks of a second. A thread that
+    ends between two readings takes its time with it, so use it for servers whose threads
+    live as long as they do (Go's runtime, uvloop with its executor)."""
+    total = 0
+    for stat, _ in _group_stats(group):
+        for task in stat.parent.glob("task/*/schedstat"):
+            try:
+                total += int(task.read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
+def cpu_seconds(group: int) -> float:
+    """CPU time (user + system) of every live process in a process group (a server and the
+    processes it started: tritonserver and its Python backends, say)."""
+    total = sum(int(fields[11]) + int(fields[12]) for _, fields in _group_stats(group))
     return total / TICKS
 
 

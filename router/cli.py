@@ -21,6 +21,7 @@ from infergraph.router.settings import (
     Auth,
     Client,
     GraphSource,
+    GrpcClient,
     OtlpProtocol,
     RouterSettings,
     Server,
@@ -127,6 +128,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="downstream HTTP client: the router's own (fast) or aiohttp's ClientSession",
     )
     p.add_argument(
+        "--grpc-client",
+        choices=get_args(GrpcClient),
+        default="fast",
+        help="client for v2-grpc steps: the router's own HTTP/2 client (fast) or grpc.aio",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -179,6 +186,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         server=args.server,
         list_graphs=args.list_graphs,
         client=args.client,
+        grpc_client=args.grpc_client,
         workers=args.workers,
         tracing=tracing_wanted(args.tracing, os.environ),
         span_export=args.span_export,

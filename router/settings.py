@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 Client = Literal["fast", "aiohttp"]
+GrpcClient = Literal["fast", "grpcio"]
 # The HTTP/1.1 server the router listens with: its own on httptools, or aiohttp's.
 Server = Literal["fast", "aiohttp"]
 # "process": spans are encoded and sent by a child process (off the event loop's GIL);
@@ -64,6 +65,8 @@ class RouterSettings:
     # servers' own keep-alive timeouts (uvicorn's is 5 s) can race a reused connection.
     idle_connection_seconds: float = 4.0
     client: Client = "fast"
+    # v2-grpc steps: the router's own HTTP/2 client, or grpc.aio.
+    grpc_client: GrpcClient = "fast"
     server: Server = "fast"
     # Request line plus headers, as Go's MaxHeaderBytes (1 MiB).
     max_header_bytes: int = 1024 * 1024
@@ -109,6 +112,7 @@ class RouterSettings:
 
     def __post_init__(self) -> None:
         _check_choice("the downstream client", self.client, Client)
+        _check_choice("the gRPC client", self.grpc_client, GrpcClient)
         _check_choice("the server", self.server, Server)
         _check_choice("the span export", self.span_export, SpanExport)
         _check_choice("--auth", self.auth, Auth)

@@ -53,4 +53,4 @@ def make_transport(settings: RouterSettings) -> ManagedTransport:
         idle_connection_seconds=settings.idle_connection_seconds,
         tls=tls.context() if custom else None,
     )
-    return ProtocolTransport(http, GrpcV2Transport(tls))
+    return ProtocolTransport(http, GrpcV2Transport(tls, settings.grpc_client))

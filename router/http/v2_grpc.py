@@ -12,6 +12,10 @@ A call whose body already is a ``ModelInferRequest`` (a graph reached over gRPC 
 (``binary_tensors.with_model``), and its reply is the ``ModelInferResponse``'s bytes as they came:
 no tensor is decoded on that path.
 
+Two clients make the call (``--grpc-client``): the router's own HTTP/2 client (``h2_grpc``,
+the default: cheaper per call) or ``grpc.aio`` (``grpcio``), one connection per target either
+way, with the same statuses and deadlines.
+
 A request that is not valid JSON v2 gets 400 with a reason, as a v2 REST server answers; gRPC
 status codes map to the HTTP statuses v2 REST uses; an unreachable server is a connection error.
 """
@@ -25,10 +29,15 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 import orjson
 
-from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
+from infergraph.router.engine.errors import (
+    UpstreamConnectFailed,
+    UpstreamConnectionError,
+    UpstreamTimeout,
+)
 from infergraph.router.engine.transport import Reply, StepCall
-from infergraph.router.http import oip
+from infergraph.router.http import h2_grpc, oip
 from infergraph.router.http.binary_tensors import with_model
+from infergraph.router.http.deadlines import Deadlines
 from infergraph.router.http.tensors import InvalidV2Request, request_from_json, response_to_json
 from infergraph.router.http.upstream_tls import UpstreamTls
 from infergraph.router.protocols import OIP_INFER_REQUEST, OIP_INFER_RESPONSE
@@ -80,8 +89,25 @@ def error_reply(code: str, message: str, url: str, timeout: float | None) -> Rep
     return _error(HTTP_STATUS.get(code, 500), message or code)
 
 
+class H2Upstream:
+    """One target's connection on the router's own HTTP/2 client, and ``ModelInfer``'s
+    request head for it."""
+
+    __slots__ = ("channel", "head")
+
+    def __init__(self, scheme: str, host: str, port: int, tls: UpstreamTls) -> None:
+        context = h2_grpc.tls_context(tls.context()) if scheme == "grpcs" else None
+        self.channel = h2_grpc.H2Channel(host, port, context)
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        scheme = "https" if scheme == "grpcs" else "http"
+        self.head = h2_grpc.request_head(scheme, authority, oip.method_path("ModelInfer"))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
 class Upstream:
-    """One target's HTTP/2 channel and its ``ModelInfer`` method, on messages and on bytes."""
+    """One target's ``grpc.aio`` channel and its ``ModelInfer`` method, on messages and on bytes."""
 
     __slots__ = ("channel", "model_infer", "model_infer_bytes")
 
@@ -105,19 +131,34 @@ class Upstream:
 
 
 class GrpcV2Transport:
-    """One ``grpc.aio`` channel per target, reused; each step is one ``ModelInfer`` call.
-    ``grpcs://`` targets use ``tls``'s credentials (the system's trust store by default)."""
+    """One connection per target, reused; each step is one ``ModelInfer`` call, made by the
+    router's own HTTP/2 client (``client="fast"``) or by ``grpc.aio`` (``"grpcio"``).
+    ``grpcs://`` targets use ``tls``'s certificates (the system's trust store by default)."""
 
-    def __init__(self, tls: UpstreamTls | None = None) -> None:
+    def __init__(self, tls: UpstreamTls | None = None, client: str = "fast") -> None:
         self._tls = tls or UpstreamTls()
+        self._fast = client == "fast"
         self._clients: dict[tuple[str, str, int], Upstream] = {}
+        self._h2: dict[tuple[str, str, int], H2Upstream] = {}
+        self._deadlines = Deadlines(resolution=0.01)
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         clients, self._clients = self._clients, {}
-        await asyncio.gather(*(client.close() for client in clients.values()))
+        h2, self._h2 = self._h2, {}
+        await self._deadlines.close()
+        upstreams: list[Upstream | H2Upstream] = [*clients.values(), *h2.values()]
+        await asyncio.gather(*(upstream.close() for upstream in upstreams))
+
+    def _h2_client(self, call: StepCall) -> H2Upstream:
+        target = call.target
+        key = (target.scheme, target.host, target.port)
+        client = self._h2.get(key)
+        if client is None:
+            client = self._h2[key] = H2Upstream(target.scheme, target.host, target.port, self._tls)
+        return client
 
     def _client(self, call: StepCall) -> Upstream:
         target = call.target
@@ -131,6 +172,62 @@ class GrpcV2Transport:
         return client
 
     async def send(self, call: StepCall) -> Reply:
+        if self._fast:
+            return await self._send_h2(call)
+        return await self._send_grpcio(call)
+
+    async def _send_h2(self, call: StepCall) -> Reply:
+        binary = call.media == OIP_INFER_REQUEST
+        if binary:
+            message = with_model(call.body, call.model or "", call.model_version or "")
+        else:
+            try:
+                request = request_from_json(call.body, call.model or "", call.model_version or "")
+            except InvalidV2Request as exc:
+                return _error(exc.status, exc.cause)
+            message = request.SerializeToString()
+        client = self._h2_client(call)
+        metadata = [(n.lower(), v) for n, v in call.all_headers()]
+        url = call.target.url
+        try:
+            if call.timeout is None:
+                data = await h2_grpc.unary(client.channel, client.head, metadata, message, None)
+            else:
+                data = await self._timed(call, client, metadata, message)
+        except h2_grpc.GrpcCallError as exc:
+            if not exc.sent:
+                raise UpstreamConnectFailed(f'ModelInfer "{url}": {exc.message}') from exc
+            return error_reply(exc.code, exc.message, url, call.timeout)
+        except OSError as exc:  # connecting: nothing was sent
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise UpstreamConnectFailed(
+                f'ModelInfer "{url}": dial tcp {call.target.host}:{call.target.port}: {reason}'
+            ) from exc
+        if binary:
+            return Reply(200, data, OIP_INFER_RESPONSE)
+        return Reply(
+            200, orjson.dumps(response_to_json(oip.ModelInferResponse.FromString(data))), JSON
+        )
+
+    async def _timed(
+        self, call: StepCall, client: H2Upstream, metadata: list[tuple[str, str]], message: bytes
+    ) -> bytes:
+        """The call, cancelled (its stream reset) when ``call.timeout`` runs out."""
+        deadlines = self._deadlines
+        task = deadlines.watch(call.timeout or 0.0)
+        try:
+            return await h2_grpc.unary(client.channel, client.head, metadata, message, call.timeout)
+        except asyncio.CancelledError as exc:
+            if deadlines.remove(task) and task.uncancel() == 0:
+                raise UpstreamTimeout(
+                    f'ModelInfer "{call.target.url}": context deadline exceeded '
+                    f"(timeout {call.timeout} s)"
+                ) from exc
+            raise
+        finally:
+            deadlines.remove(task)
+
+    async def _send_grpcio(self, call: StepCall) -> Reply:
         request: Any
         binary = call.media == OIP_INFER_REQUEST
         if binary:

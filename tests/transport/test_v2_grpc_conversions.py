@@ -81,8 +81,10 @@ async def send(
     step_timeout: float | None = 5.0,
     model_version: str | None = None,
 ) -> Reply:
-    """``GrpcV2Transport.send`` through the transport's own channel, whose stub is ``stub``."""
-    transport = GrpcV2Transport()
+    """``GrpcV2Transport.send`` through the transport's own ``grpc.aio`` channel, whose stub is
+    ``stub`` (the conversions and status mapping are the same with the router's own HTTP/2
+    client: tests/transport/test_h2_grpc.py runs both against a real server)."""
+    transport = GrpcV2Transport(client="grpcio")
     call = StepCall(
         target=parse_target(URL),
         body=payload,

@@ -227,7 +227,8 @@ class Bench:
             )
 
     def triton(self) -> None:
-        """A v2 REST step and a v2 gRPC step to the same real Triton model, and the direct call."""
+        """A v2 REST step and a v2 gRPC step (the router's own HTTP/2 client, then grpc.aio) to
+        the same real Triton model, and the direct call."""
         venv = CACHE / "venvs" / "pytriton-0.7.0"
         argv = [
             str(venv / "bin" / "python"),
@@ -246,6 +247,14 @@ class Bench:
             self.direct(server.pid, url, "triton (v2 REST)")
             for graph in ("triton-v2", "triton-grpc"):
                 self.through_router(graph, "fast", server.pid)
+            # The v2-grpc step on grpc.aio, the client before the router's own.
+            self.through_router(
+                "triton-grpc",
+                "fast",
+                server.pid,
+                variant=" grpc.aio",
+                extra=("--grpc-client", "grpcio"),
+            )
 
     def write(self) -> Path:
         base, meta = results_base(self.args.out, "", self.args.duration)

@@ -282,11 +282,12 @@ class H2Connection(asyncio.Protocol):
         self.closed = False
         self.draining = False
         self.ended: asyncio.Future[None] = loop.create_future()
+        # Set by ``connection_made`` (uvloop calls it after ``create_connection`` returns).
+        self.made: asyncio.Future[None] = loop.create_future()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         settings = struct.pack(
             ">HIHIHI",
             ENABLE_PUSH,
@@ -297,13 +298,15 @@ class H2Connection(asyncio.Protocol):
             OUR_MAX_FRAME,
         )
         grant = struct.pack(">I", RECEIVE_WINDOW - DEFAULT_WINDOW)
-        transport.write(
+        self._transport.write(
             PREFACE
             + FRAME.pack(len(settings) << 8 | SETTINGS, 0, 0)
             + settings
             + FRAME.pack(4 << 8 | WINDOW_UPDATE, 0, 0)
             + grant
         )
+        if not self.made.done():
+            self.made.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -692,6 +695,7 @@ class H2Channel:
         transport, connection = await loop.create_connection(
             lambda: H2Connection(loop), self.host, self.port, **kwargs
         )
+        await connection.made
         if self._tls is not None:
             chosen = transport.get_extra_info("ssl_object").selected_alpn_protocol()
             if chosen != "h2":

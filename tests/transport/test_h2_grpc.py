@@ -6,6 +6,7 @@ deadlines, 8 MiB messages both ways (past every flow-control window), the server
 TLS with a client certificate, forwarded headers, a server that restarts. Against a server
 scripted frame by frame, the HTTP/2 duties a grpcio server seldom exercises: PING, padding and
 CONTINUATION, a refused stream, GOAWAY, a small window, trailers-only errors, a broken peer.
+Each test runs on the stock loop and on uvloop (conftest.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from infergraph.router.protocols import Protocol
 from infergraph.testing.certs import Authority
 
 CLIENTS = ["fast", "grpcio"]
+
+
 BODY = b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, -2.0]}]}'
 ECHOED = {"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, -2.0]}
 MESSAGE_LIMIT = 64 * 1024 * 1024
@@ -479,12 +482,11 @@ async def test_a_small_window_holds_the_request_back_until_granted() -> None:
     message_size = 1000
 
     async def script(peer: Peer) -> None:
-        # A 100-byte window for each stream: once the client has it (the first call is sent
-        # before it could), no more than that may come before a grant.
+        # A 100-byte window for each stream: once the client has it (the first call may be sent
+        # before), no more than that may come before a grant.
         peer.send(h2_grpc.SETTINGS, 0, 0, struct.pack(">HI", h2_grpc.INITIAL_WINDOW_SIZE, 100))
         stream_id, _, _ = await peer.request()
-        await peer.until(h2_grpc.SETTINGS)  # the client's acknowledgement
-        peer.reply(stream_id)
+        peer.reply(stream_id)  # read after the SETTINGS: the next call has the small window
         flags, stream_id, _ = await peer.until(h2_grpc.HEADERS)
         received = 0
         while received < 100:

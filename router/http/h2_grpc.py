@@ -63,6 +63,7 @@ LAST_STREAM_ID = 2**31 - 1
 # half of it is used.
 RECEIVE_WINDOW = MAX_WINDOW
 TOP_UP = RECEIVE_WINDOW // 2
+COALESCE_BYTES = 65_536  # frames up to this size in all are joined into one write
 SEND_ATTEMPTS = 8  # for a call the server did not process (refused: 1 ms, 2 ms, ... apart)
 
 # gRPC status codes by number, and the ones the spec gives for HTTP/2 failures.
@@ -313,8 +314,9 @@ class H2Connection(asyncio.Protocol):
         reason = str(exc) if exc else "the server closed the connection"
         self._fail_all(GrpcCallError("UNAVAILABLE", reason))
         self._wake_all()
-        if not self.ended.done():
-            self.ended.set_result(None)
+        for future in (self.ended, self.made):
+            if not future.done():
+                future.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -537,7 +539,7 @@ class H2Connection(asyncio.Protocol):
         # gRPC's message framing: not compressed, the length, the message
         stream.pending = memoryview(b"\x00" + len(message).to_bytes(4) + message)
         self._data_frames(stream, out)
-        self._transport.writelines(out) if len(out) > 1 else self._transport.write(out[0])
+        self._write(out)
         return stream
 
     def _header_frames(self, stream_id: int, block: bytes) -> bytes:
@@ -579,6 +581,17 @@ class H2Connection(asyncio.Protocol):
             if self._streams.get(stream.id) is stream and stream.pending is not None:
                 self._data_frames(stream, out)
         if out:
+            self._write(out)
+
+    def _write(self, out: list[bytes | memoryview]) -> None:
+        """One write, so one system call: uvloop sends each part of a ``writelines`` apart
+        while its buffer is empty. Large parts go as they are, not copied."""
+        assert self._transport is not None
+        if len(out) == 1:
+            self._transport.write(out[0])
+        elif sum(len(part) for part in out) <= COALESCE_BYTES:
+            self._transport.write(b"".join(out))
+        else:
             self._transport.writelines(out)
 
     def cancel(self, stream: _Stream) -> None:
@@ -696,6 +709,8 @@ class H2Channel:
             lambda: H2Connection(loop), self.host, self.port, **kwargs
         )
         await connection.made
+        if connection.closed:
+            raise GrpcCallError("UNAVAILABLE", "the server closed the connection at once", False)
         if self._tls is not None:
             chosen = transport.get_extra_info("ssl_object").selected_alpn_protocol()
             if chosen != "h2":

@@ -526,17 +526,26 @@ class H2Connection(asyncio.Protocol):
         self._ends.append(waiter)
         await waiter
 
-    def call(self, head: bytes, extra: Iterable[tuple[str, str]], message: bytes) -> _Stream:
+    def call(self, head: bytes, extra: list[tuple[str, str]], message: bytes) -> _Stream:
         """Open a stream and send the call on it (what flow control allows now, the rest as
         the server grants it); the stream's ``reply`` is the outcome."""
         assert self._transport is not None
         stream_id = self._next_id
         self._next_id += 2
-        block = head + b"".join([literal(n, v) for n, v in extra])
+        block = head + b"".join([literal(n, v) for n, v in extra]) if extra else head
         stream = _Stream(stream_id, self._stream_window, self._loop.create_future())
         self._streams[stream_id] = stream
-        out: list[bytes | memoryview] = [self._header_frames(stream_id, block)]
-        # gRPC's message framing: not compressed, the length, the message
+        headers = self._header_frames(stream_id, block)
+        size = len(message) + 5  # gRPC's framing: not compressed, the length, the message
+        if size <= COALESCE_BYTES and size <= min(self._window, stream.window, self._max_frame):
+            # The common case: one DATA frame the windows allow, all in one write.
+            self._window -= size
+            stream.window -= size
+            prefix = FRAME.pack(size << 8 | DATA, END_STREAM, stream_id)
+            length = len(message).to_bytes(4)
+            self._transport.write(b"".join((headers, prefix, b"\x00", length, message)))
+            return stream
+        out: list[bytes | memoryview] = [headers]
         stream.pending = memoryview(b"\x00" + len(message).to_bytes(4) + message)
         self._data_frames(stream, out)
         self._write(out)

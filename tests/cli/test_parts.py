@@ -15,7 +15,7 @@ import pytest
 from infergraph.cli import kserve_form
 from infergraph.testing.paths import REPO
 
-ROUTER_PACKAGES = ("aiohttp", "uvloop", "httptools", "tritonclient", "grpc", "opentelemetry",
+ROUTER_PACKAGES = ("aiohttp", "uvloop", "httptools", "tritonclient", "grpc", "hpack", "opentelemetry",
                    "prometheus_client", "numpy")  # fmt: skip
 OPERATOR_PACKAGES = ("kopf", "kubernetes")
 

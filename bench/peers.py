@@ -11,8 +11,7 @@ replicas per graph.
 - ``kserve``: KServe's router v0.20.0 built from the Go module proxy (bench/install_peers.sh);
 - ``ray serve``: the graphs as Ray Serve applications (bench/ray_graphs.py), in their own venv.
 
-For every graph in graphs/bench-*.yaml in turn, wrk drives each system at concurrency 1, 32 and
-64 (Ray Serve's graphs after the others'); CPU
+For every graph in graphs/bench-*.yaml, wrk drives each system at concurrency 1, 32 and 64; CPU
 per request is the system's whole process group (for Ray: every Ray process) from /proc. Each
 row also has its ratio to infergraph's figure for the same graph, budget and concurrency.
 
@@ -120,7 +119,7 @@ class Peers:
         print(f"[{time.monotonic() - self.started:5.0f} s] {label}", flush=True)
 
     def ports_free(self) -> None:
-        waited = wait_for_ports(13_000)
+        waited = wait_for_ports()
         if waited:
             self.progress(f"waited {waited} s for local ports to leave TIME_WAIT")
 
@@ -172,22 +171,27 @@ class Peers:
                 }
             )
 
-    def fixed_rates(self, graph: str, kserve: bool) -> None:
-        """``offered`` on ``graph``: infergraph and (if ``kserve``) KServe's router side by side."""
-        self.progress(f"fixed rates, side by side: {graph}")
-        port = processes.free_port()
-        router = bench_router(
-            port, graph, core=0, log_path=self.workdir / f"infergraph-rates-{graph}.log"
-        )
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(router)
-            systems = {"infergraph": (f"http://127.0.0.1:{port}/", router.pid)}
-            if kserve:
-                theirs = kserve_router(graph, 0, self.workdir / f"kserve-rates-{graph}.log")
-                stack.enter_context(theirs.start())
-                systems["kserve"] = (f"http://127.0.0.1:{KSERVE_PORT}/", theirs.pid)
-            time.sleep(0.5)
-            self.offered(graph, systems)
+    def fixed_rates(self) -> None:
+        """``offered`` for every graph, infergraph and KServe's router side by side."""
+        if not VEGETA.exists():
+            self.notes.append(f"vegeta is not built ({VEGETA}): no fixed-rate rows")
+            return
+        kserve = KSERVE_ROUTER.exists() and processes.port_is_free(KSERVE_PORT)
+        for graph in self.args.graphs:
+            self.progress(f"fixed rates, side by side: {graph}")
+            port = processes.free_port()
+            router = bench_router(
+                port, graph, core=0, log_path=self.workdir / f"infergraph-rates-{graph}.log"
+            )
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(router)
+                systems = {"infergraph": (f"http://127.0.0.1:{port}/", router.pid)}
+                if kserve:
+                    theirs = kserve_router(graph, 0, self.workdir / f"kserve-rates-{graph}.log")
+                    stack.enter_context(theirs.start())
+                    systems["kserve"] = (f"http://127.0.0.1:{KSERVE_PORT}/", theirs.pid)
+                time.sleep(0.5)
+                self.offered(graph, systems)
 
     # -- systems -----------------------------------------------------------------------------
 
@@ -196,38 +200,37 @@ class Peers:
         url = f"http://127.0.0.1:{PREDICTOR_PORT}/echo"
         self.drive("direct", "single core", "echo", url, self.predictor_pid)
 
-    def infergraph(self, budget: str, graph: str) -> None:
+    def infergraph(self, budget: str) -> None:
         system = "infergraph"
-        self.progress(f"{system}, {budget}: {graph}")
-        port = processes.free_port()
-        extra = ("--workers", "2") if budget == "all cores" else ()
-        router = bench_router(
-            port,
-            graph,
-            *extra,
-            core=0 if budget == "single core" else None,
-            log_path=self.workdir / f"infergraph-{graph}.log",
-        )
-        with router:
-            time.sleep(0.5)  # every worker bound
-            self.drive(system, budget, graph, f"http://127.0.0.1:{port}/", router.pid)
+        for graph in self.args.graphs:
+            self.progress(f"{system}, {budget}: {graph}")
+            port = processes.free_port()
+            extra = ("--workers", "2") if budget == "all cores" else ()
+            router = bench_router(
+                port,
+                graph,
+                *extra,
+                core=0 if budget == "single core" else None,
+                log_path=self.workdir / f"infergraph-{graph}.log",
+            )
+            with router:
+                time.sleep(0.5)  # every worker bound
+                self.drive(system, budget, graph, f"http://127.0.0.1:{port}/", router.pid)
 
-    def kserve_usable(self) -> bool:
+    def kserve(self, budget: str) -> None:
         if not KSERVE_ROUTER.exists():
             self.notes.append(f"KServe's router is not built ({KSERVE_ROUTER}): no kserve rows")
-            return False
+            return
         if not processes.port_is_free(KSERVE_PORT):
             self.notes.append(f"port {KSERVE_PORT} (KServe's router's only port) is busy")
-            return False
-        return True
-
-    def kserve(self, budget: str, graph: str) -> None:
-        self.progress(f"kserve, {budget}: {graph}")
-        core = 0 if budget == "single core" else None
-        router = kserve_router(graph, core, self.workdir / f"kserve-{graph}.log")
-        with router.start():
-            url = f"http://127.0.0.1:{KSERVE_PORT}/"
-            self.drive("kserve", budget, graph, url, router.pid)
+            return
+        for graph in self.args.graphs:
+            self.progress(f"kserve, {budget}: {graph}")
+            core = 0 if budget == "single core" else None
+            router = kserve_router(graph, core, self.workdir / f"kserve-{graph}.log")
+            with router.start():
+                url = f"http://127.0.0.1:{KSERVE_PORT}/"
+                self.drive("kserve", budget, graph, url, router.pid)
 
     def ray(self, budget: str) -> None:
         if not RAY_PYTHON.exists():
@@ -372,21 +375,12 @@ class Peers:
                 self.scale_runs()
                 return
             self.direct()
-            kserve = self.kserve_usable()
-            rates = VEGETA.exists()
-            if not rates:
-                self.notes.append(f"vegeta is not built ({VEGETA}): no fixed-rate rows")
             for budget in BUDGETS:
-                # Graph by graph, the systems in turn: KServe's runs are spaced out, so the
-                # local ports they leave in TIME_WAIT expire while the others run.
-                for graph in self.args.graphs:
-                    self.infergraph(budget, graph)
-                    if kserve:
-                        self.kserve(budget, graph)
-                    if rates and budget == "single core":
-                        self.fixed_rates(graph, kserve)
+                self.infergraph(budget)
+                self.kserve(budget)
                 if self.args.ray:
                     self.ray(budget)
+            self.fixed_rates()
             if self.args.scale:
                 self.scale_runs()
         self.add_ratios()

@@ -116,12 +116,12 @@ def _time_wait_sockets() -> int:
     return count
 
 
-def wait_for_ports(needed: int, timeout: float = 75.0) -> int:
+def wait_for_ports(needed: int = 16_000, timeout: float = 75.0) -> int:
     """Wait until ``needed`` local ports are out of TIME_WAIT (at most ``timeout`` s, a little
     over Linux's 60 s); the seconds waited. Every connection a client closes first holds its
     port for a minute: KServe's router keeps 2 idle connections per backend (Go's default), so
-    at c=32 it opens and closes the rest, leaving about 12,400 such ports per graph's wrk runs,
-    and such runs back to back would use up the 28,000 of the ephemeral range."""
+    at c=32 it opens and closes the rest, leaving about 12,000 such ports per graph run, and
+    graphs run back to back would use up the 28,000 of the ephemeral range."""
     low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     started = time.monotonic()
     while high - low + 1 - _time_wait_sockets() < needed:

@@ -65,7 +65,7 @@ class Bench:
         self.steps = (
             len(args.graphs) * len(args.clients)
             + 2
-            + (3 if args.triton else 0)
+            + (4 if args.triton else 0)
             + (4 if args.telemetry else 0)
         )
 

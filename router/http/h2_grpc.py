@@ -434,10 +434,14 @@ class H2Connection(asyncio.Protocol):
         if flags & END_STREAM:
             self._end(stream, _message(stream, fields))
         elif stream.status is None:
-            status = next((v for n, v in fields if n == ":status"), "")
-            stream.status = int(status) if status.isdigit() else 0
-            if stream.status // 100 == 1:  # informational: the real headers follow
-                stream.status = None
+            for name, value in fields:
+                if name == ":status":
+                    code = int(value) if value.isdigit() else 0
+                    # informational (1xx): the real headers follow
+                    stream.status = None if code // 100 == 1 else code
+                    break
+            else:
+                stream.status = 0
 
     def _end(self, stream: _Stream, outcome: bytes | GrpcCallError) -> None:
         del self._streams[stream.id]
@@ -693,6 +697,11 @@ class H2Channel:
         self._connecting: asyncio.Future[H2Connection] | None = None
         self._old: set[H2Connection] = set()
 
+    def ready(self) -> H2Connection | None:
+        """The connection, if it takes calls now (no await on the common path)."""
+        connection = self._connection
+        return connection if connection is not None and connection.usable else None
+
     async def connection(self) -> H2Connection:
         connection = self._connection
         if connection is not None and connection.usable:
@@ -770,7 +779,7 @@ async def unary(
     if deadline_seconds is not None:  # the server's to keep: the caller times the call
         extra.append(("grpc-timeout", grpc_timeout(deadline_seconds)))
     for attempt in range(1, SEND_ATTEMPTS + 1):
-        connection = await channel.connection()
+        connection = channel.ready() or await channel.connection()
         while not connection.has_room():
             await connection.wait_for_room()
             if not connection.usable:

@@ -49,10 +49,10 @@ END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY_FLAG = 0x20
 # SETTINGS identifiers
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS = 1, 2, 3
-INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 4, 5
+ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 2, 3, 4, 5
 # error codes
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, REFUSED_STREAM, CANCEL = 0, 1, 3, 7, 8
+NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM, CANCEL = 0, 1, 7, 8
+ENHANCE_YOUR_CALM, INADEQUATE_SECURITY = 11, 12
 
 FRAME = struct.Struct(">IBI")  # length (24 bits) and type, flags, stream id
 MAX_WINDOW = 2**31 - 1
@@ -64,6 +64,7 @@ LAST_STREAM_ID = 2**31 - 1
 RECEIVE_WINDOW = MAX_WINDOW
 TOP_UP = RECEIVE_WINDOW // 2
 COALESCE_BYTES = 65_536  # frames up to this size in all are joined into one write
+GRPC_PREFIX = struct.Struct(">BI")  # a message's gRPC framing: compressed (0: no), its length
 SEND_ATTEMPTS = 8  # for a call the server did not process (refused: 1 ms, 2 ms, ... apart)
 
 # gRPC status codes by number, and the ones the spec gives for HTTP/2 failures.
@@ -86,8 +87,12 @@ CODES = (
     "DATA_LOSS",
     "UNAUTHENTICATED",
 )
-RESET_CODES = {REFUSED_STREAM: "UNAVAILABLE", CANCEL: "CANCELLED", 11: "RESOURCE_EXHAUSTED"}
-RESET_CODES[12] = "PERMISSION_DENIED"  # INADEQUATE_SECURITY
+RESET_CODES = {
+    REFUSED_STREAM: "UNAVAILABLE",
+    CANCEL: "CANCELLED",
+    ENHANCE_YOUR_CALM: "RESOURCE_EXHAUSTED",
+    INADEQUATE_SECURITY: "PERMISSION_DENIED",
+}
 # gRPC's mapping of an HTTP status when a reply carries no grpc-status.
 HTTP_CODES = {
     400: "INTERNAL",
@@ -249,8 +254,7 @@ def _message(stream: _Stream, fields: list[tuple[str, str]]) -> bytes | GrpcCall
     data = stream.received
     if len(data) < 5:
         return GrpcCallError("INTERNAL", "the server ended the call without a reply message")
-    flag = data[0]
-    length = int.from_bytes(data[1:5])
+    flag, length = GRPC_PREFIX.unpack_from(data)
     if flag != 0:
         return GrpcCallError("INTERNAL", "the reply is compressed, which was not offered")
     if len(data) != 5 + length:
@@ -540,17 +544,18 @@ class H2Connection(asyncio.Protocol):
         stream = _Stream(stream_id, self._stream_window, self._loop.create_future())
         self._streams[stream_id] = stream
         headers = self._header_frames(stream_id, block)
-        size = len(message) + 5  # gRPC's framing: not compressed, the length, the message
+        prefix = GRPC_PREFIX.pack(0, len(message))
+        size = len(message) + GRPC_PREFIX.size
         if size <= COALESCE_BYTES and size <= min(self._window, stream.window, self._max_frame):
-            # The common case: one DATA frame the windows allow, all in one write.
+            # The common case, written out (1.4 against 2.4 us per call through
+            # ``_data_frames``): one DATA frame the windows allow, in one write.
             self._window -= size
             stream.window -= size
-            prefix = FRAME.pack(size << 8 | DATA, END_STREAM, stream_id)
-            length = len(message).to_bytes(4)
-            self._transport.write(b"".join((headers, prefix, b"\x00", length, message)))
+            frame = FRAME.pack(size << 8 | DATA, END_STREAM, stream_id)
+            self._transport.write(b"".join((headers, frame, prefix, message)))
             return stream
         out: list[bytes | memoryview] = [headers]
-        stream.pending = memoryview(b"\x00" + len(message).to_bytes(4) + message)
+        stream.pending = memoryview(prefix + message)
         self._data_frames(stream, out)
         self._write(out)
         return stream
@@ -620,11 +625,15 @@ class H2Connection(asyncio.Protocol):
     def _stream_ended(self) -> None:
         self._wake()
         if self._ends:
-            ends, self._ends = self._ends, []
-            for waiter in ends:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._release_ends()
         self._close_if_drained()
+
+    def _release_ends(self) -> None:
+        """Wake every ``next_stream_end``."""
+        ends, self._ends = self._ends, []
+        for waiter in ends:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _wake(self) -> None:
         room = self._max_streams - len(self._streams)
@@ -635,10 +644,7 @@ class H2Connection(asyncio.Protocol):
                 room -= 1
 
     def _wake_all(self) -> None:
-        ends, self._ends = self._ends, []
-        for waiter in ends:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._release_ends()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -703,11 +709,13 @@ class H2Channel:
         return connection if connection is not None and connection.usable else None
 
     async def connection(self) -> H2Connection:
-        connection = self._connection
-        if connection is not None and connection.usable:
-            return connection
-        if connection is not None:
-            self._retire(connection)
+        """The connection that takes calls, opened first if there is none (the one before
+        retired); callers arriving meanwhile share the opening."""
+        ready = self.ready()
+        if ready is not None:
+            return ready
+        if self._connection is not None:
+            self._retire(self._connection)
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
         connecting = self._connecting

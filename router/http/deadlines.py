@@ -74,6 +74,12 @@ class Deadlines:
             return True
         return False
 
+    def expired(self, task: asyncio.Task[object]) -> bool:
+        """For a watched ``task`` that caught ``CancelledError``: stop watching it; True if
+        the cancellation was its deadline's alone (that cancel then taken back), False if it
+        was not, or someone else cancelled the task too (the error must go on)."""
+        return self.remove(task) and task.uncancel() == 0
+
     def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         if self._ticker is not None:
             self._ticker.cancel()

@@ -540,7 +540,7 @@ class FastTransport:
             try:
                 return await self._send(call)
             except asyncio.CancelledError as exc:
-                if deadlines.remove(task) and task.uncancel() == 0:
+                if deadlines.expired(task):
                     raise UpstreamTimeout(
                         f'Post "{url}": context deadline exceeded (timeout {call.timeout} s)'
                     ) from exc

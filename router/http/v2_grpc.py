@@ -41,6 +41,7 @@ from infergraph.router.http.deadlines import Deadlines
 from infergraph.router.http.tensors import InvalidV2Request, request_from_json, response_to_json
 from infergraph.router.http.upstream_tls import UpstreamTls
 from infergraph.router.protocols import OIP_INFER_REQUEST, OIP_INFER_RESPONSE
+from infergraph.router.settings import GrpcClient
 
 JSON = "application/json"
 
@@ -89,6 +90,15 @@ def error_reply(code: str, message: str, url: str, timeout: float | None) -> Rep
     return _error(HTTP_STATUS.get(code, 500), message or code)
 
 
+def _request(call: StepCall, binary: bool) -> Any:
+    """What the call sends: a ``ModelInferRequest``'s bytes as they came, asking for the step's
+    model, when ``binary``; else the message built from the JSON v2 body (raises
+    ``InvalidV2Request``)."""
+    if binary:
+        return with_model(call.body, call.model or "", call.model_version or "")
+    return request_from_json(call.body, call.model or "", call.model_version or "")
+
+
 class H2Upstream:
     """One target's connection on the router's own HTTP/2 client, and ``ModelInfer``'s
     request head for it."""
@@ -135,7 +145,7 @@ class GrpcV2Transport:
     router's own HTTP/2 client (``client="fast"``) or by ``grpc.aio`` (``"grpcio"``).
     ``grpcs://`` targets use ``tls``'s certificates (the system's trust store by default)."""
 
-    def __init__(self, tls: UpstreamTls | None = None, client: str = "fast") -> None:
+    def __init__(self, tls: UpstreamTls | None = None, client: GrpcClient = "fast") -> None:
         self._tls = tls or UpstreamTls()
         self._fast = client == "fast"
         self._clients: dict[tuple[str, str, int], Upstream] = {}
@@ -172,20 +182,17 @@ class GrpcV2Transport:
         return client
 
     async def send(self, call: StepCall) -> Reply:
-        if self._fast:
-            return await self._send_h2(call)
-        return await self._send_grpcio(call)
-
-    async def _send_h2(self, call: StepCall) -> Reply:
         binary = call.media == OIP_INFER_REQUEST
-        if binary:
-            message = with_model(call.body, call.model or "", call.model_version or "")
-        else:
-            try:
-                request = request_from_json(call.body, call.model or "", call.model_version or "")
-            except InvalidV2Request as exc:
-                return _error(exc.status, exc.cause)
-            message = request.SerializeToString()
+        try:
+            request = _request(call, binary)
+        except InvalidV2Request as exc:
+            return _error(exc.status, exc.cause)
+        if self._fast:
+            return await self._send_h2(call, request, binary)
+        return await self._send_grpcio(call, request, binary)
+
+    async def _send_h2(self, call: StepCall, request: Any, binary: bool) -> Reply:
+        message = request if binary else request.SerializeToString()
         client = self._h2_client(call)
         metadata = [(n.lower(), v) for n, v in call.all_headers()]
         url = call.target.url
@@ -218,7 +225,7 @@ class GrpcV2Transport:
         try:
             return await h2_grpc.unary(client.channel, client.head, metadata, message, call.timeout)
         except asyncio.CancelledError as exc:
-            if deadlines.remove(task) and task.uncancel() == 0:
+            if deadlines.expired(task):
                 raise UpstreamTimeout(
                     f'ModelInfer "{call.target.url}": context deadline exceeded '
                     f"(timeout {call.timeout} s)"
@@ -227,18 +234,9 @@ class GrpcV2Transport:
         finally:
             deadlines.remove(task)
 
-    async def _send_grpcio(self, call: StepCall) -> Reply:
-        request: Any
-        binary = call.media == OIP_INFER_REQUEST
-        if binary:
-            request = with_model(call.body, call.model or "", call.model_version or "")
-            model_infer = self._client(call).model_infer_bytes
-        else:
-            try:
-                request = request_from_json(call.body, call.model or "", call.model_version or "")
-            except InvalidV2Request as exc:
-                return _error(exc.status, exc.cause)
-            model_infer = self._client(call).model_infer
+    async def _send_grpcio(self, call: StepCall, request: Any, binary: bool) -> Reply:
+        client = self._client(call)
+        model_infer = client.model_infer_bytes if binary else client.model_infer
         headers = {n.lower(): v for n, v in call.all_headers() if n.lower() != "content-type"}
         metadata = tuple(headers.items())
         try:

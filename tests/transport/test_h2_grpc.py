@@ -34,9 +34,10 @@ from infergraph.router.http import h2_grpc
 from infergraph.router.http.upstream_tls import UpstreamTls
 from infergraph.router.http.v2_grpc import GrpcV2Transport
 from infergraph.router.protocols import Protocol
+from infergraph.router.settings import GrpcClient
 from infergraph.testing.certs import Authority
 
-CLIENTS = ["fast", "grpcio"]
+CLIENTS: list[GrpcClient] = ["fast", "grpcio"]
 
 
 BODY = b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.5, -2.0]}]}'
@@ -134,7 +135,9 @@ def outputs(reply: Reply) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-async def test_a_call_round_trips_its_tensors_and_connections_are_reused(client: str) -> None:
+async def test_a_call_round_trips_its_tensors_and_connections_are_reused(
+    client: GrpcClient,
+) -> None:
     model = Model()
     transport = GrpcV2Transport(client=client)
     async with grpc_server(model) as (_, port):
@@ -172,7 +175,7 @@ async def test_both_clients_give_the_same_reply_for_a_grpc_status(code: str, sta
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-async def test_unavailable_is_a_connection_error(client: str) -> None:
+async def test_unavailable_is_a_connection_error(client: GrpcClient) -> None:
     transport = GrpcV2Transport(client=client)
     async with grpc_server(Model()) as (_, port):
         try:
@@ -194,7 +197,7 @@ async def test_a_closed_port_is_a_connect_failure_naming_the_address() -> None:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-async def test_8_mib_each_way_passes_every_flow_control_window(client: str) -> None:
+async def test_8_mib_each_way_passes_every_flow_control_window(client: GrpcClient) -> None:
     count = 2 * 1024 * 1024  # FP32: 8 MiB of raw contents
     values = [float(i % 1000) for i in range(count)]
     body = orjson.dumps(
@@ -303,7 +306,7 @@ async def test_a_server_that_restarts_is_reached_on_a_new_connection() -> None:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-async def test_grpcs_with_a_client_certificate(client: str, tmp_path: Path) -> None:
+async def test_grpcs_with_a_client_certificate(client: GrpcClient, tmp_path: Path) -> None:
     ca = Authority(tmp_path / "ca", "ca")
     server_pair, client_pair = ca.issue("127.0.0.1"), ca.issue("router", server=False)
     credentials = grpc.ssl_server_credentials(

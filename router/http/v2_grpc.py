@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 import orjson
+from google.protobuf.message import DecodeError
 
 from infergraph.router.engine.errors import (
     UpstreamConnectFailed,
@@ -212,9 +213,12 @@ class GrpcV2Transport:
             ) from exc
         if binary:
             return Reply(200, data, OIP_INFER_RESPONSE)
-        return Reply(
-            200, orjson.dumps(response_to_json(oip.ModelInferResponse.FromString(data))), JSON
-        )
+        try:
+            response = oip.ModelInferResponse.FromString(data)
+        except DecodeError as exc:  # as grpc.aio's deserializer failing: INTERNAL
+            reason = f"the reply is not a ModelInferResponse ({exc})"
+            return error_reply("INTERNAL", reason, url, call.timeout)
+        return Reply(200, orjson.dumps(response_to_json(response)), JSON)
 
     async def _timed(
         self, call: StepCall, client: H2Upstream, metadata: list[tuple[str, str]], message: bytes

@@ -541,6 +541,18 @@ async def test_a_trailers_only_error_and_an_http_error_map_like_grpc() -> None:
     assert not failures
 
 
+async def test_a_reply_that_is_no_model_infer_response_is_a_500_naming_it() -> None:
+    async def script(peer: Peer) -> None:
+        stream_id, _, _ = await peer.request()
+        peer.reply(stream_id, b"\xff\xff")  # a field tag cut short
+
+    async with scripted(script) as (port, failures):
+        reply = await fast_call(port)
+    assert not failures
+    assert reply.status == 500
+    assert "not a ModelInferResponse" in orjson.loads(reply.body)["error"]
+
+
 async def test_a_server_that_breaks_the_protocol_gets_goaway_and_the_call_fails() -> None:
     async def script(peer: Peer) -> None:
         stream_id, _, _ = await peer.request()

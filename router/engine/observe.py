@@ -4,8 +4,8 @@ The engine calls an ``Observer`` (if the context has one) when a node starts and
 Switch or Splitter picks a step, when an Ensemble cancels branches, and when a resilience
 policy acts (``policy_event``: retry, hedge, ejected, unhealthy, returned, fallback, shed,
 budget_exhausted; the step is None for the graph's own shedding); and a request's
-``CallWatcher`` when each step call starts and ends. Implementations live outside the engine
-(``infergraph.router.observability``), so the engine imports no telemetry.
+``CallWatcher`` when each step call starts and ends, with its outcome. Implementations live
+outside the engine (``infergraph.router.observability``), so the engine imports no telemetry.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from infergraph.router.engine.plan import NodePlan, StepPlan
-    from infergraph.router.engine.transport import Reply
+    from infergraph.router.engine.transport import Reply, StepCall
 
 
 class Observer(Protocol):
@@ -35,11 +35,18 @@ class Observer(Protocol):
 
 
 class CallWatcher(Protocol):
-    """One request's view of its step calls (the recorder measures time spent waiting on them)."""
+    """One request's view of its step calls: the recorder measures the time spent waiting on
+    them, and each call's latency and outcome (step metrics)."""
 
-    def call_started(self) -> None: ...
+    def call_started(self) -> float:
+        """A call is sent; the time it started, given back to ``call_finished``."""
+        ...
 
-    def call_finished(self) -> None: ...
+    def call_finished(
+        self, call: StepCall, started: float, reply: Reply | None, error: BaseException | None
+    ) -> None:
+        """The call ended: with ``reply``, or raising ``error``."""
+        ...
 
 
 class Observers:

@@ -115,11 +115,14 @@ async def call_service(  # noqa: PLR0917 (attempts.Send: positional, as it runs 
     watcher = ctx.calls
     if watcher is None:
         return await ctx.transport.send(call)
-    watcher.call_started()
+    started = watcher.call_started()
     try:
-        return await ctx.transport.send(call)
-    finally:
-        watcher.call_finished()
+        reply = await ctx.transport.send(call)
+    except BaseException as error:
+        watcher.call_finished(call, started, None, error)
+        raise
+    watcher.call_finished(call, started, reply, None)
+    return reply
 
 
 def wants_stream(payload: Payload) -> bool:

@@ -27,7 +27,7 @@ from prometheus_client.utils import floatToGoString
 
 from infergraph.router.engine import errors
 from infergraph.router.engine.plan import NodePlan, StepPlan
-from infergraph.router.engine.transport import Reply, StepCall, Transport
+from infergraph.router.engine.transport import Reply, StepCall
 
 FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 OVERHEAD = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
@@ -309,8 +309,8 @@ class RouterMetrics:
 
 
 class GraphMetrics:
-    """One graph's request metrics with their label children bound once (``labels()`` is the
-    expensive part of an observation)."""
+    """One graph's request and step call metrics with their label children bound once
+    (``labels()`` is the expensive part of an observation)."""
 
     def __init__(self, metrics: RouterMetrics, graph: str) -> None:
         self.metrics = metrics
@@ -319,6 +319,32 @@ class GraphMetrics:
         self.seconds = metrics.request_seconds.labels(graph)
         self.overhead = metrics.overhead_seconds.labels(graph)
         self._codes: dict[int, Any] = {}
+        self._steps: dict[tuple[str, str], StepMetrics] = {}
+
+    def step_call(
+        self, call: StepCall, seconds: float, reply: Reply | None, error: BaseException | None
+    ) -> None:
+        """A step call's latency and status, or its failure by cause (a cancelled call, which
+        has neither, is not counted)."""
+        key = (call.node, call.step)
+        step = self._steps.get(key)
+        if step is None:
+            step = self._steps[key] = StepMetrics(self.metrics, self.graph, *key)
+        if reply is None:
+            if isinstance(error, errors.GraphRequestError):
+                step.code("error").inc()
+                self.metrics.errors.labels(self.graph, cause(error)).inc()
+            return
+        step.seconds.observe(seconds)
+        status = reply.status
+        counter = step.statuses.get(status)
+        if counter is None:
+            counter = step.statuses[status] = step.code(str(status))
+        counter.inc()
+        if reply.attempts > 1:  # sent again on a fresh connection
+            step.metrics.retries.labels(*step.labels).inc(reply.attempts - 1)
+        if status >= 400:
+            self.metrics.errors.labels(self.graph, "upstream_status").inc()
 
     def finished(self, status: int, elapsed: float, upstream: float) -> None:
         counter = self._codes.get(status)
@@ -376,38 +402,16 @@ class MetricsObserver:
             family.labels(*labels).inc()
 
 
-class MetricsTransport:
-    """Step call latency and status, and upstream failures by cause."""
+class StepMetrics:
+    """One step's call latency and status counters, bound once."""
 
-    def __init__(self, inner: Transport, metrics: RouterMetrics) -> None:
-        self.inner = inner
+    __slots__ = ("labels", "metrics", "seconds", "statuses")
+
+    def __init__(self, metrics: RouterMetrics, graph: str, node: str, step: str) -> None:
         self.metrics = metrics
-        self._seconds: dict[tuple[str, str, str], Any] = {}
-        self._calls: dict[tuple[str, str, str, str], Any] = {}
+        self.labels = (graph, node, step)
+        self.seconds = metrics.step_seconds.labels(graph, node, step)
+        self.statuses: dict[int, Any] = {}
 
-    def _count(self, call: StepCall, code: str) -> None:
-        key = (call.graph, call.node, call.step, code)
-        counter = self._calls.get(key)
-        if counter is None:
-            counter = self._calls[key] = self.metrics.step_calls.labels(*key)
-        counter.inc()
-
-    async def send(self, call: StepCall) -> Reply:
-        started = time.perf_counter()
-        try:
-            reply = await self.inner.send(call)
-        except errors.GraphRequestError as error:
-            self._count(call, "error")
-            self.metrics.errors.labels(call.graph, cause(error)).inc()
-            raise
-        key = (call.graph, call.node, call.step)
-        seconds = self._seconds.get(key)
-        if seconds is None:
-            seconds = self._seconds[key] = self.metrics.step_seconds.labels(*key)
-        seconds.observe(time.perf_counter() - started)
-        self._count(call, str(reply.status))
-        if reply.attempts > 1:
-            self.metrics.retries.labels(*key).inc(reply.attempts - 1)
-        if reply.status >= 400:
-            self.metrics.errors.labels(call.graph, "upstream_status").inc()
-        return reply
+    def code(self, code: str) -> Any:
+        return self.metrics.step_calls.labels(*self.labels, code)

@@ -1,5 +1,6 @@
 """One request's telemetry, kept out of the request handler: its server span and status, the
-in-flight gauge, the access log line, and the time spent waiting on step calls.
+in-flight gauge, the access log line, the time spent waiting on step calls and each call's
+metrics.
 
 The handler opens a ``RequestRecorder`` around the request, tells it the status it answered
 with (or the error it failed with), and gives the engine its ``upstream`` watcher.
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.trace import StatusCode
 
 from infergraph.router.engine.errors import GraphRequestError
-from infergraph.router.engine.transport import Headers
+from infergraph.router.engine.transport import Headers, Reply, StepCall
 from infergraph.router.observability.tracing import (
     UNSAMPLED_IDS,
     trace_headers,
@@ -36,26 +37,38 @@ CLIENT_CLOSED = 499
 
 
 class UpstreamTime:
-    """Wall-clock seconds during which at least one step call was outstanding: concurrent
-    Ensemble calls are not counted twice. The engine's ``CallWatcher`` for one request."""
+    """Wall-clock seconds during which at least one step call was outstanding (concurrent
+    Ensemble calls are not counted twice), and each call's metrics in ``steps`` when given.
+    The engine's ``CallWatcher`` for one request: one pair of clock readings per call serves
+    both, where a transport layer of its own would cost a coroutine and two more readings."""
 
-    __slots__ = ("_clock", "_outstanding", "_since", "seconds")
+    __slots__ = ("_clock", "_outstanding", "_since", "seconds", "steps")
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, steps: GraphMetrics | None = None, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self._clock = clock
         self._outstanding = 0
         self._since = 0.0
         self.seconds = 0.0
+        self.steps = steps
 
-    def call_started(self) -> None:
+    def call_started(self) -> float:
+        now = self._clock()
         if self._outstanding == 0:
-            self._since = self._clock()
+            self._since = now
         self._outstanding += 1
+        return now
 
-    def call_finished(self) -> None:
+    def call_finished(
+        self, call: StepCall, started: float, reply: Reply | None, error: BaseException | None
+    ) -> None:
+        now = self._clock()
         self._outstanding -= 1
         if self._outstanding == 0:
-            self.seconds += self._clock() - self._since
+            self.seconds += now - self._since
+        if self.steps is not None:
+            self.steps.step_call(call, now - started, reply, error)
 
 
 class RequestRecorder:
@@ -102,7 +115,7 @@ class RequestRecorder:
         self.status = 500
         self._started = 0.0
         self._open = False  # kept open past the handler (a streamed reply) by keep_open
-        self.upstream = UpstreamTime() if metrics is not None else None
+        self.upstream = UpstreamTime(metrics) if metrics is not None else None
         # Spans per node and call only for a sampled request. An unsampled one carries the
         # same trace context on every call, made once here.
         self._unsampled = unsampled

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infergraph.router.engine.observe import Observer, Observers
 from infergraph.router.engine.transport import Headers, Transport
-from infergraph.router.observability.metrics import MetricsTransport, RouterMetrics
+from infergraph.router.observability.metrics import RouterMetrics
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.tracing import (
     TracingObserver,
@@ -57,9 +57,8 @@ class Telemetry:
         return self._observers[key]
 
     def wrap(self, transport: Transport) -> Transport:
-        """The transport with the telemetry layers; ``untraced`` is left without tracing."""
-        if self.metrics is not None:
-            transport = MetricsTransport(transport, self.metrics)
+        """The transport with the tracing layer; ``untraced`` is left without it. (Step call
+        metrics come from the request's ``CallWatcher``, the recorder.)"""
         self.untraced = transport
         if self.tracer is not None:
             transport = TracingTransport(transport, self.tracer)

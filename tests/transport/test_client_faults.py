@@ -25,10 +25,11 @@ from infergraph.router.engine.errors import (
 from infergraph.router.engine.transport import Reply, StepCall, parse_target
 from infergraph.router.http.factory import ManagedTransport, make_transport
 from infergraph.router.http.fast_client import FastTransport
-from infergraph.router.observability.metrics import MetricsTransport, RouterMetrics
+from infergraph.router.observability.metrics import RouterMetrics
 from infergraph.router.settings import Client, GraphSource, RouterSettings
 from infergraph.testing import faults
 from infergraph.testing.faults import FaultServer
+from infergraph.testing.watch import watched_send
 
 JSON_HEADERS = (("Content-Type", "application/json"),)
 CLIENTS: tuple[Client, ...] = ("fast", "aiohttp")
@@ -238,11 +239,10 @@ def test_fast_client_resends_only_what_never_left() -> None:
     async def scenario(url: str) -> tuple[Reply, Reply, float | None]:
         metrics = RouterMetrics()
         inner = FastTransport()
-        http = MetricsTransport(inner, metrics)
         try:
-            first = await http.send(call(url, b"1"))
+            first = await watched_send(inner, metrics, call(url, b"1"))
             time.sleep(0.3)  # noqa: ASYNC251 - blocks the loop: the reset arrives but is not processed
-            second = await http.send(call(url, b"2"))
+            second = await watched_send(inner, metrics, call(url, b"2"))
         finally:
             await inner.close()
         labels = {"graph": "", "node": "", "step": ""}

@@ -18,7 +18,8 @@ from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTim
 from infergraph.router.engine.transport import Reply, StepCall, parse_target
 from infergraph.router.http.aiohttp_client import AiohttpTransport
 from infergraph.router.http.fast_client import FastTransport
-from infergraph.router.observability.metrics import MetricsTransport, RouterMetrics
+from infergraph.router.observability.metrics import RouterMetrics
+from infergraph.testing.watch import watched_send
 
 JSON_HEADERS = (("Content-Type", "application/json"),)
 
@@ -236,14 +237,13 @@ async def test_a_request_the_server_read_and_dropped_is_not_sent_again(
 async def test_a_failed_call_is_not_counted_as_a_retry(raw_server: RawServer) -> None:
     metrics = RouterMetrics()
     inner = FastTransport()
-    transport = MetricsTransport(inner, metrics)
     try:
         for body in (b"1", b"2", b"3"):
             step = dataclasses.replace(
                 call(raw_server.url("/drop-reused"), body), graph="g", node="root", step="s"
             )
             with contextlib.suppress(UpstreamConnectionError):
-                await transport.send(step)
+                await watched_send(inner, metrics, step)
     finally:
         await inner.close()
     labels = {"graph": "g", "node": "root", "step": "s"}

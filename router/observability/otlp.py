@@ -2,9 +2,12 @@
 
 The SDK's way from a span to the wire makes a ``ReadableSpan``, then a protobuf object per span,
 attribute, value and event, then serializes them: measured in the exporter process, that was
-most of its CPU. ``TraceEncoder`` writes the same ``ExportTraceServiceRequest`` bytes from
-``SpanValues`` tuples with the protobuf wire format, caching the encodings that repeat from span
-to span (the resource, scopes, attribute key-value pairs such as ``infergraph.graph``).
+most of its CPU. ``SpanEncoder`` writes each span's ``Span`` message from its ``SpanValues``
+tuple with the protobuf wire format, caching the encodings that repeat from span to span (names
+with kinds, scopes, attribute key-value pairs such as ``infergraph.graph``); ``TraceEncoder``
+puts encoded spans into an ``ExportTraceServiceRequest`` for a resource. The router encodes its
+spans as they end (a few microseconds each, less than pickling them for another process to
+encode), so what it ships is already the wire format.
 
 The message is the one ``encode_spans`` makes from the rebuilt SDK spans, field for field
 (proto3 defaults omitted, a span's status always present, flags as the SDK sets them): the
@@ -25,11 +28,23 @@ from infergraph.router.observability.spans import SpanValues
 
 _FIXED64 = struct.Struct("<Q")
 _DOUBLE = struct.Struct("<d")
-_FIXED32 = struct.Struct("<I")
+# A span's ids: tag and length, trace id (two big-endian halves), tag and length, span id.
+_IDS = struct.Struct(">HQQHQ")
+_TRACE_ID_TAG, _SPAN_ID_TAG = 0x0A10, 0x1208
+_PARENT = struct.Struct(">HQ")
+_PARENT_TAG = 0x2208
+_LOW64 = (1 << 64) - 1
+# start_time_unix_nano (field 7) and end_time_unix_nano (field 8), both fixed64.
+_TIMES = struct.Struct("<BQBQ")
 
-# Span.flags: the SDK always says whether the parent's is_remote is known, and it is.
+# Span.flags (field 16, fixed32): the SDK always says whether the parent's is_remote is known,
+# and it is. With the status (field 15) before them: the two endings of an unset status.
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
+_FLAGS_LOCAL = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE)
+_FLAGS_REMOTE = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
+_UNSET_LOCAL = b"\x7a\x00" + _FLAGS_LOCAL
+_UNSET_REMOTE = b"\x7a\x00" + _FLAGS_REMOTE
 _CACHE_SIZE = 4096
 _ERROR = 2  # StatusCode.ERROR
 
@@ -89,39 +104,49 @@ def key_value(key: str, value: Any) -> bytes:
     return _text(1, key) + _field(2, any_value(value))
 
 
-class TraceEncoder:
-    """``ExportTraceServiceRequest`` bytes for batches of ``SpanValues``, for one resource."""
+class SpanEncoder:
+    """Each span's ``Span`` message, as a ``ScopeSpans.spans`` field (``span``)."""
 
-    def __init__(self, resource: Resource) -> None:
+    def __init__(self) -> None:
         self._pairs: dict[tuple[str, type, Any], bytes] = {}
-        self._scopes: dict[str, bytes] = {}
+        self._names: dict[tuple[str, int], bytes] = {}
         self._states: dict[str, str] = {}
-        self._resource = _field(1, self._attributes(1, resource.attributes))
 
-    def encode(self, spans: Iterable[SpanValues]) -> bytes:
-        """One request: the resource, then each scope (in order of first appearance) with its
-        spans in their order."""
-        by_scope: dict[str, list[bytes]] = {}
-        for values in spans:
-            scope = values[14]
-            encoded = _field(2, self._span(values))
-            batch = by_scope.get(scope)
-            if batch is None:
-                by_scope[scope] = [encoded]
-            else:
-                batch.append(encoded)
-        scope_spans = b"".join(
-            _field(2, self._scope(scope) + b"".join(encoded)) for scope, encoded in by_scope.items()
-        )
-        return _field(1, self._resource + scope_spans)
+    def span(self, values: SpanValues) -> bytes:
+        """The span, encoded as field 2 of its ``ScopeSpans``."""
+        name, trace_id, span_id, _flags, state, parent_id, parent_remote = values[:7]
+        kind, start, end, attributes, code, description, events = values[7:14]
+        parts = [_IDS.pack(_TRACE_ID_TAG, trace_id >> 64, trace_id & _LOW64, _SPAN_ID_TAG, span_id)]
+        if state:
+            parts.append(_text(3, self._trace_state(state)))
+        if parent_id:
+            parts.append(_PARENT.pack(_PARENT_TAG, parent_id))
+        named = self._names.get((name, kind))
+        if named is None:
+            # The API's kinds start at 0, OTLP's at 1.
+            named = _text(5, name) + b"\x30" + _varint(kind + 1)
+            if len(self._names) >= _CACHE_SIZE:
+                self._names.clear()
+            self._names[name, kind] = named
+        parts.append(named)
+        parts.append(_TIMES.pack(0x39, start, 0x41, end))
+        if attributes:
+            parts.append(self.attributes(9, attributes))
+        for event_name, timestamp, event_attributes in events:
+            event = b"\x09" + _FIXED64.pack(timestamp) + _text(2, event_name)
+            parts.append(_field(11, event + self.attributes(3, event_attributes)))
+        remote = bool(parent_id and parent_remote)
+        if code:
+            # The SDK keeps a description only with an error status.
+            message = _text(2, description) if code == _ERROR else b""
+            parts.append(_field(15, message + b"\x18" + _varint(code)))
+            parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
+        else:
+            parts.append(_UNSET_REMOTE if remote else _UNSET_LOCAL)
+        return _field(2, b"".join(parts))
 
-    def _scope(self, name: str) -> bytes:
-        scope = self._scopes.get(name)
-        if scope is None:
-            scope = self._scopes[name] = _field(1, _text(1, name))
-        return scope
-
-    def _attributes(self, number: int, attributes: Mapping[str, Any] | None) -> bytes:
+    def attributes(self, number: int, attributes: Mapping[str, Any] | None) -> bytes:
+        """Key-value pairs as repeated field ``number``."""
         if not attributes:
             return b""
         pairs = self._pairs
@@ -155,29 +180,34 @@ class TraceEncoder:
             self._states[header] = state
         return state
 
-    def _span(self, values: SpanValues) -> bytes:
-        name, trace_id, span_id, _flags, state, parent_id, parent_remote = values[:7]
-        kind, start, end, attributes, code, description, events = values[7:14]
-        parts = [
-            b"\x0a\x10" + trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + span_id.to_bytes(8, "big"),
-        ]
-        if state:
-            parts.append(_text(3, self._trace_state(state)))
-        if parent_id:
-            parts.append(b"\x22\x08" + parent_id.to_bytes(8, "big"))
-        parts.append(_text(5, name))
-        parts.append(b"\x30" + _varint(kind + 1))  # the API's kinds start at 0, OTLP's at 1
-        parts.append(b"\x39" + _FIXED64.pack(start))
-        parts.append(b"\x41" + _FIXED64.pack(end))
-        parts.append(self._attributes(9, attributes))
-        for event_name, timestamp, event_attributes in events:
-            event = b"\x09" + _FIXED64.pack(timestamp) + _text(2, event_name)
-            parts.append(_field(11, event + self._attributes(3, event_attributes)))
-        # The SDK keeps a description only with an error status.
-        message = _text(2, description) if code == _ERROR else b""
-        status = message + (b"\x18" + _varint(code) if code else b"")
-        parts.append(_field(15, status))
-        flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_id and parent_remote else 0)
-        parts.append(b"\x85\x01" + _FIXED32.pack(flags))
-        return b"".join(parts)
+
+class TraceEncoder:
+    """``ExportTraceServiceRequest`` bytes for one resource, from spans encoded by a
+    ``SpanEncoder`` (``request``) or from their values (``encode``)."""
+
+    def __init__(self, resource: Resource, spans: SpanEncoder | None = None) -> None:
+        self.spans = spans or SpanEncoder()
+        self._scopes: dict[str, bytes] = {}
+        self._resource = _field(1, self.spans.attributes(1, resource.attributes))
+
+    def request(self, scopes: Iterable[tuple[str, Sequence[bytes]]]) -> bytes:
+        """One request: the resource, then each scope with its encoded spans in order."""
+        scope_spans = b"".join(
+            _field(2, self._scope(scope) + b"".join(encoded)) for scope, encoded in scopes
+        )
+        return _field(1, self._resource + scope_spans)
+
+    def encode(self, spans: Iterable[SpanValues]) -> bytes:
+        """One request: the resource, then each scope (in order of first appearance) with its
+        spans in their order."""
+        by_scope: dict[str, list[bytes]] = {}
+        encode = self.spans.span
+        for values in spans:
+            by_scope.setdefault(values[14], []).append(encode(values))
+        return self.request(by_scope.items())
+
+    def _scope(self, name: str) -> bytes:
+        scope = self._scopes.get(name)
+        if scope is None:
+            scope = self._scopes[name] = _field(1, _text(1, name))
+        return scope

@@ -3,13 +3,14 @@
 The SDK's ``BatchSpanProcessor`` encodes spans to OTLP protobuf in a thread of the router's own
 process, holding the GIL the event loop needs: measured, that was about a third of the router's
 CPU with every request sampled, and the cause of p99 spikes. Here an ended ``LightSpan`` (a plain
-tuple) is pickled onto a deque; a writer thread sends what is queued in batches down a pipe to a
-child process (``python -m`` this module) that encodes them to OTLP protobuf itself
-(``otlp.TraceEncoder``, a tenth of the SDK's cost per span) and sends them with the standard
-OTLP exporter's client, configured as usual by the ``OTEL_EXPORTER_OTLP_*`` variables it
-inherits. ``--span-export process-sdk`` (or an exporter without that seam) rebuilds SDK spans
-and exports them the SDK's way instead. Encoding and network I/O cost the child's CPU, not the
-router's.
+tuple) is encoded to its OTLP ``Span`` message at once (``otlp.SpanEncoder``: a few
+microseconds, less than pickling it for another process to encode, which cost the two processes
+together twice as much) and queued per scope; a writer thread sends what is queued in batches
+down a pipe to a child process (``python -m`` this module) that wraps them into export requests
+and sends them with the standard OTLP exporter's client, configured as usual by the
+``OTEL_EXPORTER_OTLP_*`` variables it inherits. Network I/O costs the child's CPU, not the
+router's. ``--span-export process-sdk`` pickles the spans' values instead, and the child
+rebuilds SDK spans and exports them the SDK's way.
 
 If the queue is full (the child cannot keep up) spans are dropped and counted, never blocking a
 request; if the child dies the router logs it once and goes on without exporting.
@@ -41,7 +42,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from infergraph.router.observability.otlp import TraceEncoder
+from infergraph.router.observability.otlp import SpanEncoder, TraceEncoder
 from infergraph.router.observability.spans import LightTracer, SpanValues
 from infergraph.router.observability.tracing import make_exporter, make_provider
 from infergraph.router.settings import OtlpProtocol, SpanExport
@@ -93,10 +94,13 @@ class SpanShipper:
         self.interval = interval
         self.max_queue = max_queue
         self.dropped = 0
-        # Pickled one by one as they end: bytes are not tracked by the garbage collector, so a
-        # backlog does not lengthen the router's full collections (measured: 65k queued tuples
-        # made each one take 40-80 ms), and no batch pickling holds the GIL for long.
-        self._queue: collections.deque[bytes] = collections.deque()
+        # Encoded (or pickled) one by one as they end: bytes are not tracked by the garbage
+        # collector, so a backlog does not lengthen the router's full collections (measured:
+        # 65k queued tuples made each one take 40-80 ms), and no batch holds the GIL for long.
+        self._encode: Callable[[SpanValues], bytes] = (
+            SpanEncoder().span if encoding == "lean" else _pickled
+        )
+        self._queues: dict[str, collections.deque[bytes]] = {}
         self._stop = threading.Event()
         self._broken = False
         self._child = subprocess.Popen(
@@ -109,10 +113,13 @@ class SpanShipper:
 
     def submit(self, values: SpanValues) -> None:
         """Called on the event loop when a span ends: never blocks, drops when full."""
-        if len(self._queue) >= self.max_queue:
+        queue = self._queues.get(values[14])
+        if queue is None:
+            queue = self._queues[values[14]] = collections.deque()
+        if len(queue) >= self.max_queue:
             self.dropped += 1
             return
-        self._queue.append(pickle.dumps(values, pickle.HIGHEST_PROTOCOL))
+        queue.append(self._encode(values))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -120,11 +127,14 @@ class SpanShipper:
         self._send()
 
     def _send(self) -> None:
-        queue = self._queue
-        if not queue or self._broken:
-            queue.clear()
+        """Ship what is queued: one frame, a pickled list of (scope, its spans)."""
+        batch = []
+        for scope, queue in list(self._queues.items()):  # the loop may add a scope meanwhile
+            spans = [queue.popleft() for _ in range(len(queue))]
+            if spans and not self._broken:
+                batch.append((scope, spans))
+        if not batch:
             return
-        batch = [queue.popleft() for _ in range(len(queue))]
         data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
         stdin = self._child.stdin
         assert stdin is not None
@@ -158,9 +168,10 @@ def make_tracer(
 ) -> tuple[trace.Tracer, Callable[[], None]]:
     """The router's tracer and the function that flushes it at exit.
 
-    ``process``: light spans, encoded and exported by a child process (``process-sdk``: which
-    rebuilds SDK spans and uses the SDK's encoder); ``thread``: the SDK's spans and its
-    ``BatchSpanProcessor`` in this process. Both sample as ``OTEL_TRACES_SAMPLER`` says.
+    ``process``: light spans, encoded here and exported by a child process (``process-sdk``:
+    pickled here, rebuilt as SDK spans and encoded by the SDK in the child); ``thread``: the
+    SDK's spans and its ``BatchSpanProcessor`` in this process. Both sample as
+    ``OTEL_TRACES_SAMPLER`` says.
     """
     if how in ("process", "process-sdk"):
         encoding = "sdk" if how == "process-sdk" else "lean"
@@ -169,6 +180,10 @@ def make_tracer(
         return LightTracer(sampler, shipper.submit), shipper.shutdown
     provider = make_provider(service_name, BatchSpanProcessor(make_exporter(protocol)))
     return provider.get_tracer("infergraph.router"), provider.shutdown
+
+
+def _pickled(values: SpanValues) -> bytes:
+    return pickle.dumps(values, pickle.HIGHEST_PROTOCOL)
 
 
 def _read_frames(stream: IO[bytes]) -> Any:
@@ -193,7 +208,7 @@ class _EncodedGRPCExporter(GRPCSpanExporter):
 
 
 class EncodedSender:
-    """Sends ``TraceEncoder`` output with the SDK exporter's own client for the protocol."""
+    """Sends ``TraceEncoder`` requests with the SDK exporter's own client for the protocol."""
 
     def __init__(self, protocol: str) -> None:
         self.exporter: SpanExporter = (
@@ -228,21 +243,27 @@ def main(argv: list[str]) -> int:
     # Background work: where it shares a core with the router, the router goes first.
     os.nice(10)
     resource = Resource.create({"service.name": service_name})
-    sender = EncodedSender(protocol) if encoding == "lean" else None
-    if sender is not None and sender.supported:
+    if encoding == "lean":
+        sender = EncodedSender(protocol)
+        if not sender.supported:
+            log.error(
+                "the installed OTLP exporter lacks the seam for encoded spans; spans are not "
+                "exported (--span-export process-sdk exports them the SDK's way)"
+            )
+            sender.shutdown()
+            return 1
         encoder = TraceEncoder(resource)
         for batch in _read_frames(sys.stdin.buffer):
-            for start in range(0, len(batch), EXPORT_BATCH):
-                values = [pickle.loads(raw) for raw in batch[start : start + EXPORT_BATCH]]
-                if not sender.send(encoder.encode(values), len(values)):
-                    log.warning("an export of %d spans failed", len(values))
+            for scope, spans in batch:
+                for start in range(0, len(spans), EXPORT_BATCH):
+                    chunk = spans[start : start + EXPORT_BATCH]
+                    if not sender.send(encoder.request([(scope, chunk)]), len(chunk)):
+                        log.warning("an export of %d spans failed", len(chunk))
         sender.shutdown()
         return 0
-    if sender is not None:
-        sender.shutdown()  # this exporter lacks the seam: the SDK's way instead
     exporter = make_exporter(protocol)  # the SDK's spans and encoder
     for batch in _read_frames(sys.stdin.buffer):
-        spans = [rebuild(pickle.loads(raw), resource) for raw in batch]
+        spans = [rebuild(pickle.loads(raw), resource) for _, pickled in batch for raw in pickled]
         for start in range(0, len(spans), EXPORT_BATCH):
             exporter.export(spans[start : start + EXPORT_BATCH])
     exporter.shutdown()

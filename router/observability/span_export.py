@@ -28,7 +28,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from opentelemetry import trace
@@ -50,7 +50,11 @@ from infergraph.router.settings import OtlpProtocol, SpanExport
 log = logging.getLogger("infergraph.router.tracing")
 
 FRAME = struct.Struct("!I")
-EXPORT_BATCH = 512
+EXPORT_BATCH = 512  # spans per export on the SDK's path (its BatchSpanProcessor's default)
+# Bytes of encoded spans per export request on the lean path: a quarter of the 4 MiB a gRPC
+# server accepts by default (OTLP collectors and Jaeger keep that limit), and large enough that
+# the HTTP client's cost per request is small beside the spans'.
+EXPORT_BYTES = 1 << 20
 
 
 def rebuild(values: SpanValues, resource: Resource) -> ReadableSpan:
@@ -182,6 +186,20 @@ def make_tracer(
     return provider.get_tracer("infergraph.router"), provider.shutdown
 
 
+def chunks(spans: list[bytes], limit: int) -> Iterator[list[bytes]]:
+    """``spans`` in order, in runs of at most ``limit`` bytes (a larger span alone)."""
+    run: list[bytes] = []
+    size = 0
+    for span in spans:
+        if run and size + len(span) > limit:
+            yield run
+            run, size = [], 0
+        run.append(span)
+        size += len(span)
+    if run:
+        yield run
+
+
 def _pickled(values: SpanValues) -> bytes:
     return pickle.dumps(values, pickle.HIGHEST_PROTOCOL)
 
@@ -255,8 +273,7 @@ def main(argv: list[str]) -> int:
         encoder = TraceEncoder(resource)
         for batch in _read_frames(sys.stdin.buffer):
             for scope, spans in batch:
-                for start in range(0, len(spans), EXPORT_BATCH):
-                    chunk = spans[start : start + EXPORT_BATCH]
+                for chunk in chunks(spans, EXPORT_BYTES):
                     if not sender.send(encoder.request([(scope, chunk)]), len(chunk)):
                         log.warning("an export of %d spans failed", len(chunk))
         sender.shutdown()

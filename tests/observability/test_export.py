@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from infergraph.predictors import processes
-from infergraph.router.observability.span_export import EncodedSender
+from infergraph.router.observability.span_export import EncodedSender, chunks
 from infergraph.testing.harness import graph, request
 from infergraph.testing.jaeger import Jaeger
 
@@ -104,9 +104,16 @@ def test_the_routers_encoding_delivers_the_sdks_spans(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_the_installed_exporters_have_the_seam_the_encoding_uses(protocol: str) -> None:
-    """Else the exporter process would quietly take the SDK's slower path."""
+    """Else the exporter process would export nothing (it says so in the log)."""
     sender = EncodedSender(protocol)
     try:
         assert sender.supported
     finally:
         sender.shutdown()
+
+
+def test_export_requests_are_bounded_in_bytes_and_keep_the_order() -> None:
+    spans = [bytes([i]) * size for i, size in enumerate((400, 300, 300, 1200, 1, 999))]
+    runs = list(chunks(spans, 1000))
+    assert runs == [spans[0:3], spans[3:4], spans[4:6]]  # 1000, a span over the limit, 1000
+    assert list(chunks([], 1000)) == []

@@ -129,12 +129,20 @@ def section(results: Path) -> str:
                 *_rates_table(peers),
                 "",
             ]
-        out += [
-            "The peers document also has `all cores` rows (routers unpinned). On 2 cores shared "
-            "with the predictor and the load generator they cannot add throughput, so they are "
-            "not compared here.",
-            "",
-        ]
+        if any(r["budget"] == "all cores" for r in peers["rows"]):
+            out += [
+                "The peers document also has `all cores` rows (routers unpinned). On 2 cores "
+                "shared with the predictor and the load generator they cannot add throughput, so "
+                "they are not compared here.",
+                "",
+            ]
+        else:
+            out += [
+                "No `all cores` rows (routers unpinned): on 2 cores shared with the predictor and "
+                "the load generator they cannot add throughput (`bench/peers.py --all-cores` "
+                "runs them).",
+                "",
+            ]
     if router:
         out += [
             "### The router's own costs",

@@ -32,6 +32,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
@@ -57,35 +58,68 @@ Sink = Callable[[SpanValues], None]
 
 
 class LightSpan(trace.Span):
-    """A recording span: values in plain containers until ``end`` hands them to the sink."""
+    """A recording (so sampled) span: values in plain slots until ``end`` hands them to the
+    sink. Its ``SpanContext`` is made only when asked for: the router's own paths read the ids
+    (``trace_id``, ``span_id``) and ``trace_state`` directly."""
 
-    def __init__(
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_description",
+        "_end",
+        "_events",
+        "_kind",
+        "_name",
+        "_parent_id",
+        "_parent_remote",
+        "_scope",
+        "_sink",
+        "_start",
+        "_status",
+        "span_id",
+        "trace_id",
+        "trace_state",
+    )
+
+    def __init__(  # noqa: PLR0917 (positional: one is made per node and step call)
         self,
         sink: Sink,
         name: str,
-        *,
-        context: SpanContext,
-        parent: SpanContext | None,
+        trace_id: int,
+        span_id: int,
+        trace_state: TraceState | None,
+        parent_id: int,
+        parent_remote: bool,
         kind: SpanKind,
         attributes: dict[str, Any],
         start: int,
         scope: str,
     ) -> None:
+        """``parent_id`` 0: a root; ``trace_state`` None: none (or an empty one)."""
         self._sink = sink
         self._name = name
-        self._context = context
-        self._parent = parent
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.trace_state = trace_state
+        self._parent_id = parent_id
+        self._parent_remote = parent_remote
         self._kind = kind
         self._attributes = attributes
-        self._events: list[tuple[str, int, dict[str, Any]]] = []
+        self._events: list[tuple[str, int, dict[str, Any]]] | None = None
         self._start = start
         self._end = 0
         self._status = StatusCode.UNSET
         self._description = ""
         self._scope = scope
+        self._context: SpanContext | None = None
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        context = self._context
+        if context is None:
+            context = self._context = SpanContext(
+                self.trace_id, self.span_id, False, SAMPLED, self.trace_state
+            )
+        return context
 
     def is_recording(self) -> bool:
         return not self._end
@@ -99,6 +133,8 @@ class LightSpan(trace.Span):
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
+        if self._events is None:
+            self._events = []
         self._events.append((name, timestamp or time.time_ns(), dict(attributes or {})))
 
     def update_name(self, name: str) -> None:
@@ -132,23 +168,24 @@ class LightSpan(trace.Span):
         if self._end:
             return
         self._end = end_time or time.time_ns()
-        context, parent = self._context, self._parent
+        state = self.trace_state
+        events = self._events
         self._sink(
             (
                 self._name,
-                context.trace_id,
-                context.span_id,
-                int(context.trace_flags),
-                context.trace_state.to_header() if context.trace_state else "",
-                parent.span_id if parent is not None else 0,
-                parent.is_remote if parent is not None else False,
-                self._kind.value,
+                self.trace_id,
+                self.span_id,
+                1,  # sampled: only a sampled span records
+                state.to_header() if state is not None else "",
+                self._parent_id,
+                self._parent_remote,
+                self._kind._value_,
                 self._start,
                 self._end,
                 self._attributes,
-                self._status.value,
+                self._status._value_,
                 self._description,
-                tuple(self._events),
+                tuple(events) if events is not None else (),
                 self._scope,
             )
         )
@@ -222,23 +259,23 @@ class LightTracer(trace.Tracer):
         self, parent: LightSpan, name: str, kind: SpanKind, attributes: dict[str, Any]
     ) -> trace.Span:
         """A span under ``parent`` (recording, so sampled), as ``start_span`` would start it
-        with ``parent`` current."""
-        context = parent.get_span_context()
+        with ``parent`` current. Every rule ``decision_rule`` makes samples the children of a
+        sampled span (the parent-based ones by the parent's flag, the others by the trace id,
+        which parent and child share), so with one no decision is made here."""
         if self.decide is None:
             return self.start_span(name, trace.set_span_in_context(parent), kind, attributes)
-        if not self.decide(context, context.trace_id):
-            return NonRecordingSpan(
-                SpanContext(context.trace_id, _span_id(), False, NOT_SAMPLED, context.trace_state)
-            )
         return LightSpan(
             self.sink,
             name,
-            context=SpanContext(context.trace_id, _span_id(), False, SAMPLED, context.trace_state),
-            parent=context,
-            kind=kind,
-            attributes=attributes,
-            start=time.time_ns(),
-            scope=self.scope,
+            parent.trace_id,
+            _span_id(),
+            parent.trace_state,
+            parent.span_id,
+            False,
+            kind,
+            attributes,
+            time.time_ns(),
+            self.scope,
         )
 
     def start_root(
@@ -249,12 +286,15 @@ class LightTracer(trace.Tracer):
         return LightSpan(
             self.sink,
             name,
-            context=SpanContext(trace_id, _span_id(), False, SAMPLED, None),
-            parent=None,
-            kind=kind,
-            attributes=dict(attributes),
-            start=time.time_ns(),
-            scope=self.scope,
+            trace_id,
+            _span_id(),
+            None,
+            0,
+            False,
+            kind,
+            dict(attributes),
+            time.time_ns(),
+            self.scope,
         )
 
     def start_span(  # noqa: PLR0917 (the API's signature)
@@ -293,15 +333,19 @@ class LightTracer(trace.Tracer):
             values = dict(attributes) if attributes else {}
             if sampling.attributes:
                 values.update(sampling.attributes)
+        valid = parent.is_valid
         return LightSpan(
             self.sink,
             name,
-            context=span_context,
-            parent=parent if parent.is_valid else None,
-            kind=kind,
-            attributes=values,
-            start=start_time or time.time_ns(),
-            scope=self.scope,
+            span_context.trace_id,
+            span_context.span_id,
+            span_context.trace_state or None,
+            parent.span_id if valid else 0,
+            parent.is_remote if valid else False,
+            kind,
+            values,
+            start_time or time.time_ns(),
+            self.scope,
         )
 
     @contextmanager

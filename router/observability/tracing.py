@@ -34,6 +34,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
 
 from infergraph.router.engine.errors import GraphRequestError
@@ -211,13 +212,20 @@ def trace_headers(span: Span) -> tuple[tuple[str, str], ...]:
     global propagator writes them."""
     carrier: dict[str, str] = {}
     if _w3c_propagation():
-        context = span.get_span_context()
-        if context.is_valid:  # as TraceContextTextMapPropagator.inject writes them
-            carrier["traceparent"] = _traceparent(
-                context.trace_id, context.span_id, context.trace_flags
-            )
-            if context.trace_state:
-                carrier["tracestate"] = context.trace_state.to_header()
+        # As TraceContextTextMapPropagator.inject writes them; a light span (so sampled) gives
+        # its ids without making a SpanContext.
+        ids: tuple[int, int, int, TraceState | None] | None = None
+        if isinstance(span, LightSpan):
+            ids = (span.trace_id, span.span_id, 1, span.trace_state)
+        else:
+            context = span.get_span_context()
+            if context.is_valid:
+                state = context.trace_state or None
+                ids = (context.trace_id, context.span_id, context.trace_flags, state)
+        if ids is not None:
+            carrier["traceparent"] = _traceparent(ids[0], ids[1], ids[2])
+            if ids[3] is not None:
+                carrier["tracestate"] = ids[3].to_header()
         if baggage.get_all():
             _BAGGAGE.inject(carrier)
     else:

@@ -8,9 +8,8 @@ import time
 from typing import Any
 
 import orjson
-from opentelemetry import trace
 
-from infergraph.router.observability.tracing import UNSAMPLED_IDS
+from infergraph.router.observability.tracing import UNSAMPLED_IDS, current_span
 
 FIELDS = ("graph", "node", "step", "status", "duration_ms", "cause", "path")
 
@@ -29,7 +28,7 @@ class JSONFormatter(logging.Formatter):
             value = getattr(record, field, None)
             if value is not None:
                 entry[field] = value
-        context = trace.get_current_span().get_span_context()
+        context = current_span().get_span_context()
         ids = (context.trace_id, context.span_id) if context.is_valid else UNSAMPLED_IDS.get()
         if ids is not None:
             entry["trace_id"] = f"{ids[0]:032x}"

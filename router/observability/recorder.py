@@ -128,8 +128,10 @@ class RequestRecorder:
 
     def outgoing(self, headers: Headers) -> Headers:
         """The headers forwarded to every step: without the client's trace context when the
-        request's own goes in ``trace_headers``."""
-        return without_trace_headers(headers) if self.trace_headers else headers
+        request is traced (sampled or not), as every call then carries the request's own: in
+        ``trace_headers``, or the call span's (``TracingTransport``)."""
+        traced = self._scope is not None or self._unsampled is not None
+        return without_trace_headers(headers) if traced else headers
 
     def __enter__(self) -> RequestRecorder:
         self._started = time.perf_counter()

@@ -46,6 +46,31 @@ TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 # The trace and span ids of the unsampled request being served, when ``quick_decision`` made
 # its context and no span is current: for log lines (logs.py).
 UNSAMPLED_IDS: ContextVar[tuple[int, int] | None] = ContextVar("unsampled_ids", default=None)
+# The light span current in this context, a node's or a step call's: kept in a variable of its
+# own, as setting one costs a fraction of attaching an OpenTelemetry context. None: the API's
+# current span is the current one (the request's, or any span of another tracer).
+_LIGHT_CURRENT: ContextVar[LightSpan | None] = ContextVar("light_current", default=None)
+
+
+def current_span() -> Span:
+    """The current span: the innermost light node or call span, else the API's."""
+    span = _LIGHT_CURRENT.get()
+    return span if span is not None else trace.get_current_span()
+
+
+def _enter(span: Span) -> tuple[Span, bool, object]:
+    """Make ``span`` current: (span, light, token to leave it with)."""
+    if isinstance(span, LightSpan):
+        return span, True, _LIGHT_CURRENT.set(span)
+    return span, False, otel_context.attach(trace.set_span_in_context(span))
+
+
+def _leave(entered: tuple[Span, bool, object]) -> None:
+    """The span ``_enter`` made current is no longer: its parent is."""
+    if entered[1]:
+        _LIGHT_CURRENT.reset(entered[2])  # type: ignore[arg-type]
+    else:
+        otel_context.detach(entered[2])  # type: ignore[arg-type]
 
 
 def make_exporter(protocol: str) -> SpanExporter:
@@ -80,7 +105,7 @@ class TracingObserver:
         self.tracer = tracer
 
     def node_started(self, node: NodePlan) -> object:
-        current = trace.get_current_span()
+        current = current_span()
         if not current.is_recording():
             return None  # an unsampled request: no spans below it either
         attributes: dict[str, Any] = {
@@ -92,8 +117,7 @@ class TracingObserver:
         span = _start_child(
             self.tracer, current, f"node {node.name}", SpanKind.INTERNAL, attributes
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
-        return span, token
+        return _enter(span)
 
     def node_finished(
         self, token: object, node: NodePlan, reply: Reply | None, error: BaseException | None
@@ -102,16 +126,15 @@ class TracingObserver:
             return
         assert isinstance(token, tuple)
         span: Span = token[0]
-        context_token: object = token[1]
         if reply is not None:
             span.set_attribute("infergraph.status", reply.status)
         if error is not None:
             _record(span, error)
-        otel_context.detach(context_token)  # type: ignore[arg-type]
+        _leave(token)
         span.end()
 
     def step_chosen(self, node: NodePlan, step: StepPlan, reason: str) -> None:
-        span = trace.get_current_span()
+        span = current_span()
         if not span.is_recording():
             return
         span.set_attribute("infergraph.chosen_step", step.key)
@@ -120,11 +143,11 @@ class TracingObserver:
             span.set_attribute("infergraph.chosen_weight", step.weight)
 
     def branches_cancelled(self, node: NodePlan, steps: Sequence[StepPlan]) -> None:
-        trace.get_current_span().set_attribute("infergraph.cancelled", [s.key for s in steps])
+        current_span().set_attribute("infergraph.cancelled", [s.key for s in steps])
 
     def policy_event(self, step: StepPlan | None, event: str, detail: Mapping[str, object]) -> None:
         """An event on the current span (the step's node, or the request for shedding)."""
-        span = trace.get_current_span()
+        span = current_span()
         if not span.is_recording():
             return
         attributes: dict[str, Any] = {f"infergraph.{k}": v for k, v in detail.items()}
@@ -152,7 +175,7 @@ class TracingTransport:
         self.tracer = tracer
 
     async def send(self, call: StepCall) -> Reply:
-        current = trace.get_current_span()
+        current = current_span()
         if not current.is_recording():
             # An unsampled request: no client span, but the model server still learns the
             # trace (and that it is not sampled) from the caller's context.
@@ -167,7 +190,7 @@ class TracingTransport:
         if call.hedge:
             attributes["infergraph.hedge"] = True
         span = _start_child(self.tracer, current, f"step {call.step}", SpanKind.CLIENT, attributes)
-        token = otel_context.attach(trace.set_span_in_context(span))
+        entered = _enter(span)
         try:
             reply = await self.inner.send(_with_trace_headers(call, span))
             span.set_attribute("http.response.status_code", reply.status)
@@ -182,7 +205,7 @@ class TracingTransport:
             _record(span, error)
             raise
         finally:
-            otel_context.detach(token)
+            _leave(entered)
             span.end()
 
 
@@ -234,9 +257,10 @@ def trace_headers(span: Span) -> tuple[tuple[str, str], ...]:
 
 
 def _with_trace_headers(call: StepCall, span: Span) -> StepCall:
-    """The call with ``traceparent``/``tracestate`` for ``span``, the current span (replacing
-    any the client sent, which named the caller's span, not ours)."""
-    return call.with_headers(without_trace_headers(call.headers), trace_headers(span))
+    """The call with ``traceparent``/``tracestate`` for ``span``, the current span (any the
+    client sent, which named the caller's span, not ours, are gone: ``RequestRecorder.outgoing``
+    dropped them from the headers every call forwards)."""
+    return call.with_headers(call.headers, trace_headers(span))
 
 
 def without_trace_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:

@@ -157,9 +157,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--span-export",
         choices=get_args(SpanExport),
         default="process",
-        help="encode and send spans in a child process (default, off the event loop's GIL, "
-        "with the router's own OTLP encoding; process-sdk: the SDK's encoding there) or in a "
-        "thread of the router (OpenTelemetry's BatchSpanProcessor)",
+        help="process (default): spans encoded to OTLP as they end, sent by a child process "
+        "(network I/O off the event loop's GIL); process-sdk: pickled, rebuilt and encoded by "
+        "the SDK in the child; thread: the SDK's BatchSpanProcessor in the router",
     )
     p.set_defaults(run=run_router)
     v = sub.add_parser("validate", help="check graph files; exit 1 if any is invalid")

@@ -335,7 +335,10 @@ class GraphMetrics:
                 step.code("error").inc()
                 self.metrics.errors.labels(self.graph, cause(error)).inc()
             return
-        step.seconds.observe(seconds)
+        histogram = step.seconds
+        if histogram is None:  # made on the first answer: a step only failing has no series
+            histogram = step.seconds = self.metrics.step_seconds.labels(*step.labels)
+        histogram.observe(seconds)
         status = reply.status
         counter = step.statuses.get(status)
         if counter is None:
@@ -410,7 +413,7 @@ class StepMetrics:
     def __init__(self, metrics: RouterMetrics, graph: str, node: str, step: str) -> None:
         self.metrics = metrics
         self.labels = (graph, node, step)
-        self.seconds = metrics.step_seconds.labels(graph, node, step)
+        self.seconds: Any = None
         self.statuses: dict[int, Any] = {}
 
     def code(self, code: str) -> Any:

@@ -88,6 +88,9 @@ def test_metrics_count_requests_nodes_steps_errors_and_overhead(
     )
     step = (g, ("node", "pipeline"), ("step", "second"))
     assert m[("infergraph_step_seconds_count", step)] == 3
+    down = (g, ("node", "root"), ("step", "down"))  # never answered: a failure, no latency
+    assert m[("infergraph_step_calls_total", (("code", "error"), *down))] == 1
+    assert ("infergraph_step_seconds_count", down) not in m
     assert m[("infergraph_step_calls_total", (("code", "200"), *step))] == 3
     assert (
         m[("infergraph_step_calls_total", (("code", "404"), g, ("node", "root"), ("step", "nf")))]

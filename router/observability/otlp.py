@@ -108,7 +108,8 @@ class SpanEncoder:
     """Each span's ``Span`` message, as a ``ScopeSpans.spans`` field (``span``)."""
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[str, type, Any], bytes] = {}
+        # By field number too: a span's attributes are field 9, an event's field 3.
+        self._pairs: dict[tuple[int, str, type, Any], bytes] = {}
         self._names: dict[tuple[str, int], bytes] = {}
         self._states: dict[str, str] = {}
 
@@ -153,7 +154,7 @@ class SpanEncoder:
         out = []
         for key, value in attributes.items():
             cacheable = isinstance(value, (str, int, float, bool))
-            cache_key = (key, type(value), value)
+            cache_key = (number, key, type(value), value)
             pair = pairs.get(cache_key) if cacheable else None
             if pair is None:
                 try:

@@ -134,3 +134,15 @@ def test_repeated_attributes_come_from_the_cache_unchanged() -> None:
 def test_an_unknown_value_type_is_refused() -> None:
     with pytest.raises(TypeError, match="object"):
         any_value(object())
+
+
+def test_a_pair_in_span_and_event_attributes_encodes_as_each() -> None:
+    """The same key and value is field 9 of a span and field 3 of an event: one encoder,
+    meeting it first as either, encodes both as the SDK does."""
+    pair = {"infergraph.step": "a"}
+    as_span = span(attributes=pair)
+    as_event = span(span_id=2, events=(("retry", 1_764_000_000_000_100_000, pair),))
+    for order in ([as_span, as_event], [as_event, as_span]):
+        encoder = TraceEncoder(RESOURCE)
+        separately = [ExportTraceServiceRequest.FromString(encoder.encode([v])) for v in order]
+        assert separately == [sdk_request([v]) for v in order]

@@ -58,9 +58,11 @@ Sink = Callable[[SpanValues], None]
 
 
 class LightSpan(trace.Span):
-    """A recording (so sampled) span: values in plain slots until ``end`` hands them to the
-    sink. Its ``SpanContext`` is made only when asked for: the router's own paths read the ids
-    (``trace_id``, ``span_id``) and ``trace_state`` directly."""
+    """A recording span: values in plain slots until ``end`` hands them to the sink. Its
+    ``SpanContext`` is made only when asked for: the router's own paths read the ids
+    (``trace_id``, ``span_id``), ``flags`` and ``trace_state`` directly. It is sampled (flags
+    1) unless a custom sampler said record only: such a span is not handed to the sink, as
+    the SDK's span processors export only sampled spans."""
 
     __slots__ = (
         "_attributes",
@@ -76,6 +78,7 @@ class LightSpan(trace.Span):
         "_sink",
         "_start",
         "_status",
+        "flags",
         "span_id",
         "trace_id",
         "trace_state",
@@ -94,12 +97,14 @@ class LightSpan(trace.Span):
         attributes: dict[str, Any],
         start: int,
         scope: str,
+        flags: int = 1,
     ) -> None:
         """``parent_id`` 0: a root; ``trace_state`` None: none (or an empty one)."""
         self._sink = sink
         self._name = name
         self.trace_id = trace_id
         self.span_id = span_id
+        self.flags = flags
         self.trace_state = trace_state
         self._parent_id = parent_id
         self._parent_remote = parent_remote
@@ -117,7 +122,7 @@ class LightSpan(trace.Span):
         context = self._context
         if context is None:
             context = self._context = SpanContext(
-                self.trace_id, self.span_id, False, SAMPLED, self.trace_state
+                self.trace_id, self.span_id, False, TraceFlags(self.flags), self.trace_state
             )
         return context
 
@@ -168,6 +173,8 @@ class LightSpan(trace.Span):
         if self._end:
             return
         self._end = end_time or time.time_ns()
+        if not self.flags & TraceFlags.SAMPLED:
+            return  # recorded, not sampled: not exported
         state = self.trace_state
         events = self._events
         self._sink(
@@ -175,7 +182,7 @@ class LightSpan(trace.Span):
                 self._name,
                 self.trace_id,
                 self.span_id,
-                1,  # sampled: only a sampled span records
+                self.flags,
                 state.to_header() if state is not None else "",
                 self._parent_id,
                 self._parent_remote,
@@ -346,6 +353,7 @@ class LightTracer(trace.Tracer):
             values,
             start_time or time.time_ns(),
             self.scope,
+            int(span_context.trace_flags),
         )
 
     @contextmanager

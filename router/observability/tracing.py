@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
@@ -58,19 +58,23 @@ def current_span() -> Span:
     return span if span is not None else trace.get_current_span()
 
 
-def _enter(span: Span) -> tuple[Span, bool, object]:
-    """Make ``span`` current: (span, light, token to leave it with)."""
+Entered = tuple[Span, Token[LightSpan | None], object]
+
+
+def _enter(span: Span) -> Entered:
+    """Make ``span`` current: (span, tokens to leave it with). Any other span (another
+    tracer's, or a custom sampler's unsampled one) is attached to the API's context, with no
+    light span current over it."""
     if isinstance(span, LightSpan):
-        return span, True, _LIGHT_CURRENT.set(span)
-    return span, False, otel_context.attach(trace.set_span_in_context(span))
+        return span, _LIGHT_CURRENT.set(span), None
+    return span, _LIGHT_CURRENT.set(None), otel_context.attach(trace.set_span_in_context(span))
 
 
-def _leave(entered: tuple[Span, bool, object]) -> None:
+def _leave(entered: Entered) -> None:
     """The span ``_enter`` made current is no longer: its parent is."""
-    if entered[1]:
-        _LIGHT_CURRENT.reset(entered[2])  # type: ignore[arg-type]
-    else:
+    if entered[2] is not None:
         otel_context.detach(entered[2])  # type: ignore[arg-type]
+    _LIGHT_CURRENT.reset(entered[1])
 
 
 def make_exporter(protocol: str) -> SpanExporter:
@@ -239,7 +243,7 @@ def trace_headers(span: Span) -> tuple[tuple[str, str], ...]:
         # its ids without making a SpanContext.
         ids: tuple[int, int, int, TraceState | None] | None = None
         if isinstance(span, LightSpan):
-            ids = (span.trace_id, span.span_id, 1, span.trace_state)
+            ids = (span.trace_id, span.span_id, span.flags, span.trace_state)
         else:
             context = span.get_span_context()
             if context.is_valid:
@@ -334,7 +338,7 @@ class server_span:
     """The request's span, continuing the caller's trace when it sent ``traceparent``; current
     while the block runs. A class rather than a generator: it is on every request's path."""
 
-    __slots__ = ("span", "token")
+    __slots__ = ("light", "span", "token")
 
     def __init__(
         self,
@@ -354,15 +358,22 @@ class server_span:
                 name, context=_extract(headers), kind=SpanKind.SERVER, attributes=attributes
             )
         self.token: object = None
+        self.light: Token[LightSpan | None] | None = None
 
     @property
     def sampled(self) -> bool:
         return self.span.is_recording()
 
     def __enter__(self) -> Span:
-        self.token = otel_context.attach(trace.set_span_in_context(self.span))
-        return self.span
+        """The span is current in the API's context, and as the light span under which the
+        request's node spans start (none left over from an earlier request on this task)."""
+        span = self.span
+        self.token = otel_context.attach(trace.set_span_in_context(span))
+        self.light = _LIGHT_CURRENT.set(span if isinstance(span, LightSpan) else None)
+        return span
 
     def __exit__(self, *exc: object) -> None:
+        if self.light is not None:
+            _LIGHT_CURRENT.reset(self.light)
         otel_context.detach(self.token)  # type: ignore[arg-type]
         self.span.end()

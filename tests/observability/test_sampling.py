@@ -15,10 +15,13 @@ from opentelemetry.sdk.trace.sampling import (
     ParentBased,
     ParentBasedTraceIdRatio,
     Sampler,
+    SamplingResult,
     TraceIdRatioBased,
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
+from infergraph.router.engine.plan import NodePlan, RouterType
+from infergraph.router.engine.transport import Headers, Reply, StepCall, parse_target
 from infergraph.router.observability.logs import JSONFormatter
 from infergraph.router.observability.recorder import RequestRecorder
 from infergraph.router.observability.spans import (
@@ -28,7 +31,12 @@ from infergraph.router.observability.spans import (
     decision_rule,
 )
 from infergraph.router.observability.telemetry import Telemetry
-from infergraph.router.observability.tracing import header_map, server_span
+from infergraph.router.observability.tracing import (
+    TracingObserver,
+    TracingTransport,
+    header_map,
+    server_span,
+)
 
 SAMPLERS: dict[str, Sampler] = {
     "always_on": ALWAYS_ON,
@@ -178,3 +186,54 @@ def test_log_lines_of_an_unsampled_request_name_its_trace() -> None:
     assert sent == f"00-{inside['trace_id']}-{inside['span_id']}-00"
     assert inside["trace_id"] == TRACE
     assert "trace_id" not in after
+
+
+class ByName(Sampler):
+    """A custom sampler (asked itself, not ``decision_rule``'s): each span's decision by the
+    first word of its name."""
+
+    def __init__(self, decisions: dict[str, Decision]) -> None:
+        self.decisions = decisions
+
+    def should_sample(self, *args: object, **kwargs: object) -> SamplingResult:
+        name = str(args[2] if len(args) > 2 else kwargs["name"])
+        first = name.split(maxsplit=1)[0]
+        return SamplingResult(self.decisions.get(first, Decision.RECORD_AND_SAMPLE))
+
+    def get_description(self) -> str:
+        return "ByName"
+
+
+async def traced_call(decisions: dict[str, Decision]) -> tuple[list[str], Headers]:
+    """One request with a node and a step call, under a custom sampler: the spans shipped and
+    the trace headers the call carried."""
+    shipped: list[SpanValues] = []
+    tracer = LightTracer(ByName(decisions), shipped.append)
+    sent: list[StepCall] = []
+
+    class Inner:
+        async def send(self, call: StepCall) -> Reply:
+            sent.append(call)
+            return Reply(200, b"{}", "application/json")
+
+    observer = TracingObserver(tracer)
+    node = NodePlan(name="root", router_type=RouterType.SEQUENCE, steps=())
+    call = StepCall(parse_target("http://model.test/predict"), b"{}", (), None, step="a")
+    with server_span(tracer, {}, "g", "/"):
+        token = observer.node_started(node)
+        await TracingTransport(Inner(), tracer).send(call)
+        observer.node_finished(token, node, None, None)
+    return [str(v[0]) for v in shipped], sent[0].trace_headers
+
+
+async def test_a_child_the_sampler_drops_leaves_the_call_under_it_unsampled() -> None:
+    names, headers = await traced_call({"node": Decision.DROP})
+    assert names == ["graph g"]  # no node span, and no call span under the dropped node
+    assert headers[0][0] == "traceparent"
+    assert headers[0][1].endswith("-00")
+
+
+async def test_a_span_recorded_but_not_sampled_is_not_exported_and_propagates_00() -> None:
+    names, headers = await traced_call({"step": Decision.RECORD_ONLY})
+    assert names == ["node root", "graph g"]  # as the SDK's processors: sampled spans only
+    assert headers[0][1].endswith("-00")

@@ -98,8 +98,10 @@ class LightSpan(trace.Span):
         start: int,
         scope: str,
         flags: int = 1,
+        context: SpanContext | None = None,
     ) -> None:
-        """``parent_id`` 0: a root; ``trace_state`` None: none (or an empty one)."""
+        """``parent_id`` 0: a root; ``trace_state`` None: none (or an empty one); ``context``:
+        the span's context, when the caller has already made it."""
         self._sink = sink
         self._name = name
         self.trace_id = trace_id
@@ -116,7 +118,7 @@ class LightSpan(trace.Span):
         self._status = StatusCode.UNSET
         self._description = ""
         self._scope = scope
-        self._context: SpanContext | None = None
+        self._context = context
 
     def get_span_context(self) -> SpanContext:
         context = self._context
@@ -354,6 +356,7 @@ class LightTracer(trace.Tracer):
             start_time or time.time_ns(),
             self.scope,
             int(span_context.trace_flags),
+            span_context,  # made for the decision: not made again when asked for
         )
 
     @contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import time
 from collections import deque
@@ -132,11 +131,8 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop sets TCP_NODELAY on every TCP connection it accepts (as asyncio's loops do).
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.connections.add(self)
         self._expect_request(self.limits.header_timeout)
 
@@ -331,17 +327,23 @@ class _Connection(asyncio.Protocol):
             fields.append((b"Transfer-Encoding", b"chunked"))
         else:
             self.closing = True  # HTTP/1.0: the end of the body is the end of the connection
-        self.transport.write(_head(response.status, fields, self.closing))
+        # The head waits for the first chunk and goes out in the same write, as Go's net/http
+        # holds a handler's header until its first body write: one system call, and one
+        # wake-up of the client, fewer before the first event.
+        head: bytes | None = _head(response.status, fields, self.closing)
         # Closing the stream (also when the client goes away) closes the upstream call.
         async with contextlib.aclosing(response.stream) as chunks:
             try:
                 async for chunk in chunks:
                     if not chunk or request.method == "HEAD":
                         continue
-                    if chunked:
-                        self.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                    parts = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunked else (chunk,)
+                    if head is not None:
+                        parts, head = (head, *parts), None
+                    if len(chunk) < 16384:
+                        self.transport.write(b"".join(parts))
                     else:
-                        self.transport.write(chunk)
+                        self.transport.writelines(parts)
                     if self.writable is not None and not self.writable.done():
                         await self.writable
             except (ConnectionError, asyncio.CancelledError):
@@ -350,8 +352,9 @@ class _Connection(asyncio.Protocol):
                 # The reply broke off mid-way: the client must not take it for a whole one.
                 self._abort()
                 raise ConnectionResetError("the streamed reply broke off") from exc
-        if chunked:
-            self.transport.write(b"0\r\n\r\n")
+        end = b"0\r\n\r\n" if chunked else b""
+        if head is not None or end:
+            self.transport.write(end if head is None else head + end)
 
     def _refuse(self, status: int, cause: str) -> None:
         """Answer a request the handler never sees, and close the connection."""

@@ -68,9 +68,26 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+_SMALL = [bytes((n,)) for n in range(0x80)]
+# Length-delimited fields' tags (number << 3 | 2), one byte for the numbers used here (1-15).
+_TAGS = [_SMALL[n << 3 | 2] for n in range(16)]
+
+
+def _length(size: int) -> bytes:
+    """A length as a varint (no range checks: lengths are small and never negative)."""
+    if size < 0x80:
+        return _SMALL[size]
+    out = bytearray()
+    while size >= 0x80:
+        out.append((size & 0x7F) | 0x80)
+        size >>= 7
+    out.append(size)
+    return bytes(out)
+
+
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or message)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return _TAGS[number] + _length(len(payload)) + payload
 
 
 def _text(number: int, value: str | None) -> bytes:

@@ -225,13 +225,28 @@ def _root_rule(description: str) -> Callable[[int], bool] | None:
     return lambda trace_id: trace_id & _ID_LIMIT < bound
 
 
+def _parent_based_root(description: str) -> str | None:
+    """The root sampler's description in a ``ParentBased`` sampler's with the default
+    delegates; None for any other sampler."""
+    if description.startswith("ParentBased{root:") and description.endswith(_PARENT_DELEGATES):
+        return description[len("ParentBased{root:") : -len(_PARENT_DELEGATES)]
+    return None
+
+
+def root_rule(sampler: Sampler) -> Callable[[int], bool] | None:
+    """``decision_rule``'s decision for a span without a valid parent, by its trace id."""
+    description = sampler.get_description()
+    return _root_rule(_parent_based_root(description) or description)
+
+
 def decision_rule(sampler: Sampler) -> Decide | None:
     """The sampler's decision as a plain function, for the samplers ``OTEL_TRACES_SAMPLER``
     names (always_on, always_off, traceidratio and their parentbased_ forms with the default
     delegates); None for any other sampler, which is then asked itself."""
     description = sampler.get_description()
-    if description.startswith("ParentBased{root:") and description.endswith(_PARENT_DELEGATES):
-        root = _root_rule(description[len("ParentBased{root:") : -len(_PARENT_DELEGATES)])
+    root_description = _parent_based_root(description)
+    if root_description is not None:
+        root = _root_rule(root_description)
         if root is None:
             return None
         sampled_root = root
@@ -261,8 +276,10 @@ class LightTracer(trace.Tracer):
         self.sink = sink
         self.scope = scope
         self.ids = RandomIdGenerator()
-        # The sampler as a plain function (None: it is asked itself).
+        # The sampler as a plain function (None: it is asked itself), and its decision for a
+        # root span, by trace id.
         self.decide = decision_rule(sampler)
+        self.decide_root = root_rule(sampler)
 
     def child(
         self, parent: LightSpan, name: str, kind: SpanKind, attributes: dict[str, Any]

@@ -27,7 +27,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import (
-    INVALID_SPAN_CONTEXT,
     Span,
     SpanContext,
     SpanKind,
@@ -43,6 +42,8 @@ from infergraph.router.engine.transport import Headers, Reply, StepCall, Transpo
 from infergraph.router.observability.spans import LightSpan, LightTracer
 
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+# Header names are lowered only when their length is one of these (a cheap first test).
+_TRACE_HEADER_LENGTHS = frozenset(len(name) for name in TRACE_HEADERS)
 # The trace and span ids of the unsampled request being served, when ``quick_decision`` made
 # its context and no span is current: for log lines (logs.py).
 UNSAMPLED_IDS: ContextVar[tuple[int, int] | None] = ContextVar("unsampled_ids", default=None)
@@ -231,7 +232,8 @@ def _w3c_propagation() -> bool:
 
 def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
     """A W3C ``traceparent`` value, version 00, as ``TraceContextTextMapPropagator`` writes it."""
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+    # %-formatting: 0.3 us a header under the f-string with the same format specifications.
+    return "00-%032x-%016x-%02x" % (trace_id, span_id, flags)  # noqa: UP031
 
 
 def trace_headers(span: Span) -> tuple[tuple[str, str], ...]:
@@ -269,8 +271,9 @@ def _with_trace_headers(call: StepCall, span: Span) -> StepCall:
 
 def without_trace_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """``headers`` without the trace context headers (the client's name the caller's span)."""
-    if any(name.lower() in TRACE_HEADERS for name, _ in headers):
-        return tuple(h for h in headers if h[0].lower() not in TRACE_HEADERS)
+    for name, _ in headers:
+        if len(name) in _TRACE_HEADER_LENGTHS and name.lower() in TRACE_HEADERS:
+            return tuple(h for h in headers if h[0].lower() not in TRACE_HEADERS)
     return headers
 
 
@@ -284,6 +287,7 @@ def _extract(headers: Mapping[str, str]) -> otel_context.Context | None:
 
 _CANONICAL_PARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _NEEDS_THE_API = frozenset({"tracestate", "baggage"})
+_W3C_LENGTHS = frozenset(len(name) for name in _W3C_FIELDS)
 
 
 def quick_decision(tracer: trace.Tracer, headers: Headers) -> tuple[int, int | None] | None:
@@ -293,10 +297,15 @@ def quick_decision(tracer: trace.Tracer, headers: Headers) -> tuple[int, int | N
     (``server_span`` starts its span in that trace). None leaves it all to the API: another
     tracer, sampler or propagator, a ``tracestate`` or ``baggage`` header, a ``traceparent``
     that is not version 00's plain form, or a sampled caller. The outcome is the API's."""
-    if not isinstance(tracer, LightTracer) or tracer.decide is None or not _w3c_propagation():
+    if not isinstance(tracer, LightTracer) or not _w3c_propagation():
+        return None
+    decide, decide_root = tracer.decide, tracer.decide_root
+    if decide is None or decide_root is None:
         return None
     parent_header = None
     for name, value in headers:
+        if len(name) not in _W3C_LENGTHS:
+            continue
         lowered = name.lower()
         if lowered == "traceparent":
             if parent_header is None:  # the first, as the propagator reads them
@@ -305,7 +314,7 @@ def quick_decision(tracer: trace.Tracer, headers: Headers) -> tuple[int, int | N
             return None
     if parent_header is None:
         trace_id = tracer.ids.generate_trace_id()
-        if tracer.decide(INVALID_SPAN_CONTEXT, trace_id):
+        if decide_root(trace_id):
             return trace_id, None
         return trace_id, tracer.ids.generate_span_id()
     match = _CANONICAL_PARENT.fullmatch(parent_header)
@@ -315,7 +324,7 @@ def quick_decision(tracer: trace.Tracer, headers: Headers) -> tuple[int, int | N
     if not trace_id or not span_id:
         return None  # invalid: the propagator starts a new trace
     parent = SpanContext(trace_id, span_id, True, TraceFlags(int(match[3], 16)))
-    if tracer.decide(parent, trace_id):
+    if decide(parent, trace_id):
         return None
     return trace_id, tracer.ids.generate_span_id()
 

@@ -29,6 +29,7 @@ from infergraph.router.observability.spans import (
     LightTracer,
     SpanValues,
     decision_rule,
+    root_rule,
 )
 from infergraph.router.observability.telemetry import Telemetry
 from infergraph.router.observability.tracing import (
@@ -63,8 +64,9 @@ def parents(rng: random.Random, trace_id: int) -> list[SpanContext]:
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_decisions_are_the_sdk_samplers(name: str) -> None:
     sampler = SAMPLERS[name]
-    decide = decision_rule(sampler)
+    decide, decide_root = decision_rule(sampler), root_rule(sampler)
     assert decide is not None
+    assert decide_root is not None
     rng = random.Random(name)
     seen = set()
     for _ in range(2000):
@@ -74,6 +76,8 @@ def test_decisions_are_the_sdk_samplers(name: str) -> None:
             expected = sampler.should_sample(context, trace_id, "span")
             ours = decide(parent, trace_id)
             assert ours == (expected.decision is Decision.RECORD_AND_SAMPLE), (parent, trace_id)
+            if not parent.is_valid:
+                assert decide_root(trace_id) == ours
             seen.add(ours)
     if name in ("traceidratio", "parentbased_traceidratio"):
         assert seen == {True, False}
@@ -82,6 +86,7 @@ def test_decisions_are_the_sdk_samplers(name: str) -> None:
 def test_other_samplers_are_asked_themselves() -> None:
     custom = ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
     assert decision_rule(custom) is None
+    assert root_rule(custom) is None
     shipped: list[object] = []
     tracer = LightTracer(custom, shipped.append)
     unsampled_remote = SpanContext(5, 7, True, TraceFlags(0))

@@ -8,6 +8,7 @@ Expected values are written out (``struct`` little-endian packing, not numpy).
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,13 @@ from tritonclient.grpc import service_pb2
 
 from infergraph.router.engine.errors import BadRequest, UpstreamConnectionError, UpstreamTimeout
 from infergraph.router.engine.transport import Headers, Reply, StepCall, parse_target
-from infergraph.router.http.tensors import InvalidV2Request, request_from_json, response_to_json
+from infergraph.router.http.tensors import (
+    ITEM_SIZES,
+    InvalidV2Request,
+    _reshape_error,
+    request_from_json,
+    response_to_json,
+)
 from infergraph.router.http.v2_grpc import HTTP_STATUS, GrpcV2Transport, error_reply
 from infergraph.router.protocols import Protocol
 
@@ -790,3 +797,24 @@ async def test_malformed_requests_are_answered_400_and_not_sent(
     assert (reply.status, reply.content_type) == (400, "application/json")
     check_reason(orjson.loads(reply.body)["error"], reason)
     assert stub.calls == []
+
+
+def test_the_shape_check_answers_as_numpy_reshape() -> None:
+    """``_reshape_error`` (and its shortcut for the common case) against numpy itself, on
+    every shape of up to three dimensions drawn from sizes around the limits, for value
+    counts 0-6 and three item sizes: numpy's reason, or None where numpy reshapes."""
+    import numpy  # tritonclient's dependency, so in the test environment  # noqa: PLC0415
+
+    sizes = [0, 1, 2, 3, 4, 2**31, 2**62, 2**63 - 1, 2**63]
+    dtypes = {"INT8": numpy.int8, "FP32": numpy.float32, "FP64": numpy.float64}
+    for count in range(7):
+        for dims in range(4):
+            for shape in itertools.product(sizes, repeat=dims):
+                for datatype, dtype in dtypes.items():
+                    try:
+                        numpy.zeros(count, dtype=dtype).reshape(shape)
+                        expected = None
+                    except ValueError as exc:
+                        expected = str(exc)
+                    found = _reshape_error(count, list(shape), ITEM_SIZES[datatype])
+                    assert found == expected, (count, shape, datatype)

@@ -58,14 +58,7 @@ def _varint(value: int) -> bytes:
         value += 1 << 64  # int64 as protobuf encodes it: ten bytes, two's complement
     elif value >= 1 << 63:
         raise ValueError(f"{value} is out of range for int64")
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return _length(value)
 
 
 _SMALL = [bytes((n,)) for n in range(0x80)]
@@ -74,7 +67,8 @@ _TAGS = [_SMALL[n << 3 | 2] for n in range(16)]
 
 
 def _length(size: int) -> bytes:
-    """A length as a varint (no range checks: lengths are small and never negative)."""
+    """A non-negative integer below 2^64 as a varint, with no range checks: a length, or an
+    int64 ``_varint`` checked."""
     if size < 0x80:
         return _SMALL[size]
     out = bytearray()

@@ -86,6 +86,22 @@ def _head(status: int, fields: list[tuple[bytes, bytes]], close: bool) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+_PREFIXES: dict[tuple[int, str | None], bytes] = {}
+
+
+def _prefix(status: int, content_type: str | None) -> bytes:
+    """A head's status line and content type, as ``_head`` writes them (kept for the first
+    256 pairs: statuses are few, content types mostly the same few)."""
+    prefix = _PREFIXES.get((status, content_type))
+    if prefix is None:
+        prefix = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
+        if content_type is not None:
+            prefix += b"Content-Type: " + _latin1(content_type) + b"\r\n"
+        if len(_PREFIXES) < 256:
+            _PREFIXES[status, content_type] = prefix
+    return prefix
+
+
 def _latin1(value: str) -> bytes:
     return value.encode("latin-1", "replace")
 
@@ -308,9 +324,17 @@ class _Connection(asyncio.Protocol):
 
     def _write_whole(self, request: Request, response: Response) -> None:
         assert self.transport is not None
-        fields = self._fields(response)
-        fields.append((b"Content-Length", b"%d" % len(response.body)))
-        head = _head(response.status, fields, self.closing)
+        if response.headers:
+            fields = self._fields(response)
+            fields.append((b"Content-Length", b"%d" % len(response.body)))
+            head = _head(response.status, fields, self.closing)
+        else:  # the common case: the same head as _head's, from a prefix made once
+            head = b"%sContent-Length: %d\r\nDate: %s\r\n%s\r\n" % (
+                _prefix(response.status, response.content_type),
+                len(response.body),
+                _DATE.value(),
+                b"Connection: close\r\n" if self.closing else b"",
+            )
         if request.method == "HEAD" or not response.body:
             self.transport.write(head)
         elif len(response.body) < 16384:

@@ -23,6 +23,8 @@ status codes map to the HTTP statuses v2 REST uses; an unreachable server is a c
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +37,7 @@ from infergraph.router.engine.errors import (
     UpstreamConnectionError,
     UpstreamTimeout,
 )
-from infergraph.router.engine.transport import Reply, StepCall
+from infergraph.router.engine.transport import Headers, Reply, StepCall
 from infergraph.router.http import h2_grpc, oip
 from infergraph.router.http.binary_tensors import with_model
 from infergraph.router.http.deadlines import Deadlines
@@ -89,6 +91,43 @@ def error_reply(code: str, message: str, url: str, timeout: float | None) -> Rep
             f'ModelInfer "{url}": context deadline exceeded (timeout {timeout} s)'
         )
     return _error(HTTP_STATUS.get(code, 500), message or code)
+
+
+# gRPC's custom metadata (PROTOCOL-HTTP2.md): keys of these characters, lower-case; text values
+# of printable ASCII; "-bin" keys carry base64 (padded or not).
+_KEY = re.compile(r"[0-9a-z_.\-]+")
+_TEXT_VALUE = re.compile(r"[\x20-\x7e]*")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def grpc_metadata(headers: Headers) -> list[tuple[str, str]]:
+    """The forwarded headers as a call's custom metadata, the same for both clients: names
+    lower-cased, every value kept (a name may repeat). Left out: what the clients set
+    themselves (``content-type``, ``grpc-timeout``), the names gRPC reserves (``grpc-``), a
+    name outside gRPC's key characters, a text value outside printable ASCII and a ``-bin``
+    value that is not base64. gRPC cannot carry those, and sending them failed the call
+    (``grpc.aio`` raised before sending, and a server may reset the stream), making a client's
+    header a 500; grpc-gateway and Envoy's transcoder forward only well-formed metadata too."""
+    metadata = []
+    for name, value in headers:
+        key = name.lower()
+        if key == "content-type" or key.startswith("grpc-") or not _KEY.fullmatch(key):
+            continue
+        if key.endswith("-bin"):
+            if len(value.rstrip("=")) % 4 == 1 or not _BASE64.fullmatch(value):
+                continue
+        elif not _TEXT_VALUE.fullmatch(value):
+            continue
+        metadata.append((key, value))
+    return metadata
+
+
+def _binary_values(metadata: list[tuple[str, str]]) -> tuple[tuple[str, str | bytes], ...]:
+    """``grpc.aio``'s form: a ``-bin`` key's value as the bytes its base64 stands for."""
+    return tuple(
+        (key, base64.b64decode(value + "=" * (-len(value) % 4)) if key.endswith("-bin") else value)
+        for key, value in metadata
+    )
 
 
 def _request(call: StepCall, binary: bool) -> Any:
@@ -195,7 +234,7 @@ class GrpcV2Transport:
     async def _send_h2(self, call: StepCall, request: Any, binary: bool) -> Reply:
         message = request if binary else request.SerializeToString()
         client = self._h2_client(call)
-        metadata = [(n.lower(), v) for n, v in call.all_headers()]
+        metadata = grpc_metadata(call.all_headers())
         url = call.target.url
         try:
             if call.timeout is None:
@@ -241,8 +280,7 @@ class GrpcV2Transport:
     async def _send_grpcio(self, call: StepCall, request: Any, binary: bool) -> Reply:
         client = self._client(call)
         model_infer = client.model_infer_bytes if binary else client.model_infer
-        headers = {n.lower(): v for n, v in call.all_headers() if n.lower() != "content-type"}
-        metadata = tuple(headers.items())
+        metadata = _binary_values(grpc_metadata(call.all_headers()))
         try:
             response = await model_infer(
                 request=request,

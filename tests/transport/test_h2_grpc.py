@@ -54,11 +54,13 @@ class Model(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
         self.peak = 0
         self.cancelled = 0
         self.metadata: list[dict[str, str]] = []
+        self.raw_metadata: list[tuple[tuple[str, str | bytes], ...]] = []
         self.entered = asyncio.Event()
         self.was_cancelled = asyncio.Event()
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         self.metadata.append(dict(context.invocation_metadata()))
+        self.raw_metadata.append(tuple(context.invocation_metadata()))
         self.active += 1
         self.peak = max(self.peak, self.active)
         self.entered.set()
@@ -292,6 +294,44 @@ async def test_headers_reach_the_server_and_connection_headers_do_not() -> None:
     assert seen["traceparent"] == "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
     assert "connection" not in seen
     assert seen.get("grpc-timeout") is None  # grpcio consumes it: the deadline test reads it
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_headers_grpc_cannot_carry_are_left_out_by_both_clients(client: GrpcClient) -> None:
+    """Forwarded headers become the same metadata on both clients, and one gRPC cannot carry
+    is left out rather than failing the call (grpc.aio raised for each of these, a 500 made
+    of a client's header)."""
+    model = Model()
+    transport = GrpcV2Transport(client=client)
+    headers = (
+        ("X-Request-Id", "r-1"),
+        ("X-Tag", "a"),
+        ("X-Tag", "b"),  # a name may repeat
+        ("X-Trace-Bin", "AAEC"),  # base64 of 00 01 02
+        ("X-Short-Bin", "AAE"),  # unpadded base64 of 00 01
+        ("X-Broken-Bin", "A"),  # no base64
+        ("Grpc-Status", "3"),  # gRPC's own names
+        ("Grpc-Timeout", "1n"),
+        ("X-Accent", "caf\xe9"),  # text outside printable ASCII
+        ("X-\xdc", "1"),  # a name outside gRPC's key characters
+    )
+    async with grpc_server(model) as (_, port):
+        try:
+            reply = await transport.send(step(port, headers=headers))
+        finally:
+            await transport.close()
+    assert reply.status == 200, reply.body
+    (seen,) = model.metadata
+    forwarded = {k: v for k, v in seen.items() if k.startswith("x-")}
+    assert forwarded == {
+        "x-request-id": "r-1",
+        "x-tag": "b",  # invocation_metadata as a dict keeps the last of the two
+        "x-trace-bin": b"\x00\x01\x02",
+        "x-short-bin": b"\x00\x01",
+    }
+    assert seen.get("grpc-status") is None
+    (raw,) = model.raw_metadata
+    assert [value for key, value in raw if key == "x-tag"] == ["a", "b"]
 
 
 async def test_a_server_that_restarts_is_reached_on_a_new_connection() -> None:

@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from infergraph.predictors import processes
+from infergraph.testing import hostile
 from infergraph.testing.harness import graph, request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,3 +184,53 @@ def test_grpc_errors_come_back_as_v2_rest_errors(
     response = request(port, body)
     assert response.status == status
     assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("client", ["fast", "grpcio"])
+def test_client_headers_grpc_cannot_carry_do_not_fail_the_call(
+    client: str, triton: str, tmp_path: Path
+) -> None:
+    """With every header forwarded (``PROPAGATE_HEADERS`` empty), a client's headers that gRPC
+    metadata cannot carry (text beyond ASCII, gRPC's own names, a -bin value that is not
+    base64) are left out, on either client, and Triton answers: they made grpc.aio raise,
+    which the client saw as a 500."""
+    spec = graph(
+        {
+            "root": {
+                "routerType": "Sequence",
+                "steps": [
+                    {
+                        "serviceUrl": "grpc://127.0.0.1:18201",
+                        "protocol": "v2-grpc",
+                        "model": "types",
+                    }
+                ],
+            }
+        }
+    )
+    port = processes.free_port()
+    router = processes.router(
+        port,
+        "--graph-json",
+        spec,
+        extra=("--grpc-client", client, "--drain-seconds", "0"),
+        env={"PROPAGATE_HEADERS": ""},
+        log_path=tmp_path / "router.log",
+    )
+    headers = {
+        "Content-Type": b"application/json",
+        "X-Accent": "café".encode("latin-1"),
+        "Grpc-Status": b"3",
+        "X-Trace-Bin": b"!!",
+        "X-Request-Id": b"r-1",
+    }
+    with router:
+        answer = hostile.exchange(port, hostile.post("/", orjson.dumps(TYPES_REQUEST), headers))
+    assert answer is not None
+    assert answer.status == 200, answer.body
+    assert [o["name"] for o in orjson.loads(answer.body)["outputs"]] == [
+        "f_out",
+        "i_out",
+        "b_out",
+        "s_out",
+    ]

@@ -124,22 +124,14 @@ TYPES_REQUEST = {  # the models batch, so every input has the same first dimensi
 }
 
 
+def one_grpc_step(model: str) -> str:
+    """A graph of one v2-grpc step to ``model`` on Triton."""
+    step = {"serviceUrl": "grpc://127.0.0.1:18201", "protocol": "v2-grpc", "model": model}
+    return graph({"root": {"routerType": "Sequence", "steps": [step]}})
+
+
 def test_datatypes_and_shapes_round_trip_exactly_over_grpc(triton: str, router_for: Any) -> None:
-    spec = graph(
-        {
-            "root": {
-                "routerType": "Sequence",
-                "steps": [
-                    {
-                        "serviceUrl": "grpc://127.0.0.1:18201",
-                        "protocol": "v2-grpc",
-                        "model": "types",
-                    }
-                ],
-            }
-        }
-    )
-    port = router_for("--graph-json", spec)
+    port = router_for("--graph-json", one_grpc_step("types"))
     response = request(port, TYPES_REQUEST)
     assert response.status == 200, response.body
     via_grpc = outputs(response.json())
@@ -170,17 +162,7 @@ def test_datatypes_and_shapes_round_trip_exactly_over_grpc(triton: str, router_f
 def test_grpc_errors_come_back_as_v2_rest_errors(
     model: str, body: dict[str, Any], status: int, message: str, triton: str, router_for: Any
 ) -> None:
-    spec = graph(
-        {
-            "root": {
-                "routerType": "Sequence",
-                "steps": [
-                    {"serviceUrl": "grpc://127.0.0.1:18201", "protocol": "v2-grpc", "model": model}
-                ],
-            }
-        }
-    )
-    port = router_for("--graph-json", spec)
+    port = router_for("--graph-json", one_grpc_step(model))
     response = request(port, body)
     assert response.status == status
     assert message in response.json()["error"]
@@ -194,25 +176,11 @@ def test_client_headers_grpc_cannot_carry_do_not_fail_the_call(
     metadata cannot carry (text beyond ASCII, gRPC's own names, a -bin value that is not
     base64) are left out, on either client, and Triton answers: they made grpc.aio raise,
     which the client saw as a 500."""
-    spec = graph(
-        {
-            "root": {
-                "routerType": "Sequence",
-                "steps": [
-                    {
-                        "serviceUrl": "grpc://127.0.0.1:18201",
-                        "protocol": "v2-grpc",
-                        "model": "types",
-                    }
-                ],
-            }
-        }
-    )
     port = processes.free_port()
     router = processes.router(
         port,
         "--graph-json",
-        spec,
+        one_grpc_step("types"),
         extra=("--grpc-client", client, "--drain-seconds", "0"),
         env={"PROPAGATE_HEADERS": ""},
         log_path=tmp_path / "router.log",

@@ -291,18 +291,19 @@ def _pack_exactly(datatype: str, values: list[Any]) -> bytes:
 
 def _reshape_error(size: int, shape: list[int], item_size: int) -> str | None:
     """numpy's reason for not reshaping ``size`` values into ``shape``, or None if it can."""
-    product = 1
-    for d in shape:
-        product *= d
-    if size and product == size and len(shape) <= MAX_DIMS:
-        # The common case, settled at once: every dimension is at least 1 and at most the
-        # count of values given, so none is too large and neither is the array.
-        return None
+    # The length first: a client sets it, and the product below costs its square in time.
     if len(shape) > MAX_DIMS:
         return (
             f"maximum supported dimension for an ndarray is currently {MAX_DIMS}, "
             f"found {len(shape)}"
         )
+    product = 1
+    for d in shape:
+        product *= d
+    if size and product == size:
+        # The common case, settled at once: every dimension is at least 1 and at most the
+        # count of values given, so none is too large and neither is the array.
+        return None
     if any(d > INT64_MAX for d in shape):
         return "Maximum allowed dimension exceeded"
     product = 1

@@ -818,3 +818,19 @@ def test_the_shape_check_answers_as_numpy_reshape() -> None:
                         expected = str(exc)
                     found = _reshape_error(count, list(shape), ITEM_SIZES[datatype])
                     assert found == expected, (count, shape, datatype)
+
+
+def test_a_shape_too_long_is_refused_before_its_product_is_taken() -> None:
+    """A client sets the shape's length: one of 400,000 dimensions of 2**63 - 1 (8 MB of
+    JSON) is refused for its length at once. Multiplying its dimensions first, as the check
+    once did, costs the square of the length: minutes of a blocked event loop."""
+    dims = 400_000
+    payload = orjson.dumps(
+        {"inputs": [{"name": "a", "shape": [2**63 - 1] * dims, "datatype": "FP32", "data": []}]}
+    )
+    with pytest.raises(InvalidV2Request) as raised:
+        request_from_json(payload)
+    assert raised.value.status == 400
+    assert raised.value.cause.endswith(
+        f"maximum supported dimension for an ndarray is currently 64, found {dims}"
+    ), raised.value.cause

@@ -94,10 +94,11 @@ def error_reply(code: str, message: str, url: str, timeout: float | None) -> Rep
 
 
 # gRPC's custom metadata (PROTOCOL-HTTP2.md): keys of these characters, lower-case; text values
-# of printable ASCII; "-bin" keys carry base64 (padded or not).
+# of printable ASCII; "-bin" keys carry base64, padded or not (grpc-go decodes either, but not a
+# value padded part way, such as "AB=" or "AAAA=", which it fails as malformed metadata).
 _KEY = re.compile(r"[0-9a-z_.\-]+")
 _TEXT_VALUE = re.compile(r"[\x20-\x7e]*")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}(?:==)?|[A-Za-z0-9+/]{3}=?)?")
 
 
 def grpc_metadata(headers: Headers) -> list[tuple[str, str]]:
@@ -114,7 +115,7 @@ def grpc_metadata(headers: Headers) -> list[tuple[str, str]]:
         if key == "content-type" or key.startswith("grpc-") or not _KEY.fullmatch(key):
             continue
         if key.endswith("-bin"):
-            if len(value.rstrip("=")) % 4 == 1 or not _BASE64.fullmatch(value):
+            if not _BASE64.fullmatch(value):
                 continue
         elif not _TEXT_VALUE.fullmatch(value):
             continue

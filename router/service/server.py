@@ -345,29 +345,33 @@ class _Connection(asyncio.Protocol):
     async def _write_stream(self, request: Request, response: Response) -> None:
         assert self.transport is not None
         assert response.stream is not None
-        chunked = self.parser.get_http_version() == "1.1"
         fields = self._fields(response)
+        if request.method == "HEAD":
+            # No body, so no framing either (Go's net/http drops Transfer-Encoding for HEAD):
+            # the head alone, and the stream is closed unread (_serve closes it).
+            self.transport.write(_head(response.status, fields, self.closing))
+            return
+        chunked = self.parser.get_http_version() == "1.1"
         if chunked:
             fields.append((b"Transfer-Encoding", b"chunked"))
         else:
             self.closing = True  # HTTP/1.0: the end of the body is the end of the connection
-        # The head waits for the first chunk and goes out in the same write, as Go's net/http
-        # holds a handler's header until its first body write: one system call, and one
-        # wake-up of the client, fewer before the first event.
-        head: bytes | None = _head(response.status, fields, self.closing)
+        # The head leaves at once, as Go's ReverseProxy flushes a streamed reply's header at
+        # once: a model's first token can be seconds away, and a client may time out waiting
+        # for the head.
+        self.transport.write(_head(response.status, fields, self.closing))
         # Closing the stream (also when the client goes away) closes the upstream call.
         async with contextlib.aclosing(response.stream) as chunks:
             try:
                 async for chunk in chunks:
-                    if not chunk or request.method == "HEAD":
+                    if not chunk:
                         continue
-                    parts = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunked else (chunk,)
-                    if head is not None:
-                        parts, head = (head, *parts), None
-                    if len(chunk) < 16384:
-                        self.transport.write(b"".join(parts))
+                    if not chunked:
+                        self.transport.write(chunk)
+                    elif len(chunk) < 16384:
+                        self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     else:
-                        self.transport.writelines(parts)
+                        self.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                     if self.writable is not None and not self.writable.done():
                         await self.writable
             except (ConnectionError, asyncio.CancelledError):
@@ -376,9 +380,8 @@ class _Connection(asyncio.Protocol):
                 # The reply broke off mid-way: the client must not take it for a whole one.
                 self._abort()
                 raise ConnectionResetError("the streamed reply broke off") from exc
-        end = b"0\r\n\r\n" if chunked else b""
-        if head is not None or end:
-            self.transport.write(end if head is None else head + end)
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
 
     def _refuse(self, status: int, cause: str) -> None:
         """Answer a request the handler never sees, and close the connection."""

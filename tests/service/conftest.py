@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from infergraph.predictors import processes
+from infergraph.testing import faults
 from infergraph.testing.harness import Predictor, RouterFactory
 
 
@@ -48,3 +49,11 @@ def start_router(tmp_path: Path) -> Iterator[RouterFactory]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def fault_server(tmp_path: Path) -> Iterator[str]:
+    """The fault-injecting server of ``infergraph.testing.faults`` as a process: its URL."""
+    port = processes.free_port()
+    with faults.fault_process(port, log_path=tmp_path / "faults.log"):
+        yield f"http://127.0.0.1:{port}"

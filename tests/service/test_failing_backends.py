@@ -8,21 +8,9 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from infergraph.predictors import processes
 from infergraph.testing import faults
 from infergraph.testing.harness import Predictor, RouterFactory, graph, request
-
-
-@pytest.fixture
-def fault_server(tmp_path: Path) -> Iterator[str]:
-    port = processes.free_port()
-    with faults.fault_process(port, log_path=tmp_path / "faults.log"):
-        yield f"http://127.0.0.1:{port}"
 
 
 def test_a_short_stream_sent_in_one_write_arrives_whole_every_time(

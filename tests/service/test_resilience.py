@@ -9,23 +9,13 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from infergraph.predictors import processes
 from infergraph.testing import faults
 from infergraph.testing.harness import RouterFactory, graph, request
-
-
-@pytest.fixture
-def fault_server(tmp_path: Path) -> Iterator[str]:
-    port = processes.free_port()
-    with faults.fault_process(port, log_path=tmp_path / "faults.log"):
-        yield f"http://127.0.0.1:{port}"
 
 
 def one_step(step: dict[str, Any], **spec: Any) -> str:

@@ -21,9 +21,16 @@ INTERVAL = 0.15
 
 def llm_graph(p: Predictor, **query: object) -> str:
     """A Switch that sends prompts to an ``openai`` step: the shape of graphs/vllm-openai.yaml."""
-    step = {"name": "llm", "condition": "prompt", "protocol": "openai"}
-    step["serviceUrl"] = p.url("llm", **query)
+    return llm_graph_to(p.url("llm", **query))
+
+
+def llm_graph_to(url: str) -> str:
+    step = {"name": "llm", "condition": "prompt", "protocol": "openai", "serviceUrl": url}
     return graph({"root": {"routerType": "Switch", "steps": [step]}})
+
+
+def post(raw: bytes, method: bytes = b"POST") -> bytes:
+    return b"%s / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (method, len(raw), raw)
 
 
 async def test_events_reach_the_client_as_the_predictor_sends_them(
@@ -68,11 +75,8 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_call(
 ) -> None:
     p = clean_predictor
     port = start_router(llm_graph(p, events=100, interval=0.1))
-    raw = orjson.dumps({"prompt": "hi", "stream": True})
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.sendall(
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
-        )
+        client.sendall(post(orjson.dumps({"prompt": "hi", "stream": True})))
         first = client.recv(4096)
         assert b"200 OK" in first
     deadline = time.monotonic() + 5
@@ -81,25 +85,44 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_call(
     assert p.cancelled() == 1
 
 
-def test_the_head_and_the_first_event_leave_in_one_write(
+def test_the_head_leaves_before_a_slow_first_event(
+    fault_server: str, start_router: RouterFactory
+) -> None:
+    """A model's first token can be seconds away: the reply's head leaves when the upstream's
+    does, as Go's ReverseProxy flushes a streamed reply's header at once, and does not wait
+    for the first event. (The fault server sends its head, then each event 2 s apart.)"""
+    port = start_router(llm_graph_to(f"{fault_server}/sse?events=1&interval_ms=2000"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(post(b'{"prompt": "hi", "stream": true}'))
+        first = client.recv(65536)
+        head, _, body = first.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), first
+        assert b"Transfer-Encoding: chunked" in head
+        assert body == b"", first  # the event, 2 s later, comes in a read of its own
+        later = client.recv(65536)
+    assert later.startswith(b'14\r\ndata: {"event": 0}\n\n\r\n'), later
+
+
+def test_a_head_request_gets_the_head_alone_and_the_connection_goes_on(
     clean_predictor: Predictor, start_router: RouterFactory
 ) -> None:
-    """The router holds the reply's head until the first chunk, as Go's net/http holds a
-    handler's header until its first body write, and sends both in one write: on loopback one
-    write arrives in one read. (The predictor sends its first event with its own head, and the
-    next one 0.15 s later.)"""
-    port = start_router(llm_graph(clean_predictor, events=3, interval=INTERVAL))
-    raw = orjson.dumps({"prompt": "hi", "stream": True})
+    """A streamed reply to HEAD is its head only, without Transfer-Encoding (as Go's net/http
+    answers HEAD), so the next reply on the connection starts right after it; the router once
+    ended it with a last chunk, which the client read as the start of the next reply."""
+    port = start_router(llm_graph(clean_predictor, events=3))
+    raw = b'{"prompt": "hi", "stream": true}'
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.sendall(
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
-        )
-        first = client.recv(65536)
-    assert first.startswith(b"HTTP/1.1 200 OK\r\n"), first
-    head, _, body = first.partition(b"\r\n\r\n")
-    assert b"Transfer-Encoding: chunked" in head
-    assert body.count(b"data: ") == 1, first
-    assert body.endswith(b"\n\n\r\n"), first
+        client.sendall(post(raw, method=b"HEAD") + post(raw))
+        received = b""
+        while not received.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"):
+            chunk = client.recv(65536)
+            assert chunk, received
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), received
+    assert b"Transfer-Encoding" not in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), received
+    assert rest.partition(b"\r\n\r\n")[2].count(b"data: ") == 4
 
 
 def test_uvloop_sets_nodelay_on_the_connections_it_accepts() -> None:

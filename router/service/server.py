@@ -141,6 +141,8 @@ class _Connection(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
+        self._in_head = False  # between a request's first byte and the end of its headers
+        self._head_read = 0  # bytes read while in the head, after the read that began it
         self._body = BodyBuffer()
         self._path = ""
         self._method = ""
@@ -170,8 +172,17 @@ class _Connection(asyncio.Protocol):
             self.writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        in_head = self._in_head
         try:
             self.parser.feed_data(data)
+            if in_head and self._in_head:
+                # All of it is one head still arriving. llhttp reports a header only once it
+                # is whole (and httptools grows it by concatenation, at a cost growing with its
+                # square), so an endless one is cut as it is read, as Go cuts MaxHeaderBytes
+                # (with Go's 4096 bytes of slack over the limit counted on whole headers).
+                self._head_read += len(data)
+                if self._head_read > self.limits.max_header_bytes + 4096:
+                    self._refuse(431, self._header_limit_cause())
         except _Refused as refused:
             self._refuse(refused.status, refused.cause)
         except httptools.HttpParserUpgrade:
@@ -187,7 +198,7 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._reset_request()
-        self.receiving = True
+        self.receiving = self._in_head = True
         if self.task is None:  # while a response is produced, the next request waits its turn
             self._expect_request(self.limits.header_timeout)
 
@@ -200,6 +211,7 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         if parser.get_http_version() not in ("1.0", "1.1"):
             raise self._refused(400, "only HTTP/1.0 and HTTP/1.1 are served (not HTTP/0.9)")
@@ -264,9 +276,10 @@ class _Connection(asyncio.Protocol):
     def _count_header_bytes(self, size: int) -> None:
         self._header_bytes += size
         if self._header_bytes > self.limits.max_header_bytes:
-            raise self._refused(
-                431, f"request line and headers are over {self.limits.max_header_bytes} bytes"
-            )
+            raise self._refused(431, self._header_limit_cause())
+
+    def _header_limit_cause(self) -> str:
+        return f"request line and headers are over {self.limits.max_header_bytes} bytes"
 
     def _expect_request(self, timeout: float | None) -> None:
         self.deadline = None if timeout is None else self.loop.time() + timeout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import signal
 import socket
 import threading
@@ -61,6 +62,29 @@ def test_headers_over_the_limit_get_431(
     answer = hostile.exchange(default, hostile.post(headers={"X-Big": b"b" * (1024 * 1024)}))
     assert answer is not None
     assert answer.status == 431
+
+
+def test_a_header_that_never_ends_gets_431_as_it_is_read(
+    clean_predictor: Predictor, start_router: RouterFactory
+) -> None:
+    """llhttp reports a header only once it ends, so a header still arriving was not counted:
+    the router read 2 MiB of one (with a cost growing with its square) and waited on, with no
+    431. Now the bytes of a head are counted as they are read, as Go counts MaxHeaderBytes.
+    The client sends 16 KiB pieces until an answer is there to read, as a client would."""
+    port = start_router(one_step(clean_predictor), extra=("--max-header-bytes", "65536"))
+    with hostile.connect(port) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        while sent < 2 * 1024 * 1024 and not select.select([sock], [], [], 0)[0]:
+            sock.sendall(b"b" * 16384)
+            sent += 16384
+            time.sleep(0.001)  # the router reads each piece on its own
+        answer = hostile.read_response(sock)
+    assert answer is not None, f"no answer after {sent} bytes of one header"
+    assert answer.status == 431
+    assert "65536" in json.loads(answer.body)["cause"]
+    assert sent < 2 * 65536 + 16384
+    assert clean_predictor.called() == []
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -16,6 +16,7 @@ from infergraph.router.http.tensors import (
     DATATYPES,
     INT64_MAX,
     INT64_MIN,
+    MAX_DIMS,
     U32,
     InvalidV2Request,
     add_tensor,
@@ -81,6 +82,10 @@ def request_to_json(request: Any) -> bytes:
             ) from exc
         except (ValueError, struct.error) as exc:
             raise InvalidV2Request(f"{where}: {exc}") from exc
+        if len(tensor.shape) > MAX_DIMS:  # first: the product's cost grows with its square
+            raise InvalidV2Request(
+                f"{where}: a shape of {len(tensor.shape)} dimensions (at most {MAX_DIMS})"
+            )
         shape = list(tensor.shape)
         if any(d < 0 for d in shape) or math.prod(shape) != len(data):
             raise InvalidV2Request(f"{where}: {len(data)} values for shape {shape}")

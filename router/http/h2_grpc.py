@@ -242,12 +242,12 @@ def _message(stream: _Stream, fields: list[tuple[str, str]]) -> bytes | GrpcCall
         elif name == "grpc-message":
             message = urllib.parse.unquote(value)
         elif name == ":status" and stream.status is None:
-            stream.status = int(value) if value.isdigit() else 0
+            stream.status = int(value) if value.isascii() and value.isdigit() else 0
     if code is None:
         status = stream.status or 0
         name = HTTP_CODES.get(status, "UNKNOWN") if status != 200 else "UNKNOWN"
         return GrpcCallError(name, f"the reply has no grpc-status (HTTP status {status})")
-    number = int(code) if code.isdigit() else 2
+    number = int(code) if code.isascii() and code.isdigit() else 2
     if number != 0:
         name = CODES[number] if number < len(CODES) else "UNKNOWN"
         return GrpcCallError(name, message or "")
@@ -440,7 +440,7 @@ class H2Connection(asyncio.Protocol):
         elif stream.status is None:
             for name, value in fields:
                 if name == ":status":
-                    code = int(value) if value.isdigit() else 0
+                    code = int(value) if value.isascii() and value.isdigit() else 0
                     # informational (1xx): the real headers follow
                     stream.status = None if code // 100 == 1 else code
                     break

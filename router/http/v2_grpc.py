@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -258,7 +259,7 @@ class GrpcV2Transport:
         except DecodeError as exc:  # as grpc.aio's deserializer failing: INTERNAL
             reason = f"the reply is not a ModelInferResponse ({exc})"
             return error_reply("INTERNAL", reason, url, call.timeout)
-        return Reply(200, orjson.dumps(response_to_json(response)), JSON)
+        return _json_reply(response, call)
 
     async def _timed(
         self, call: StepCall, client: H2Upstream, metadata: list[tuple[str, str]], message: bytes
@@ -294,4 +295,15 @@ class GrpcV2Transport:
             return error_reply(code, exc.details() or "", call.target.url, call.timeout)
         if binary:
             return Reply(200, response, OIP_INFER_RESPONSE)
+        return _json_reply(response, call)
+
+
+def _json_reply(response: Any, call: StepCall) -> Reply:
+    """The v2 REST reply for a ``ModelInferResponse``; one whose tensors cannot be read (contents
+    short of their shape, an unknown datatype) is the model server's fault: INTERNAL, a 500
+    naming why, as a reply that is not a message at all is."""
+    try:
         return Reply(200, orjson.dumps(response_to_json(response)), JSON)
+    except (ValueError, KeyError, struct.error) as exc:
+        reason = f"the reply's outputs cannot be read ({type(exc).__name__}: {exc})"
+        return error_reply("INTERNAL", reason, call.target.url, call.timeout)

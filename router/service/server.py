@@ -238,7 +238,7 @@ class _Connection(asyncio.Protocol):
         for name, value in self._headers:
             lower = name.lower()
             if lower == "content-length":
-                length = int(value) if value.isdigit() else None
+                length = int(value) if value.isascii() and value.isdigit() else None
             elif lower == "expect":
                 expect = value.lower()
         limit = self.limits.max_body_bytes

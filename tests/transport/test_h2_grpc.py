@@ -47,7 +47,8 @@ MESSAGE_LIMIT = 64 * 1024 * 1024
 
 class Model(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Echoes its inputs as outputs. The model name steers it: ``sleep-S`` answers after S
-    seconds, ``abort-CODE`` fails with that gRPC status. Counts calls in flight."""
+    seconds, ``abort-CODE`` fails with that gRPC status, ``cut-short`` cuts the first output's
+    contents a byte short. Counts calls in flight."""
 
     def __init__(self) -> None:
         self.active = 0
@@ -75,6 +76,8 @@ class Model(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc
             for tensor in request.inputs:
                 response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.extend(request.raw_input_contents)
+            if name == "cut-short":
+                response.raw_output_contents[0] = response.raw_output_contents[0][:-1]
             return response
         except asyncio.CancelledError:
             self.cancelled += 1
@@ -174,6 +177,22 @@ async def test_both_clients_give_the_same_reply_for_a_grpc_status(code: str, sta
     assert (fast.status, fast.body) == (grpcio.status, grpcio.body)
     assert fast.status == status
     assert orjson.loads(fast.body) == {"error": "model said no: 100% ünsure"}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_reply_whose_outputs_cannot_be_read_is_a_500_naming_why(client: GrpcClient) -> None:
+    """Contents a byte short of their shape raised out of the transport: a 500 "internal error
+    in the router" with a traceback, and no retry or fallback, since the engine took it for a
+    bug of its own. It is the model server's error, as a reply that is not a message is."""
+    transport = GrpcV2Transport(client=client)
+    async with grpc_server(Model()) as (_, port):
+        try:
+            reply = await transport.send(step(port, model="cut-short"))
+            assert outputs(await transport.send(step(port))) == [ECHOED]
+        finally:
+            await transport.close()
+    assert reply.status == 500
+    assert orjson.loads(reply.body)["error"].startswith("the reply's outputs cannot be read (")
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -581,6 +600,29 @@ async def test_a_trailers_only_error_and_an_http_error_map_like_grpc() -> None:
         finally:
             await transport.close()
     assert not failures
+
+
+async def test_a_status_of_a_digit_beyond_ascii_fails_its_call_only() -> None:
+    """``"²".isdigit()`` is true, but ``int("²")`` raises: in ``data_received``, which took the
+    connection down with every call on it. Now the call fails as a status gRPC cannot read
+    (UNKNOWN, a 500) and the connection serves the next call."""
+
+    async def script(peer: Peer) -> None:
+        stream_id, _, _ = await peer.request()
+        peer.headers(stream_id, [(":status", "200"), ("grpc-status", "\u00b2")], h2_grpc.END_STREAM)
+        stream_id, _, _ = await peer.request()
+        peer.reply(stream_id)
+
+    async with scripted(script) as (port, failures):
+        transport = GrpcV2Transport(client="fast")
+        try:
+            failed = await transport.send(step(port))
+            served = await transport.send(step(port))
+        finally:
+            await transport.close()
+    assert not failures
+    assert failed.status == 500
+    assert (served.status, orjson.loads(served.body)["model_name"]) == (200, "m")
 
 
 async def test_a_reply_that_is_no_model_infer_response_is_a_500_naming_it() -> None:

@@ -330,8 +330,13 @@ class _Pool:
         self.in_use -= 1
 
 
+_CACHED_BLOCK_BYTES = 2048
+
+
 class _HeadCache:
-    """Encoded request lines per target and header blocks per header set, built once each."""
+    """Encoded request lines per target and header blocks per header set, built once each.
+    Blocks over ``_CACHED_BLOCK_BYTES`` are built on every call: header sets are the clients'
+    (with an id per request they never repeat), and 4,096 of 1 MiB each held 8 GiB."""
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
@@ -352,9 +357,10 @@ class _HeadCache:
         block = self._headers.get(headers)
         if block is None:
             block = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
-            if len(self._headers) >= self._size:
-                self._headers.clear()
-            self._headers[headers] = block
+            if len(block) <= _CACHED_BLOCK_BYTES:
+                if len(self._headers) >= self._size:
+                    self._headers.clear()
+                self._headers[headers] = block
         if uncached:
             block += "".join(f"{name}: {value}\r\n" for name, value in uncached).encode("latin-1")
         return b"%sContent-Length: %d\r\n%s\r\n" % (line, length, block)

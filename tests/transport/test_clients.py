@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import random
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from infergraph.predictors import processes
 from infergraph.router.engine.errors import UpstreamConnectionError, UpstreamTimeout
 from infergraph.router.engine.transport import Reply, StepCall, parse_target
 from infergraph.router.http.aiohttp_client import AiohttpTransport
-from infergraph.router.http.fast_client import FastTransport
+from infergraph.router.http.fast_client import FastTransport, _HeadCache
 from infergraph.router.observability.metrics import RouterMetrics
 from infergraph.testing.watch import watched_send
 
@@ -312,3 +313,25 @@ async def test_leaving_a_stream_early_closes_the_connection(
     assert first.startswith(b"data: 0")
     await reply.stream.aclose()
     await asyncio.wait_for(raw_server.eof_seen.wait(), 2)
+
+
+def test_the_head_cache_keeps_no_large_header_blocks() -> None:
+    """Header sets are the clients' (with an id per request they never repeat): the cache of
+    encoded header blocks held every one, up to 4,096 of them, 8 GiB of 1 MiB headers. Now a
+    block over 2 KiB is built on each call, and 100 such calls leave nothing behind."""
+    heads = _HeadCache()
+    target = parse_target("http://127.0.0.1:9/v1/models/m:predict")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100):
+            value = f"{i}-" + "x" * 1024 * 1024
+            head = heads.head(target, (("X-Request-Id", value),), 2)
+            assert head.endswith(b"X-Request-Id: %s\r\n\r\n" % value.encode())
+            del value, head
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1024 * 1024, kept
+    small = (("X-Request-Id", "r-1"),)
+    assert heads.head(target, small, 2) == heads.head(target, small, 2)

@@ -59,6 +59,7 @@ MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65_535
 OUR_MAX_FRAME = 2**24 - 1
 LAST_STREAM_ID = 2**31 - 1
+MAX_HEADER_BLOCK = 1 << 20  # a reply's header block, encoded or decoded
 # What this side grants: the most a stream or the connection may have unread, topped up once
 # half of it is used.
 RECEIVE_WINDOW = MAX_WINDOW
@@ -195,7 +196,7 @@ class HeaderReader:
 
     def __init__(self) -> None:
         self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = 1 << 20
+        self._decoder.max_header_list_size = MAX_HEADER_BLOCK
         self._known: dict[bytes, list[tuple[str, str]]] = {}  # indexed-only blocks
 
     def read(self, block: bytes) -> list[tuple[str, str]]:
@@ -377,6 +378,10 @@ class H2Connection(asyncio.Protocol):
             if self._block is None or self._block[0] != stream_id:
                 raise ProtocolError("a CONTINUATION frame out of place")
             self._block[2].extend(payload)
+            if len(self._block[2]) > MAX_HEADER_BLOCK:
+                # Cut as it arrives, not when it ends, which it need not ever do (the
+                # CONTINUATION flood of CVE-2023-45288, which Go's client cuts the same way).
+                raise ProtocolError(f"a header block over {MAX_HEADER_BLOCK} bytes")
             if flags & END_HEADERS:
                 stream_id, first_flags, block = self._block
                 self._block = None

@@ -651,6 +651,29 @@ async def test_a_server_that_breaks_the_protocol_gets_goaway_and_the_call_fails(
     assert "protocol error" in orjson.loads(reply.body)["error"]
 
 
+async def test_a_header_block_that_is_continued_without_end_is_cut_at_1_mib() -> None:
+    """CONTINUATION frames that never end the block (CVE-2023-45288): the client kept them
+    all, 64 MiB and on, waiting for an end. Now it ends the connection past 1 MiB."""
+    sent = 0
+
+    async def script(peer: Peer) -> None:
+        nonlocal sent
+        stream_id, _, _ = await peer.request()
+        peer.send(h2_grpc.HEADERS, 0, stream_id, peer.encoder.encode([(":status", "200")]))
+        with contextlib.suppress(ConnectionError):
+            while sent < 64 * 1024 * 1024:
+                peer.send(h2_grpc.CONTINUATION, 0, stream_id, b"\x40\x01a\x01b" * 3276)
+                sent += 5 * 3276
+                await peer.writer.drain()
+
+    async with scripted(script) as (port, failures):
+        reply = await fast_call(port)
+    assert all(isinstance(failure, ConnectionError) for failure in failures), failures
+    assert reply.status == 500
+    assert "a header block over 1048576 bytes" in orjson.loads(reply.body)["error"]
+    assert sent < 8 * 1024 * 1024
+
+
 async def test_a_connection_closed_mid_call_is_a_connection_error() -> None:
     async def script(peer: Peer) -> None:
         await peer.request()

@@ -48,6 +48,7 @@ from infergraph.router.http.streams import ChunkStream
 
 PoolKey = tuple[str, str, int]
 _COPY_LIMIT = 64 * 1024
+MAX_RESPONSE_HEAD = 10 << 20  # as Go's Transport: a reply's status line and headers
 
 
 class _NotSent(Exception):
@@ -117,6 +118,7 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_content_type",
         "_framed",
+        "_head_left",
         "_received",
         "_stream",
         "_streaming",
@@ -149,6 +151,7 @@ class _Connection(asyncio.Protocol):
         self._content_type: str | None = None
         self._framed = False  # Content-Length or chunked: the message has a known end
         self._received = False
+        self._head_left = -1  # bytes the reply's head may still take; -1 once it is read
         self._stream: _Stream | None = None  # the streamed reply still being fed
         self._streaming = False  # the current request asked for a streamed reply
 
@@ -168,8 +171,16 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._received = True
+        in_head = self._head_left >= 0
         try:
             self.parser.feed_data(data)
+            if in_head and self._head_left >= 0:
+                # All of it is head. llhttp reports a header only once it ends, so an endless
+                # one is cut as it arrives, at Go's MaxResponseHeaderBytes (10 MiB).
+                self._head_left -= len(data)
+                if self._head_left < 0:
+                    limit = MAX_RESPONSE_HEAD
+                    self._fail(UpstreamConnectionError(f"response headers over {limit} bytes"))
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamConnectionError("unexpected protocol upgrade in response"))
         except httptools.HttpParserError as exc:
@@ -204,6 +215,7 @@ class _Connection(asyncio.Protocol):
             self._framed = True
 
     def on_headers_complete(self) -> None:
+        self._head_left = -1
         waiter = self._waiter
         if self._stream is not None and waiter is not None and not waiter.done():
             status = self.parser.get_status_code()
@@ -271,6 +283,7 @@ class _Connection(asyncio.Protocol):
         self._content_type = None
         self._framed = False
         self._received = False
+        self._head_left = MAX_RESPONSE_HEAD
         if len(body) <= _COPY_LIMIT:
             transport.write(head + body)  # one small copy beats a vectored write
         else:

@@ -26,10 +26,12 @@ JSON_HEADERS = (("Content-Type", "application/json"),)
 
 
 class RawServer:
-    """Answers by path: /length, /chunked, /close-delimited, /garbage, /hang, /drop-reused."""
+    """Answers by path: /length, /chunked, /close-delimited, /garbage, /hang, /drop-reused,
+    /endless-header (a header that goes on until the client leaves, 64 MiB at most)."""
 
     def __init__(self) -> None:
         self.connections = 0
+        self.header_bytes_sent = 0
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.eof_seen = asyncio.Event()
         self.request_seen = asyncio.Event()
@@ -71,6 +73,13 @@ class RawServer:
         except ConnectionError:
             self.eof_seen.set()
 
+    async def _endless_header(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
+        while self.header_bytes_sent < 64 * 1024 * 1024:
+            writer.write(b"b" * 65536)
+            self.header_bytes_sent += 65536
+            await writer.drain()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -108,6 +117,8 @@ class RawServer:
                     await writer.drain()
                     writer.close()
                     return
+                elif path == "/endless-header":
+                    await self._endless_header(writer)
                 elif path == "/garbage":
                     writer.write(b"NOT HTTP AT ALL\r\n\r\n")
                 elif path == "/hang":
@@ -194,6 +205,18 @@ async def test_malformed_response_is_a_connection_error(
 ) -> None:
     with pytest.raises(UpstreamConnectionError, match=raw_server.url("/garbage")):
         await transport.send(call(raw_server.url("/garbage")))
+
+
+async def test_a_header_that_never_ends_is_cut_at_10_mib(
+    transport: Any, raw_server: RawServer
+) -> None:
+    """llhttp reports a header only once it ends: the fast client took in 64 MiB of one (at a
+    cost growing with its square, the event loop held for seconds) and waited for the rest.
+    Now a reply's head is cut at Go's MaxResponseHeaderBytes, 10 MiB (aiohttp's client cuts a
+    header line at 8 KiB)."""
+    with pytest.raises(UpstreamConnectionError, match=raw_server.url("/endless-header")):
+        await transport.send(call(raw_server.url("/endless-header")))
+    assert raw_server.header_bytes_sent < 16 * 1024 * 1024
 
 
 async def test_timeout_raises_and_closes_the_connection(

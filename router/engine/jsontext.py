@@ -134,12 +134,22 @@ def _nesting(brackets: bytes, exact: bool) -> int:
 
 def shallow(raw: bytes) -> bool:
     """Whether ``raw`` nests at most ``NATIVE_DEPTH`` levels (cheap for nearly every body)."""
-    if len(raw) <= NATIVE_DEPTH:
+    return nests_within(raw, NATIVE_DEPTH)
+
+
+def nests_within(raw: bytes, depth: int) -> bool:
+    """Whether ``raw`` nests at most ``depth`` levels, exactly (cheap for nearly every body:
+    the count only where the bound of ``nesting`` cannot settle it)."""
+    if len(raw) <= depth:
         return True
     skeleton = _skeleton(raw)
-    if skeleton.count(b"[") + skeleton.count(b"{") <= NATIVE_DEPTH:
+    if skeleton.count(b"[") + skeleton.count(b"{") <= depth:
         return True
-    return _nesting(_structure(raw, skeleton), exact=False) <= NATIVE_DEPTH
+    brackets = _structure(raw, skeleton)
+    bound = _nesting(brackets, exact=False)  # at least the depth, at most twice it
+    if bound <= depth or bound > 2 * depth:
+        return bound <= depth
+    return _nesting(brackets, exact=True) <= depth
 
 
 # --- Go's view of bytes that are not UTF-8 -----------------------------------------------------

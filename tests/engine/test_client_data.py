@@ -177,14 +177,25 @@ async def test_request_template_around_a_deep_value(fake: FakeTransport) -> None
     assert sent(fake, "m") == [b'{"x":' + nested(2000) + b',"n":1}']
 
 
-async def test_switch_routes_a_body_deeper_than_the_native_validator_takes(
+async def test_switch_routes_a_body_as_deep_as_gjson_conditions_read(
     fake: FakeTransport,
 ) -> None:
-    # 20,000 levels: validated by the iterative scanner (pygjson would use 640 KiB of stack).
-    body = b'{"model":"b","deep":' + nested(20_000) + b"}"
+    # 10,000 levels: validated by the iterative scanner (pygjson would use 320 KiB of stack).
+    body = b'{"model":"b","deep":' + nested(9_999) + b"}"
     graph = plan(switch('[@this].#(model=="a")', '[@this].#(model=="b")'))
     await run(graph, fake, None, raw=body)
     assert fake.called() == ["m1"]
+
+
+async def test_a_gjson_condition_refuses_a_body_deeper_than_it_reads(fake: FakeTransport) -> None:
+    # gjson's time grows with the square of the depth it walks: this body (100,000 levels,
+    # 0.9 MB, under the engine's own limit) took 20 s of event loop for its one condition.
+    body = b'{"predictions":[' * 50_000 + b"1" + b"]}" * 50_000
+    graph = plan(switch('predictions.#(label=="dog")'))
+    with pytest.raises(BadRequest, match="nests over 10000 levels deep, too deep") as caught:
+        await run(graph, fake, None, raw=body)
+    assert caught.value.status == 400
+    assert fake.called() == []
 
 
 async def test_switch_refuses_a_body_too_deep_to_read(fake: FakeTransport) -> None:

@@ -150,6 +150,21 @@ def test_nesting_is_a_bound_within_a_factor_of_two(raw: bytes, levels: int) -> N
     assert jsontext.nesting(raw, exact=True) == levels
 
 
+def test_nests_within_is_exact_where_the_bound_is_not() -> None:
+    """Bodies whose quick bound overstates their depth (a wide tree of small pairs, where each
+    pass removes two levels) against depths at, below and above their true one."""
+    bodies = [
+        nested(30, b"[" + b"[[1],[2]]," * 200 + b"[[3]]]"),  # 33 levels, bound above that
+        b"[" + b"[[[1]]]," * 500 + b"1]",  # 4 levels
+        nested(600),  # a chain: no overstatement
+        b'{"a":' + nested(40) + b',"s":"' + b"[" * 5000 + b'"}',  # brackets in a string
+    ]
+    for raw in bodies:
+        levels = jsontext.nesting(raw, exact=True)
+        for depth in (0, 1, levels // 2, levels - 1, levels, levels + 1, 2 * levels, 10 * levels):
+            assert jsontext.nests_within(raw, depth) == (levels <= depth), (raw[:40], depth)
+
+
 def test_nesting_of_many_strings_with_quotes_is_linear() -> None:
     # A regular expression that rescanned from every quote would take minutes here.
     assert jsontext.nesting(b'"\\"' * 300_000) == 0

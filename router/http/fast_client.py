@@ -51,6 +51,9 @@ _COPY_LIMIT = 64 * 1024
 MAX_RESPONSE_HEAD = 10 << 20  # as Go's Transport: a reply's status line and headers
 
 
+_STREAM_BUFFER = 256 * 1024  # a streamed reply's bytes read ahead of its reader, at most
+
+
 class _NotSent(Exception):
     """The request's write failed at once: not a byte of it left this process."""
 
@@ -64,21 +67,43 @@ class _Stream(ChunkStream):
     end), so the next streamed call needs no new TCP connection. Closing the stream before the
     message ends (even before reading anything) aborts the connection, so the model server
     stops.
+
+    Reading pauses while more than ``_STREAM_BUFFER`` bytes wait to be taken, and resumes
+    once they are, so a reader slower than the model server (a slow client behind the router)
+    holds the server back through TCP, as Go's ReverseProxy does by copying at the client's
+    pace, rather than the router keeping all it sends.
     """
 
-    __slots__ = ("_chunks", "_connection", "_done")
+    __slots__ = ("_chunks", "_connection", "_done", "_paused", "_queued")
 
     def __init__(self, connection: _Connection) -> None:
         self._connection: _Connection | None = connection
         self._chunks: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self._done = False
+        self._queued = 0  # bytes fed and not yet taken
+        self._paused = False
 
     def feed(self, item: bytes | Exception | None) -> None:
         self._chunks.put_nowait(item)
+        if type(item) is bytes:
+            self._queued += len(item)
+            if self._queued > _STREAM_BUFFER and not self._paused:
+                connection = self._connection
+                if connection is not None and connection.transport is not None:
+                    self._paused = True
+                    connection.transport.pause_reading()
 
     def release(self) -> None:
         """The message has arrived whole: the connection is no longer this stream's."""
+        self._resume()  # it goes back to the pool reading
         self._connection = None
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            connection = self._connection
+            if connection is not None and connection.transport is not None:
+                connection.transport.resume_reading()
 
     def __aiter__(self) -> _Stream:
         return self
@@ -92,6 +117,9 @@ class _Stream(ChunkStream):
             await self.aclose()
             raise
         if isinstance(item, bytes):
+            self._queued -= len(item)
+            if self._paused and self._queued <= _STREAM_BUFFER // 4:
+                self._resume()
             return item
         self._done = True
         connection, self._connection = self._connection, None

@@ -25,13 +25,18 @@ from infergraph.testing.watch import watched_send
 JSON_HEADERS = (("Content-Type", "application/json"),)
 
 
+FLOOD_BYTES = 48 * 1024 * 1024
+
+
 class RawServer:
     """Answers by path: /length, /chunked, /close-delimited, /garbage, /hang, /drop-reused,
-    /endless-header (a header that goes on until the client leaves, 64 MiB at most)."""
+    /endless-header (a header that goes on until the client leaves, 64 MiB at most),
+    /flood (48 MiB of chunks as fast as the client takes them)."""
 
     def __init__(self) -> None:
         self.connections = 0
         self.header_bytes_sent = 0
+        self.flood_bytes_sent = 0
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.eof_seen = asyncio.Event()
         self.request_seen = asyncio.Event()
@@ -72,6 +77,15 @@ class RawServer:
                 self.eof_seen.set()
         except ConnectionError:
             self.eof_seen.set()
+
+    async def _flood(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"10000\r\n" + b"f" * 65536 + b"\r\n"
+        while self.flood_bytes_sent < FLOOD_BYTES:
+            writer.write(chunk)
+            self.flood_bytes_sent += 65536
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
 
     async def _endless_header(self, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
@@ -119,6 +133,8 @@ class RawServer:
                     return
                 elif path == "/endless-header":
                     await self._endless_header(writer)
+                elif path == "/flood":
+                    await self._flood(writer)
                 elif path == "/garbage":
                     writer.write(b"NOT HTTP AT ALL\r\n\r\n")
                 elif path == "/hang":
@@ -336,6 +352,26 @@ async def test_leaving_a_stream_early_closes_the_connection(
     assert first.startswith(b"data: 0")
     await reply.stream.aclose()
     await asyncio.wait_for(raw_server.eof_seen.wait(), 2)
+
+
+async def test_a_stream_read_slowly_holds_the_server_back(
+    transport: Any, raw_server: RawServer
+) -> None:
+    """A reader that stops taking a streamed reply (a slow client behind the router) stops
+    the reading from the model server, so TCP holds the server back: the fast client kept
+    reading into an unbounded queue, all 48 MiB of it. Read on, the stream is whole."""
+    stream_call = StepCall(
+        parse_target(raw_server.url("/flood")), b"{}", JSON_HEADERS, 30.0, stream=True
+    )
+    reply = await transport.send(stream_call)
+    assert reply.stream is not None
+    received = len(await reply.stream.__anext__())
+    await asyncio.sleep(0.5)
+    sent_while_waiting = raw_server.flood_bytes_sent
+    async for chunk in reply.stream:
+        received += len(chunk)
+    assert sent_while_waiting < FLOOD_BYTES // 2, sent_while_waiting
+    assert received == FLOOD_BYTES
 
 
 def test_the_head_cache_keeps_no_large_header_blocks() -> None:

@@ -30,6 +30,7 @@ and outputs from the answering step's (asked over v2 REST or gRPC), when they ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -269,9 +270,27 @@ class GrpcIngress:
     async def model_infer(self, inbound: Any, context: Any) -> Any:
         response = await self._run(inbound, context)
         if response.stream is not None:
-            chunks = [chunk async for chunk in response.stream]
-            response = Response(response.status, b"".join(chunks), response.content_type)
+            response = await self._gathered(response)
         return self._answer(inbound.message, response)
+
+    async def _gathered(self, response: Response) -> Response:
+        """A streamed answer as one reply, for a unary call: no larger than a message may be
+        (past that the stream is closed, which ends the upstream call)."""
+        assert response.stream is not None
+        limit = self.service.settings.grpc_max_message_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async with contextlib.aclosing(response.stream) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    raise _Abort(
+                        Code.RESOURCE_EXHAUSTED,
+                        f"the streamed answer is over {limit} bytes, the most a message carries "
+                        "(--grpc-max-message-bytes); ModelStreamInfer relays it in parts",
+                    )
+                chunks.append(chunk)
+        return Response(response.status, b"".join(chunks), response.content_type)
 
     async def model_stream_infer(self, requests: AsyncIterator[Any], context: Any) -> Any:
         stream_response = oip.message("ModelStreamInferResponse")

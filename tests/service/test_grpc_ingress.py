@@ -270,6 +270,27 @@ def test_metadata_is_headers_for_propagate_headers(  # (KServe matches canonical
     assert b'"step":"seen"' in bytes(result.as_numpy("answer")[0])
 
 
+def test_a_streamed_answer_larger_than_a_message_ends_a_unary_call(
+    clean_predictor: Predictor, start_router: RouterFactory
+) -> None:
+    """ModelInfer gathers a streamed answer into one message; past the message limit it stops
+    (RESOURCE_EXHAUSTED, the reason naming the limit) and ends the upstream call, rather than
+    gathering all of it (here 35 MB) to fail at sending it."""
+    step = {"serviceUrl": clean_predictor.url("llm", events=1_000_000), "protocol": "openai"}
+    spec = graph({"root": {"routerType": "Sequence", "steps": [step]}})
+    port = grpc_router(start_router, spec, "--grpc-max-message-bytes", "65536")
+    prompt = triton.InferInput("prompt", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"hi"], dtype=np.object_))
+    with client(port) as c, pytest.raises(InferenceServerException) as raised:
+        c.infer("g", [prompt], parameters={"stream": True})
+    assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "the streamed answer is over 65536 bytes" in str(raised.value.message())
+    deadline = time.monotonic() + 5
+    while clean_predictor.cancelled() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert clean_predictor.cancelled() == 1
+
+
 def test_model_stream_infer_answers_each_request(iris: int, start_router: RouterFactory) -> None:
     port = grpc_router(start_router, identity_graph(iris))
     answers: list[Any] = []

@@ -46,6 +46,7 @@ _FLAGS_REMOTE = b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE)
 _UNSET_LOCAL = b"\x7a\x00" + _FLAGS_LOCAL
 _UNSET_REMOTE = b"\x7a\x00" + _FLAGS_REMOTE
 _CACHE_SIZE = 4096
+_CACHED_STRING = 256  # the longest attribute string an encoded pair is kept for
 _ERROR = 2  # StatusCode.ERROR
 
 log = logging.getLogger("infergraph.router.tracing")
@@ -164,7 +165,11 @@ class SpanEncoder:
         pairs = self._pairs
         out = []
         for key, value in attributes.items():
-            cacheable = isinstance(value, (str, int, float, bool))
+            # Long strings (a client's path, an error's message) are encoded each time: they
+            # seldom repeat, and 4,096 of them could hold gigabytes.
+            cacheable = isinstance(value, (int, float, bool)) or (
+                type(value) is str and len(value) <= _CACHED_STRING
+            )
             cache_key = (number, key, type(value), value)
             pair = pairs.get(cache_key) if cacheable else None
             if pair is None:

@@ -94,10 +94,16 @@ class SpanShipper:
         encoding: str = "lean",
         interval: float = 0.5,
         max_queue: int = 32768,
+        max_queue_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.interval = interval
-        self.max_queue = max_queue
+        self.max_queue = max_queue  # spans of a scope
+        self.max_queue_bytes = max_queue_bytes  # of all scopes
         self.dropped = 0
+        # Bytes queued (added on the loop) and taken (added by the writer): each written by
+        # one thread only, so neither needs a lock.
+        self._queued_bytes = 0
+        self._taken_bytes = 0
         # Encoded (or pickled) one by one as they end: bytes are not tracked by the garbage
         # collector, so a backlog does not lengthen the router's full collections (measured:
         # 65k queued tuples made each one take 40-80 ms), and no batch holds the GIL for long.
@@ -123,7 +129,13 @@ class SpanShipper:
         if len(queue) >= self.max_queue:
             self.dropped += 1
             return
-        queue.append(self._encode(values))
+        encoded = self._encode(values)
+        size = len(encoded)
+        if self._queued_bytes - self._taken_bytes + size > self.max_queue_bytes:
+            self.dropped += 1
+            return
+        self._queued_bytes += size
+        queue.append(encoded)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -135,6 +147,7 @@ class SpanShipper:
         batch = []
         for scope, queue in list(self._queues.items()):  # the loop may add a scope meanwhile
             spans = [queue.popleft() for _ in range(len(queue))]
+            self._taken_bytes += sum(map(len, spans))
             if spans and not self._broken:
                 batch.append((scope, spans))
         if not batch:
@@ -149,12 +162,18 @@ class SpanShipper:
             self._broken = True
             log.error("the span exporter process is gone (%s); spans are no longer exported", error)
 
-    def shutdown(self) -> None:
-        """Send what is queued, then let the child export it and exit."""
+    def shutdown(self, seconds: float = 10.0) -> None:
+        """Send what is queued, then let the child export it and exit. A child that stopped
+        reading (hung, or stuck behind a collector) is killed after ``seconds``: the writer is
+        then blocked in a write, holding the pipe, and closing it would wait as long."""
         if self._stop.is_set():
             return
         self._stop.set()
-        self._writer.join(10)
+        self._writer.join(seconds)
+        if self._writer.is_alive():
+            log.error("the span exporter process stopped reading; spans still queued are lost")
+            self._child.kill()
+            self._writer.join()
         if self._child.stdin is not None:
             with contextlib.suppress(OSError):
                 self._child.stdin.close()

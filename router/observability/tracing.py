@@ -343,6 +343,11 @@ def header_map(headers: Headers) -> dict[str, str]:
     return found
 
 
+# The most of a request's path a span keeps (Envoy's max_path_tag_length, 256 by default): the
+# path is the client's to choose, and each span is queued for export.
+URL_PATH_LIMIT = 256
+
+
 class server_span:
     """The request's span, continuing the caller's trace when it sent ``traceparent``; current
     while the block runs. A class rather than a generator: it is on every request's path."""
@@ -358,6 +363,8 @@ class server_span:
         trace_id: int | None = None,
     ) -> None:
         """``trace_id``: the sampled root's, from ``quick_decision`` (a ``LightTracer``)."""
+        if len(path) > URL_PATH_LIMIT:  # the client's: as Envoy's max_path_tag_length
+            path = path[:URL_PATH_LIMIT]
         attributes = {"infergraph.graph": graph, "http.request.method": "POST", "url.path": path}
         name = f"graph {graph}"
         if trace_id is not None and isinstance(tracer, LightTracer):

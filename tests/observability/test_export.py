@@ -3,16 +3,22 @@ own encoding (the default) delivers the very spans the SDK's encoding delivers."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from infergraph.predictors import processes
-from infergraph.router.observability.span_export import EncodedSender, chunks
+from infergraph.router.observability.otlp import SpanEncoder
+from infergraph.router.observability.span_export import EncodedSender, SpanShipper, chunks
+from infergraph.router.observability.spans import LightTracer, SpanValues
 from infergraph.testing.harness import graph, request
 from infergraph.testing.jaeger import Jaeger
 
@@ -117,3 +123,40 @@ def test_export_requests_are_bounded_in_bytes_and_keep_the_order() -> None:
     runs = list(chunks(spans, 1000))
     assert runs == [spans[0:3], spans[3:4], spans[4:6]]  # 1000, a span over the limit, 1000
     assert list(chunks([], 1000)) == []
+
+
+def test_the_export_queue_is_bounded_in_bytes_too() -> None:
+    """Spans are counted and their bytes too: 32,768 spans of 1 MiB attributes would queue
+    32 GiB while the exporter lags."""
+    shipper = SpanShipper("http/protobuf", "svc", interval=3600, max_queue_bytes=64 * 1024)
+    try:
+        ended: list[SpanValues] = []
+        LightTracer(ALWAYS_ON, ended.append).start_span("s", attributes={"a": "x" * 10_000}).end()
+        (values,) = ended
+        size = len(SpanEncoder().span(values))
+        for _ in range(20):
+            shipper.submit(values)
+        assert shipper.dropped == 20 - (64 * 1024) // size
+    finally:
+        shipper.shutdown()
+
+
+def test_shutdown_ends_when_the_exporter_stopped_reading() -> None:
+    """The writer blocked in a write to a child that no longer reads held the pipe, so closing
+    it waited too: shutdown never returned (45 s and on) and the router could not exit."""
+    shipper = SpanShipper("http/protobuf", "svc", interval=0.01)
+    ended: list[SpanValues] = []
+    tracer = LightTracer(ALWAYS_ON, ended.append)
+    for _ in range(100):
+        tracer.start_span("s", attributes={"a": "x" * 20_000}).end()
+    os.kill(shipper._child.pid, signal.SIGSTOP)
+    try:
+        for values in ended:  # 2 MB, far over what the pipe holds
+            shipper.submit(values)
+        time.sleep(0.5)  # the writer is now blocked
+        started = time.monotonic()
+        shipper.shutdown(seconds=1.0)
+        assert time.monotonic() - started < 10
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(shipper._child.pid, signal.SIGKILL)

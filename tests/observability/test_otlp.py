@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from infergraph.router.observability.otlp import TraceEncoder, any_value
+from infergraph.router.observability.otlp import SpanEncoder, TraceEncoder, any_value
 from infergraph.router.observability.span_export import rebuild
 from infergraph.router.observability.spans import LightTracer, SpanValues
 
@@ -146,3 +148,23 @@ def test_a_pair_in_span_and_event_attributes_encodes_as_each() -> None:
         encoder = TraceEncoder(RESOURCE)
         separately = [ExportTraceServiceRequest.FromString(encoder.encode([v])) for v in order]
         assert separately == [sdk_request([v]) for v in order]
+
+
+def test_long_attribute_strings_are_encoded_each_time_and_not_kept() -> None:
+    """A client's path or an error's message seldom repeats: the pair cache kept every one, up
+    to 4,096, about 2 MiB for each 1 MiB value. Long strings now leave nothing behind, and
+    encode as before."""
+    encoder = SpanEncoder()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(50):
+            value = f"/{i}" + "p" * 1024 * 1024
+            values = span(attributes={"url.path": value})
+            (encoded,) = ScopeSpans.FromString(encoder.span(values)).spans
+            assert encoded.attributes[0].value.string_value == value
+            del value, values
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1024 * 1024, kept

@@ -127,6 +127,17 @@ async def test_one_trace_server_node_and_client_spans(spans: Any) -> None:
         assert sent[step]["traceparent"] == f"00-{CALLER_TRACE}-{span.context.span_id:016x}-01"
 
 
+def test_the_path_a_span_keeps_is_cut_at_256_characters(spans: Any) -> None:
+    """The path is the client's: a span keeps at most 256 characters of it, as Envoy's
+    max_path_tag_length, so long paths cannot fill the export queue (1 MiB each before)."""
+    tracer, exporter = spans
+    path = "/graphs/g/" + "p" * 5000
+    with server_span(tracer, CALLER, "g", path):
+        pass
+    (finished,) = exporter.get_finished_spans()
+    assert attrs(finished)["url.path"] == path[:256]
+
+
 async def test_splitter_weight_and_failed_step_status(spans: Any) -> None:
     fake = FakeTransport(script={url("b"): reply(503, {"error": "busy"})})
     nodes = {

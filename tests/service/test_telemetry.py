@@ -150,3 +150,24 @@ def test_a_dead_span_exporter_process_does_not_hurt_requests(
         assert [request(port, {"x": i}).status for i in range(20)] == [200] * 20
         assert router.process is not None
         assert router.process.poll() is None
+
+
+def test_malformed_trace_headers_are_dropped_without_logging_them(
+    clean_predictor: Predictor, start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """OpenTelemetry's propagators logged a client's oversized baggage and each bad tracestate
+    member whole, at WARNING: 100 KiB of log per request here. They are still dropped, as the
+    W3C specifications say, and the log stays quiet."""
+    p = clean_predictor
+    spec = graph({"root": {"routerType": "Sequence", "steps": [{"serviceUrl": p.url("a")}]}})
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{dead_port()}"}
+    port = start_router(spec, env=env)
+    headers = {
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": ",".join(f"BAD KEY {i}=v" for i in range(2000)),
+        "baggage": "k=" + "v" * 100_000,
+    }
+    for _ in range(5):
+        assert request(port, {"x": 1}, headers=headers).status == 200
+    log = (tmp_path / f"router-{port}.log").read_text()
+    assert len(log) < 20_000, log[-2000:]

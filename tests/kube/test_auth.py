@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,42 @@ def test_tokens_and_access_are_checked_by_the_api_server(
             revoked = post(port, tokens["gone"])
         assert revoked.status == 401
         assert "does not accept the token" in revoked.json()["cause"]
+
+
+def reviews_made(cluster: Cluster) -> dict[str, int]:
+    """TokenReviews and SubjectAccessReviews the API server has answered, from its metrics."""
+    asked = cluster.api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    response: Any = cluster.api.call_api(*asked)  # a RESTResponse, typed loosely
+    response.read()
+    counts = {"tokenreviews": 0, "subjectaccessreviews": 0}
+    for line in response.data.decode().splitlines():
+        if line.startswith("apiserver_request_total{"):
+            for resource in counts:
+                if f'resource="{resource}"' in line:
+                    counts[resource] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def test_calls_at_once_with_one_token_share_its_reviews(
+    cluster: Cluster, tokens: dict[str, str], predictor: Predictor, tmp_path: Path
+) -> None:
+    """Each call needing a review that another is already asking for waits for that one, as
+    the API server's own token cache does: 20 calls at once, one TokenReview and one
+    SubjectAccessReview (one each per call before). A token over 16 KiB is refused unasked."""
+    with guarded_router(cluster, tokens, predictor, tmp_path, cluster.url) as router:
+        port = _port(router)
+        before = reviews_made(cluster)
+        with ThreadPoolExecutor(20) as pool:
+            statuses = list(pool.map(lambda _: post(port, tokens["alice"]).status, range(20)))
+        made = reviews_made(cluster)
+        assert statuses == [200] * 20
+        # At most one more each, should the calls outlast the router's 0.5 s cache.
+        assert made["tokenreviews"] - before["tokenreviews"] <= 2, (before, made)
+        assert made["subjectaccessreviews"] - before["subjectaccessreviews"] <= 2
+        huge = post(port, "x" * (16 * 1024 + 1))
+        assert huge.status == 401
+        assert "over 16384 bytes" in huge.json()["cause"]
+        assert reviews_made(cluster)["tokenreviews"] == made["tokenreviews"]
 
 
 def test_an_unreachable_api_server_refuses_every_call(

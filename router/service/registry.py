@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,23 @@ def dir_fingerprints(directory: Path) -> dict[Path, Fingerprint | None]:
     return {path: fingerprint(path) for path in present}
 
 
+MAX_GRAPH_FILE_BYTES = 8 * 1024 * 1024  # eight times what a ConfigMap may hold
+
+
 def load_file(path: Path) -> GraphPlan:
-    """Read and compile one graph file; its name is metadata.name or the file's stem."""
+    """Read and compile one graph file; its name is metadata.name or the file's stem. Only a
+    regular file of at most ``MAX_GRAPH_FILE_BYTES`` is read: opening a FIFO would wait for a
+    writer, and a link to a device could be read without end, both on the event loop."""
     try:
-        text = path.read_bytes()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise GraphSpecError([], source=f"{path} (not a regular file)")
+            text = file.read(MAX_GRAPH_FILE_BYTES + 1)
     except OSError as exc:
         raise GraphSpecError([], source=f"{path} ({exc.strerror})") from exc
+    if len(text) > MAX_GRAPH_FILE_BYTES:
+        raise GraphSpecError([], source=f"{path} (over {MAX_GRAPH_FILE_BYTES} bytes)")
     return load_plan(text, default_name=path.stem, source=str(path))
 
 

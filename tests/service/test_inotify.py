@@ -107,3 +107,15 @@ async def test_one_changed_file_among_many_is_loaded_alone(tmp_path: Path, count
         await eventually(lambda: first_url(registry, "/graphs/g1") == "http://changed/")
         assert registry.lookup("/graphs/g2") is before["g2"]  # not recompiled
         assert len(registry.plans) == count
+
+
+def test_a_fifo_or_a_huge_file_is_skipped_and_the_other_graphs_load(tmp_path: Path) -> None:
+    """Opening a FIFO waited for a writer, and a link to /dev/zero read until memory ran out,
+    on the event loop. Only regular files of at most 8 MiB are read now."""
+    write_graph(tmp_path / "good.json", "http://good/")
+    os.mkfifo(tmp_path / "stuck.yaml")
+    (tmp_path / "endless.yaml").symlink_to("/dev/zero")
+    (tmp_path / "huge.json").write_bytes(b" " * (8 * 1024 * 1024 + 1))
+    registry = GraphRegistry(GraphSource(graph_dir=tmp_path))
+    registry.load()
+    assert [plan.name for plan in registry.plans] == ["good"]

@@ -50,12 +50,22 @@ def resolve(spec: dict[str, Any], endpoints: dict[str, Endpoint]) -> dict[str, A
     return resolved
 
 
+# The longest name a graph may have: Standard mode labels its pods app: isvc.<name>, and a
+# label's value holds at most 63 characters (a longer one failed every reconcile, unreported).
+MAX_NAME = 63 - len("isvc.")
+
+
 def problems(spec: dict[str, Any], name: str) -> list[str]:
     """Every reason the graph is invalid, worded as ``infergraph validate`` words them.
 
     Unresolved Predictor references are not problems here (the Predictor may come later); they
     are checked with placeholder URLs so everything else about the graph is still validated.
     """
+    if len(name) > MAX_NAME:
+        return [
+            f"the name is {len(name)} characters, over {MAX_NAME}: it is written into label "
+            f"values (app: isvc.<name>), which Kubernetes holds to 63"
+        ]
     placeholders = {
         p: Endpoint(url=PLACEHOLDER.format(name=p)) for p in referenced_predictors(spec)
     }

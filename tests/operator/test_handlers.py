@@ -143,6 +143,18 @@ def test_validate_graph_refuses_with_every_problem() -> None:
     )
 
 
+def test_validate_graph_refuses_a_name_its_labels_cannot_hold() -> None:
+    """A name of 59 characters or more passed: the ConfigMap and Standard mode's pods carry it
+    in label values, which Kubernetes holds to 63 characters, and every reconcile then failed
+    without a word in the graph's status. 58 characters (app: isvc.<58>) still fit."""
+    spec = graph_spec({"root": {"routerType": "Sequence", "steps": [{"serviceName": "later"}]}})
+    handlers.validate_graph(spec=spec, name="g" * 58)
+    with pytest.raises(kopf.AdmissionError) as caught:
+        handlers.validate_graph(spec=spec, name="g" * 59)
+    assert caught.value.code == 422
+    assert "the name is 59 characters, over 58" in str(caught.value)
+
+
 @pytest.mark.parametrize("name", ["fine", None])
 def test_validate_graph_admits_a_valid_graph(name: str | None) -> None:
     spec = graph_spec({"root": {"routerType": "Sequence", "steps": [{"serviceName": "later"}]}})

@@ -55,12 +55,32 @@ def resolve(spec: dict[str, Any], endpoints: dict[str, Endpoint]) -> dict[str, A
 MAX_NAME = 63 - len("isvc.")
 
 
+# Deeper than any valid graph (templates stop at 64 levels): a spec this deep is refused before
+# anything recursive (copy.deepcopy, the compiler) reads it and runs out of stack.
+MAX_SPEC_DEPTH = 100
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` containers deep (read without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def problems(spec: dict[str, Any], name: str) -> list[str]:
     """Every reason the graph is invalid, worded as ``infergraph validate`` words them.
 
     Unresolved Predictor references are not problems here (the Predictor may come later); they
     are checked with placeholder URLs so everything else about the graph is still validated.
     """
+    if _deeper_than(spec, MAX_SPEC_DEPTH):
+        return [f"the spec nests over {MAX_SPEC_DEPTH} levels deep"]
     if len(name) > MAX_NAME:
         return [
             f"the name is {len(name)} characters, over {MAX_NAME}: it is written into label "

@@ -155,6 +155,21 @@ def test_validate_graph_refuses_a_name_its_labels_cannot_hold() -> None:
     assert "the name is 59 characters, over 58" in str(caught.value)
 
 
+def test_validate_graph_refuses_a_spec_too_deep_to_read_with_a_reason() -> None:
+    """A request template nested 600 levels deep ran copy.deepcopy out of stack: the webhook
+    denied it with code 500 and "maximum recursion depth exceeded", and without the webhook
+    every reconcile failed. Now it is an invalid graph, 422 with the reason."""
+    template: Any = "$request"
+    for _ in range(600):
+        template = {"x": template}
+    step = {"serviceName": "later", "request": template}
+    spec = graph_spec({"root": {"routerType": "Sequence", "steps": [step]}})
+    with pytest.raises(kopf.AdmissionError) as caught:
+        handlers.validate_graph(spec=spec, name="deep")
+    assert caught.value.code == 422
+    assert "the spec nests over 100 levels deep" in str(caught.value)
+
+
 @pytest.mark.parametrize("name", ["fine", None])
 def test_validate_graph_admits_a_valid_graph(name: str | None) -> None:
     spec = graph_spec({"root": {"routerType": "Sequence", "steps": [{"serviceName": "later"}]}})

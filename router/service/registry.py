@@ -2,12 +2,16 @@
 
 A single graph (``--graph-json`` or ``--graph``) runs on every path, as in KServe. With
 ``--graph-dir`` each file serves at ``/graphs/<name>``. A changed file is compiled first and
-swapped in only if valid; requests already running keep the plan they started with.
+swapped in only if valid; requests already running keep the plan they started with. While
+serving, changed files are read and compiled in a thread and only swapped in on the event loop,
+and a file whose bytes did not change keeps its plan (a ConfigMap's ``..data`` swap changes
+every file's fingerprint).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import stat
@@ -50,9 +54,13 @@ MAX_GRAPH_FILE_BYTES = 8 * 1024 * 1024  # eight times what a ConfigMap may hold
 
 
 def load_file(path: Path) -> GraphPlan:
-    """Read and compile one graph file; its name is metadata.name or the file's stem. Only a
-    regular file of at most ``MAX_GRAPH_FILE_BYTES`` is read: opening a FIFO would wait for a
-    writer, and a link to a device could be read without end, both on the event loop."""
+    """Read and compile one graph file; its name is metadata.name or the file's stem."""
+    return load_plan(read_file(path), default_name=path.stem, source=str(path))
+
+
+def read_file(path: Path) -> bytes:
+    """A graph file's bytes. Only a regular file of at most ``MAX_GRAPH_FILE_BYTES`` is read:
+    opening a FIFO would wait for a writer, and a link to a device could be read without end."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(descriptor, "rb") as file:
@@ -63,13 +71,18 @@ def load_file(path: Path) -> GraphPlan:
         raise GraphSpecError([], source=f"{path} ({exc.strerror})") from exc
     if len(text) > MAX_GRAPH_FILE_BYTES:
         raise GraphSpecError([], source=f"{path} (over {MAX_GRAPH_FILE_BYTES} bytes)")
-    return load_plan(text, default_name=path.stem, source=str(path))
+    return text
 
 
 @dataclass(slots=True)
 class _Loaded:
     plan: GraphPlan
     fingerprint: Fingerprint | None
+    digest: bytes = b""  # of the file's bytes: a new fingerprint with the same bytes is no change
+
+
+# What reading and compiling a changed file gave: its plan, or why it has none.
+Prepared = dict[Path, _Loaded | GraphSpecError]
 
 
 class GraphRegistry:
@@ -141,33 +154,72 @@ class GraphRegistry:
         log.info("reloaded graph %s from %s", plan.name, path)
         return True
 
-    def rescan_dir(self, found: dict[Path, Fingerprint | None] | None = None) -> bool:
+    def rescan_dir(
+        self,
+        found: dict[Path, Fingerprint | None] | None = None,
+        prepared: Prepared | None = None,
+    ) -> bool:
         """Pick up added, changed and removed files of ``--graph-dir``; True if anything changed.
 
-        ``found``: the directory's files and fingerprints, if already taken (``watch`` takes them
-        in a thread: a thousand stat calls would stall the event loop for milliseconds)."""
+        ``found``: the directory's files and fingerprints, and ``prepared``, what ``prepare``
+        made of them, if already taken (``watch`` takes both in a thread: a thousand stat calls
+        would stall the event loop for milliseconds, compiling a thousand graphs for seconds)."""
         directory = self.source.graph_dir
         if directory is None:
             return False
         if found is None:
             found = dir_fingerprints(directory)
-        return self._merge(found, complete=True)
+        return self._merge(found, complete=True, prepared=prepared)
 
     def update_files(self, names: set[str]) -> bool:
         """Look again at these files of ``--graph-dir`` only (inotify named them)."""
+        updates = self.file_fingerprints(names)
+        return self._merge(updates, complete=False) if updates else False
+
+    def file_fingerprints(self, names: set[str]) -> dict[Path, Fingerprint | None]:
+        """The fingerprints of these files of ``--graph-dir`` (graph files only)."""
         directory = self.source.graph_dir
         if directory is None:
-            return False
-        updates = {
+            return {}
+        return {
             directory / name: fingerprint(directory / name)
             for name in names
             if not name.startswith(".") and name.endswith(GRAPH_SUFFIXES)
         }
-        return self._merge(updates, complete=False) if updates else False
 
-    def _merge(self, found: dict[Path, Fingerprint | None], *, complete: bool) -> bool:
-        """Apply files and their fingerprints (None: the file is gone). ``complete``: ``found``
-        is the whole directory, so files missing from it are gone too."""
+    def prepare(self, found: dict[Path, Fingerprint | None]) -> Prepared:
+        """Read and compile the files of ``found`` whose fingerprint changed, keeping the plan
+        of one whose bytes did not (a ConfigMap's ``..data`` swap changes every fingerprint).
+        No state changes here, so ``watch`` runs it in a thread, off the event loop."""
+        prepared: Prepared = {}
+        for path, current in found.items():
+            previous = self._files.get(path)
+            if current is None or (previous is not None and previous.fingerprint == current):
+                continue
+            try:
+                text = read_file(path)
+                digest = hashlib.sha256(text).digest()
+                if previous is not None and previous.digest == digest:
+                    prepared[path] = _Loaded(previous.plan, current, digest)
+                    continue
+                plan = load_plan(text, default_name=path.stem, source=str(path))
+                prepared[path] = _Loaded(plan, current, digest)
+            except GraphSpecError as exc:
+                prepared[path] = exc
+        return prepared
+
+    def _merge(
+        self,
+        found: dict[Path, Fingerprint | None],
+        *,
+        complete: bool,
+        prepared: Prepared | None = None,
+    ) -> bool:
+        """Apply files and their fingerprints (None: the file is gone), with what ``prepare``
+        made of them (made here when not given). ``complete``: ``found`` is the whole
+        directory, so files missing from it are gone too."""
+        if prepared is None:
+            prepared = self.prepare(found)
         changed = False
         files: dict[Path, _Loaded] = {} if complete else dict(self._files)
         for path, current in found.items():
@@ -175,22 +227,24 @@ class GraphRegistry:
             if current is None and not complete:
                 changed |= files.pop(path, None) is not None
                 continue
-            if previous is not None and previous.fingerprint == current:
-                files[path] = previous
-                continue
-            try:
-                files[path] = _Loaded(load_file(path), current)
-                changed = True
-                log.info("loaded graph %s from %s", files[path].plan.name, path)
-            except GraphSpecError as exc:
+            outcome = prepared.get(path)
+            if outcome is None:  # unchanged, or listed but gone before it could be looked at
                 if previous is not None:
-                    log.error(
-                        "%s changed but is invalid, keeping the previous graph: %s", path, exc
-                    )
-                    files[path] = _Loaded(previous.plan, current)
-                else:
-                    files.pop(path, None)
-                    log.error("skipping invalid graph file: %s", exc)
+                    files[path] = previous
+                continue
+            if isinstance(outcome, _Loaded):
+                files[path] = outcome
+                if previous is None or outcome.plan is not previous.plan:
+                    changed = True
+                    log.info("loaded graph %s from %s", outcome.plan.name, path)
+            elif previous is not None:
+                log.error(
+                    "%s changed but is invalid, keeping the previous graph: %s", path, outcome
+                )
+                files[path] = _Loaded(previous.plan, current, previous.digest)
+            else:
+                files.pop(path, None)
+                log.error("skipping invalid graph file: %s", outcome)
         changed |= set(files) != set(self._files)
         by_name: dict[str, GraphPlan] = {}
         for path in sorted(files):
@@ -234,11 +288,20 @@ class GraphRegistry:
         if self.source.graph_file is not None:
             self.reload_single()  # cheap: one stat; a ConfigMap swaps its ..data link
         elif names is None or any(name.startswith(".") for name in names):
-            assert self.source.graph_dir is not None
-            found = await asyncio.to_thread(dir_fingerprints, self.source.graph_dir)
-            self.rescan_dir(found)
+            await self._rescan_off_loop()
         else:
-            self.update_files(names)
+            found = self.file_fingerprints(names)
+            if found:
+                prepared = await asyncio.to_thread(self.prepare, found)
+                self._merge(found, complete=False, prepared=prepared)
+
+    async def _rescan_off_loop(self) -> None:
+        """Rescan ``--graph-dir``: the listing, reading and compiling in a thread, the swap on
+        the loop (requests never wait for a compile)."""
+        assert self.source.graph_dir is not None
+        found = await asyncio.to_thread(dir_fingerprints, self.source.graph_dir)
+        prepared = await asyncio.to_thread(self.prepare, found)
+        self.rescan_dir(found, prepared)
 
     async def _poll(self, interval: float) -> None:
         while True:
@@ -247,8 +310,6 @@ class GraphRegistry:
                 if self.source.graph_file is not None:
                     self.reload_single()
                 else:
-                    assert self.source.graph_dir is not None
-                    found = await asyncio.to_thread(dir_fingerprints, self.source.graph_dir)
-                    self.rescan_dir(found)
+                    await self._rescan_off_loop()
             except OSError as exc:
                 log.error("cannot check graph files for changes: %s", exc)

@@ -50,14 +50,25 @@ def resolve(spec: dict[str, Any], endpoints: dict[str, Endpoint]) -> dict[str, A
     return resolved
 
 
-# The longest name a graph may have: Standard mode labels its pods app: isvc.<name>, and a
-# label's value holds at most 63 characters (a longer one failed every reconcile, unreported).
+# The longest name a graph or Predictor may have, in either mode (an annotation moves it between
+# them): Standard mode labels its pods app: isvc.<name>, and a label's value holds at most 63
+# characters (a longer one failed every reconcile, unreported).
 MAX_NAME = 63 - len("isvc.")
 
 
 # Deeper than any valid graph (templates stop at 64 levels): a spec this deep is refused before
 # anything recursive (copy.deepcopy, the compiler) reads it and runs out of stack.
 MAX_SPEC_DEPTH = 100
+
+
+def name_problem(name: str) -> str | None:
+    """Why a graph's or Predictor's name is too long for the objects made for it, or None."""
+    if len(name) <= MAX_NAME:
+        return None
+    return (
+        f"the name is {len(name)} characters, over {MAX_NAME}: it is written into label "
+        f"values (app: isvc.<name>), which Kubernetes holds to 63"
+    )
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -81,11 +92,8 @@ def problems(spec: dict[str, Any], name: str) -> list[str]:
     """
     if _deeper_than(spec, MAX_SPEC_DEPTH):
         return [f"the spec nests over {MAX_SPEC_DEPTH} levels deep"]
-    if len(name) > MAX_NAME:
-        return [
-            f"the name is {len(name)} characters, over {MAX_NAME}: it is written into label "
-            f"values (app: isvc.<name>), which Kubernetes holds to 63"
-        ]
+    if (long := name_problem(name)) is not None:
+        return [long]
     placeholders = {
         p: Endpoint(url=PLACEHOLDER.format(name=p)) for p in referenced_predictors(spec)
     }

@@ -447,6 +447,9 @@ class Reconciler:
     def reconcile_predictor(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
+        if (long := graphs.name_problem(name)) is not None:
+            self.set_status("predictors", namespace, name, invalid_predictor_status([long]))
+            return
         spec = PredictorSpec.model_validate(body.get("spec") or {})
         owner = owner_reference(body)
         labels, annotations = copied_metadata(body)

@@ -480,6 +480,18 @@ def test_an_unknown_deployment_mode_is_named_before_missing_predictors(cluster: 
     assert raw_mode_condition(cluster, "odd-early", "no-such-model")["reason"] == "InvalidGraph"
 
 
+def test_a_predictor_name_its_labels_cannot_hold_is_named_in_status(cluster: Cluster) -> None:
+    """Past 63 characters no label value holds a Predictor's name (past 58, Standard mode's
+    app: isvc.<name> cannot), so every reconcile failed with nothing in its status."""
+    name = "p" * 64
+    create(cluster, "predictors", name, v1_predictor("m"))
+    cond: dict[str, Any] = wait_for(
+        lambda: ready_condition(get(cluster, "predictors", name)), "a status"
+    )
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidPredictor")
+    assert "the name is 64 characters, over 58" in cond["message"]
+
+
 def test_a_standard_mode_predictor_is_a_deployment_a_graph_resolves(cluster: Cluster) -> None:
     create(
         cluster,

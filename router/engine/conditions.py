@@ -23,9 +23,9 @@ from jsonpath_ng.ext.parser import parse as parse_jsonpath
 from infergraph.router.engine import jsontext
 from infergraph.router.engine.payload import NotJSON, Payload
 
-# The deepest body a GJSON condition reads: the @valid modifier validates recursively on the
-# native stack, and gjson's time grows with the square of the depth walked (a path it does not
-# find in a chain of 100,000 levels took 20 s).
+# The deepest body a GJSON condition reads (``Payload.shallow``): the @valid modifier validates
+# recursively on the native stack, and gjson's time grows with the square of the depth walked
+# (a path it does not find in a chain of 100,000 levels took 20 s).
 GJSON_DEPTH = jsontext.NATIVE_DEPTH
 
 
@@ -59,7 +59,7 @@ class GJSONCondition:
     def matches(self, body: Payload) -> bool:
         if not body.is_json():
             return False
-        if not jsontext.nests_within(body.raw, GJSON_DEPTH):
+        if not body.shallow():
             raise Unevaluable(
                 f"the body nests over {GJSON_DEPTH} levels deep, too deep for the GJSON "
                 f"condition {self.source!r}"

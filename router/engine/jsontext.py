@@ -358,10 +358,11 @@ def _scan(raw: bytes, builder: _Builder | None) -> bool:
     return state == _AFTER and not stack and not raw[pos:].strip(_WS)
 
 
-def _check_depth(raw: bytes) -> bool:
+def _check_depth(raw: bytes, known_shallow: bool | None = None) -> bool:
     """True when ``raw`` is shallow enough for the native libraries; ``TooDeep`` past
-    ``MAX_DEPTH``; False in between (the iterative code reads it)."""
-    if shallow(raw):
+    ``MAX_DEPTH``; False in between (the iterative code reads it). ``known_shallow``: what
+    ``shallow(raw)`` gave, if the caller has it already."""
+    if shallow(raw) if known_shallow is None else known_shallow:
         return True
     levels = nesting(raw, exact=True)
     if levels > MAX_DEPTH:
@@ -369,10 +370,10 @@ def _check_depth(raw: bytes) -> bool:
     return levels <= NATIVE_DEPTH
 
 
-def validate(raw: bytes) -> bool:
+def validate(raw: bytes, *, known_shallow: bool | None = None) -> bool:
     """Go's ``gjson.ValidBytes``: JSON syntax, strings not checked as UTF-8, at any depth up to
-    ``MAX_DEPTH`` (``TooDeep`` beyond it)."""
-    if _check_depth(raw):
+    ``MAX_DEPTH`` (``TooDeep`` beyond it). ``known_shallow``: ``shallow(raw)``, if known."""
+    if _check_depth(raw, known_shallow):
         return pygjson.validate(raw)
     return _scan(raw, None)
 

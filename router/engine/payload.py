@@ -24,7 +24,7 @@ _UNPARSED = object()
 class Payload:
     """Bytes that travel between steps untouched, with a lazily cached JSON view."""
 
-    __slots__ = ("_error", "_parsed", "_text", "_valid", "media", "owner", "raw")
+    __slots__ = ("_error", "_parsed", "_shallow", "_text", "_valid", "media", "owner", "raw")
 
     def __init__(self, raw: bytes, media: str | None = None) -> None:
         self.raw = raw
@@ -35,6 +35,7 @@ class Payload:
         self.owner: object | None = None
         self._parsed: Any = _UNPARSED
         self._valid: bool | None = None
+        self._shallow: bool | None = None
         self._error: NotJSON | None = None  # why ``json()`` failed, or ``TooDeep``
         self._text: str | None = None
 
@@ -44,8 +45,16 @@ class Payload:
         self.raw = b""
         self._parsed = _UNPARSED
         self._valid = None
+        self._shallow = None
         self._error = None
         self._text = None
+
+    def shallow(self) -> bool:
+        """Whether the body nests at most ``jsontext.NATIVE_DEPTH`` levels: found once, by
+        ``is_json`` or here, for every condition that reads the body."""
+        if self._shallow is None:
+            self._shallow = jsontext.shallow(self.raw)
+        return self._shallow
 
     def is_json(self) -> bool:
         """Whether the body is one valid JSON document as Go's gjson sees it (bytes inside
@@ -55,7 +64,7 @@ class Payload:
                 self._valid = True
             else:
                 try:
-                    self._valid = jsontext.validate(self.raw)
+                    self._valid = jsontext.validate(self.raw, known_shallow=self.shallow())
                 except TooDeep as exc:
                     self._error = exc
                     self._valid = False

@@ -171,13 +171,9 @@ class GraphRegistry:
             found = dir_fingerprints(directory)
         return self._merge(found, complete=True, prepared=prepared)
 
-    def update_files(self, names: set[str]) -> bool:
-        """Look again at these files of ``--graph-dir`` only (inotify named them)."""
-        updates = self.file_fingerprints(names)
-        return self._merge(updates, complete=False) if updates else False
-
     def file_fingerprints(self, names: set[str]) -> dict[Path, Fingerprint | None]:
-        """The fingerprints of these files of ``--graph-dir`` (graph files only)."""
+        """The fingerprints of these files of ``--graph-dir`` (graph files only): those inotify
+        named, for ``watch`` to look at again."""
         directory = self.source.graph_dir
         if directory is None:
             return {}
